@@ -1,0 +1,67 @@
+//! The envelope every domain event travels in.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Every domain event type of contract v1. The string form is also the subject suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum EventType {
+    #[serde(rename = "tenant.created")]
+    TenantCreated,
+    #[serde(rename = "customer.upserted")]
+    CustomerUpserted,
+    #[serde(rename = "invoice.opened")]
+    InvoiceOpened,
+    #[serde(rename = "invoice.updated")]
+    InvoiceUpdated,
+    #[serde(rename = "invoice.canceled")]
+    InvoiceCanceled,
+    #[serde(rename = "intake.rejected")]
+    IntakeRejected,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 6] = [
+        EventType::TenantCreated,
+        EventType::CustomerUpserted,
+        EventType::InvoiceOpened,
+        EventType::InvoiceUpdated,
+        EventType::InvoiceCanceled,
+        EventType::IntakeRejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::TenantCreated => "tenant.created",
+            EventType::CustomerUpserted => "customer.upserted",
+            EventType::InvoiceOpened => "invoice.opened",
+            EventType::InvoiceUpdated => "invoice.updated",
+            EventType::InvoiceCanceled => "invoice.canceled",
+            EventType::IntakeRejected => "intake.rejected",
+        }
+    }
+}
+
+/// A domain event: metadata plus a typed `data` payload.
+///
+/// `id` is a UUIDv7 and is also the `Nats-Msg-Id` of the publish, so a relay that
+/// republishes after a crash is deduplicated by JetStream. The W3C `traceparent` travels
+/// in the NATS headers, not here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Envelope<T> {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// Version of the `data` schema for this type.
+    pub version: u32,
+    pub occurred_at: DateTime<Utc>,
+    /// Tenant token from the subject; for `intake.rejected` it may name no known tenant.
+    pub tenant: String,
+    /// Id shared by everything one inbound request caused.
+    pub correlation_id: String,
+    /// Id of the message that directly caused this event.
+    pub causation_id: String,
+    pub data: T,
+}

@@ -1,0 +1,134 @@
+//! Domain event payloads: the `data` of an [`Envelope`](crate::Envelope). Events carry
+//! the full state after the change, so consumers never call back into intake.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::inbound::{Channel, LateFee, PaymentData};
+use crate::rejection::{FieldIssue, RejectCode, WarnCode};
+
+/// Whether the debtor is a person (CPF: consumer law applies), a company (CNPJ), or not
+/// identified by a Brazilian document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DocumentKind {
+    Cpf,
+    Cnpj,
+}
+
+/// A customer after validation and normalisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CustomerState {
+    pub customer_id: String,
+    pub name: String,
+    /// Digits only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_kind: Option<DocumentKind>,
+    /// Lowercased domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// E.164.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    pub whatsapp_opt_in: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_channel: Option<Channel>,
+    /// IANA zone, the tenant's when the integrator gave none.
+    pub timezone: String,
+    pub locale: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+}
+
+/// `customer.upserted`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CustomerUpserted {
+    pub customer: CustomerState,
+}
+
+/// An invoice after validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InvoiceState {
+    pub invoice_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    pub customer_id: String,
+    /// The debtor's document kind when the invoice was accepted; `cpf` means consumer
+    /// law (CDC) applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debtor_kind: Option<DocumentKind>,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub issued_on: NaiveDate,
+    pub due_date: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentData>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_fee: Option<LateFee>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+}
+
+/// `invoice.opened` and `invoice.updated`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InvoiceChanged {
+    pub invoice: InvoiceState,
+}
+
+/// `invoice.canceled`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct InvoiceCanceled {
+    pub invoice_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// False when the cancel arrived before any upsert: nothing was open, and a later
+    /// upsert of this invoice will be `stale`.
+    pub was_open: bool,
+}
+
+/// `intake.rejected`: an inbound message that changed nothing, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IntakeRejected {
+    /// The subject it arrived on (for HTTP, the subject it would have used).
+    pub source_subject: String,
+    /// Its `Nats-Msg-Id`, or the id intake assigned when there was none.
+    pub message_id: String,
+    /// Its sequence in the inbound stream, when it came through NATS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_sequence: Option<u64>,
+    pub errors: Vec<FieldIssue<RejectCode>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<FieldIssue<WarnCode>>,
+    /// The payload as text (lossy UTF-8), cut at 4 KiB.
+    pub payload: String,
+    /// Size of the original payload, in bytes.
+    pub payload_bytes: usize,
+    pub payload_truncated: bool,
+}
+
+/// `tenant.created`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantCreated {
+    pub id: String,
+    pub legal_name: String,
+    pub cnpj: String,
+    pub address: String,
+    pub contact: String,
+    pub timezone: String,
+    pub test_clock: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now: Option<DateTime<Utc>>,
+}
+
+/// Largest payload echoed in an `intake.rejected` event, in bytes.
+pub const REJECTED_PAYLOAD_ECHO_BYTES: usize = 4096;

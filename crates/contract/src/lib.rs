@@ -1,0 +1,22 @@
+//! The regua wire contract, version 1.
+//!
+//! Everything an integrator or another regua service codes against lives here and only
+//! here: the subjects and stream names ([`subjects`]), the event envelope
+//! ([`envelope`]), the inbound payloads ([`inbound`]), the domain events ([`events`]) and
+//! the stable rejection codes ([`rejection`]). [`proto`] renders all of it as JSON Schema,
+//! an AsyncAPI 3 document and example payloads; the files under `proto/` at the top of
+//! the repository are generated from it and a test fails when they are stale.
+
+pub mod envelope;
+pub mod events;
+pub mod inbound;
+pub mod proto;
+pub mod rejection;
+pub mod subjects;
+
+pub use envelope::{Envelope, EventType};
+pub use rejection::{FieldIssue, RejectCode, WarnCode};
+pub use subjects::{InboundKind, TenantId};
+
+/// The contract version carried in every subject and envelope.
+pub const CONTRACT_VERSION: u32 = 1;

@@ -1,0 +1,589 @@
+//! Renders the contract as files: one JSON Schema per message (`schemas/`), one example
+//! per message (`examples/`) and an AsyncAPI 3 document (`asyncapi.json`). The
+//! repository's `proto/` directory is exactly [`files`]; `proto_is_fresh` fails when it
+//! is not (run with `REGUA_BLESS_PROTO=1` to rewrite it).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use schemars::{JsonSchema, schema_for};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, EventType};
+use crate::events::{
+    CustomerState, CustomerUpserted, DocumentKind, IntakeRejected, InvoiceCanceled, InvoiceChanged,
+    InvoiceState, TenantCreated,
+};
+use crate::inbound::{
+    Channel, CustomerUpsert, InvoiceCancel, InvoiceCustomer, InvoiceUpsert, LateFee, PaymentData,
+    PaymentMethod, PaymentReceived,
+};
+use crate::rejection::{FieldIssue, RejectCode, WarnCode};
+use crate::subjects::{self, InboundKind};
+
+/// Whether a message goes into regua or comes out of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+/// One message of the contract.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// `invoice.upsert`, `invoice.opened`, ...
+    pub name: &'static str,
+    pub direction: Direction,
+    /// Subject with `{tenant}` as the parameter.
+    pub address: String,
+    pub stream: &'static str,
+    pub summary: &'static str,
+    pub schema: Value,
+    pub example: Value,
+}
+
+impl Message {
+    fn file_stem(&self) -> String {
+        match self.direction {
+            Direction::In => format!("in.{}", self.name),
+            Direction::Out => format!("evt.{}", self.name),
+        }
+    }
+}
+
+fn schema<T: JsonSchema>() -> Value {
+    serde_json::to_value(schema_for!(T)).unwrap_or(Value::Null)
+}
+
+fn example<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+fn inbound_message(
+    kind: InboundKind,
+    summary: &'static str,
+    schema: Value,
+    example: Value,
+) -> Message {
+    Message {
+        name: kind.suffix(),
+        direction: Direction::In,
+        address: format!("{}.v1.in.{{tenant}}.{}", subjects::ROOT, kind.suffix()),
+        stream: subjects::STREAM_INBOUND,
+        summary,
+        schema,
+        example,
+    }
+}
+
+fn event_message(kind: EventType, summary: &'static str, schema: Value, example: Value) -> Message {
+    Message {
+        name: kind.as_str(),
+        direction: Direction::Out,
+        address: format!("{}.v1.evt.{{tenant}}.{}", subjects::ROOT, kind.as_str()),
+        stream: subjects::STREAM_EVENTS,
+        summary,
+        schema,
+        example,
+    }
+}
+
+/// Every message of contract v1, with its schema and example.
+pub fn messages() -> Vec<Message> {
+    let ex = Examples::new();
+    vec![
+        inbound_message(
+            InboundKind::InvoiceUpsert,
+            "Create or replace an invoice",
+            schema::<InvoiceUpsert>(),
+            example(&ex.invoice_upsert()),
+        ),
+        inbound_message(
+            InboundKind::InvoiceCancel,
+            "Cancel an invoice (final)",
+            schema::<InvoiceCancel>(),
+            example(&ex.invoice_cancel()),
+        ),
+        inbound_message(
+            InboundKind::CustomerUpsert,
+            "Create or replace a customer",
+            schema::<CustomerUpsert>(),
+            example(&ex.customer_upsert()),
+        ),
+        inbound_message(
+            InboundKind::PaymentReceived,
+            "A payment arrived (consumed by reconciliation)",
+            schema::<PaymentReceived>(),
+            example(&ex.payment_received()),
+        ),
+        event_message(
+            EventType::TenantCreated,
+            "A tenant was created",
+            schema::<Envelope<TenantCreated>>(),
+            example(&ex.envelope(EventType::TenantCreated, ex.tenant_created())),
+        ),
+        event_message(
+            EventType::CustomerUpserted,
+            "A customer was created or changed",
+            schema::<Envelope<CustomerUpserted>>(),
+            example(&ex.envelope(
+                EventType::CustomerUpserted,
+                CustomerUpserted {
+                    customer: ex.customer_state(),
+                },
+            )),
+        ),
+        event_message(
+            EventType::InvoiceOpened,
+            "An invoice was accepted for the first time",
+            schema::<Envelope<InvoiceChanged>>(),
+            example(&ex.envelope(EventType::InvoiceOpened, ex.invoice_changed())),
+        ),
+        event_message(
+            EventType::InvoiceUpdated,
+            "An open invoice changed",
+            schema::<Envelope<InvoiceChanged>>(),
+            example(&ex.envelope(EventType::InvoiceUpdated, ex.invoice_changed())),
+        ),
+        event_message(
+            EventType::InvoiceCanceled,
+            "An invoice was canceled",
+            schema::<Envelope<InvoiceCanceled>>(),
+            example(&ex.envelope(
+                EventType::InvoiceCanceled,
+                InvoiceCanceled {
+                    invoice_id: "NF-2026-000123".into(),
+                    revision: Some(4),
+                    reason: Some("renegotiated".into()),
+                    was_open: true,
+                },
+            )),
+        ),
+        event_message(
+            EventType::IntakeRejected,
+            "An inbound message was rejected, with reasons",
+            schema::<Envelope<IntakeRejected>>(),
+            example(&ex.envelope(EventType::IntakeRejected, ex.intake_rejected())),
+        ),
+    ]
+}
+
+/// The AsyncAPI 3 document over [`messages`]; payloads refer to `schemas/*.json`.
+pub fn asyncapi(messages: &[Message]) -> Value {
+    let mut channels = Map::new();
+    let mut operations = Map::new();
+    let mut components = Map::new();
+    for m in messages {
+        let id = camel(&m.file_stem());
+        channels.insert(
+            id.clone(),
+            json!({
+                "address": m.address,
+                "title": m.name,
+                "summary": m.summary,
+                "parameters": { "tenant": { "description": "Tenant id: a single NATS token of a-z, 0-9, '-' and '_'" } },
+                "messages": { id.clone(): { "$ref": format!("#/components/messages/{id}") } },
+                "x-jetstream-stream": m.stream,
+            }),
+        );
+        let (action, verb) = match m.direction {
+            Direction::In => ("send", "publish"),
+            Direction::Out => ("receive", "consume"),
+        };
+        operations.insert(
+            format!("{verb}{}", upper_first(&id)),
+            json!({
+                "action": action,
+                "channel": { "$ref": format!("#/channels/{id}") },
+                "summary": m.summary,
+            }),
+        );
+        let mut message = json!({
+            "name": m.name,
+            "title": m.summary,
+            "contentType": "application/json",
+            "payload": {
+                "schemaFormat": "application/schema+json;version=draft-2020-12",
+                "schema": { "$ref": format!("./schemas/{}.json", m.file_stem()) },
+            },
+            "examples": [ { "name": "example", "payload": m.example } ],
+        });
+        if let (Direction::In, Some(obj)) = (m.direction, message.as_object_mut()) {
+            obj.insert(
+                "headers".into(),
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "Nats-Msg-Id": { "type": "string", "description": "Optional. JetStream deduplicates repeats within the stream's duplicate window; intake reports a later repeat as `duplicate`." },
+                        "traceparent": { "type": "string", "description": "Optional W3C trace context." },
+                    },
+                }),
+            );
+        }
+        if let (Direction::Out, Some(obj)) = (m.direction, message.as_object_mut()) {
+            obj.insert(
+                "headers".into(),
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "Nats-Msg-Id": { "type": "string", "description": "The envelope id (UUIDv7)." },
+                        "traceparent": { "type": "string", "description": "W3C trace context of the change." },
+                    },
+                }),
+            );
+        }
+        components.insert(id, message);
+    }
+    json!({
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "regua",
+            "version": "1.0.0",
+            "description": "The regua event contract v1. Integrators publish on regua.v1.in.<tenant>.<entity>.<action> (stream REGUA_IN: a PubAck means durable); every inbound message gets exactly one outcome: accepted (domain events on regua.v1.evt.<tenant>.*), duplicate, stale, or rejected (regua.v1.evt.<tenant>.intake.rejected with field-level reasons).",
+        },
+        "defaultContentType": "application/json",
+        "servers": { "nats": { "host": "127.0.0.1:4222", "protocol": "nats", "description": "JetStream enabled (nats-server 2.9+)" } },
+        "channels": channels,
+        "operations": operations,
+        "components": { "messages": components },
+        "x-jetstream-streams": {
+            subjects::STREAM_INBOUND: { "subjects": [subjects::inbound_all()], "retention": "limits", "description": "What integrators publish" },
+            subjects::STREAM_EVENTS: { "subjects": [subjects::events_all()], "retention": "limits", "description": "Domain events, from service outboxes" },
+            subjects::STREAM_DEAD_LETTER: { "subjects": [subjects::dead_letter_all()], "retention": "limits", "description": "Messages that exhausted their deliveries; headers Regua-Dlq-Reason, Regua-Dlq-Subject, Regua-Dlq-Stream-Seq" },
+        },
+        "x-reject-codes": reject_codes(),
+    })
+}
+
+fn reject_codes() -> Vec<String> {
+    // The schema of RejectCode lists every variant; read them from there so this list
+    // cannot drift from the enum.
+    let s = schema::<RejectCode>();
+    let mut codes = Vec::new();
+    collect_enum_strings(&s, &mut codes);
+    codes
+}
+
+fn collect_enum_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, val) in o {
+                if k == "enum" || k == "const" {
+                    match val {
+                        Value::Array(a) => {
+                            out.extend(a.iter().filter_map(|x| x.as_str().map(str::to_owned)))
+                        }
+                        Value::String(s) => out.push(s.clone()),
+                        _ => {}
+                    }
+                } else {
+                    collect_enum_strings(val, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_enum_strings(x, out)),
+        _ => {}
+    }
+}
+
+fn camel(stem: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in stem.split(['.', '_']).enumerate() {
+        if i == 0 {
+            out.push_str(part);
+        } else {
+            out.push_str(&upper_first(part));
+        }
+    }
+    out
+}
+
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Every file of `proto/`, as (relative path, contents).
+pub fn files() -> Vec<(String, String)> {
+    let messages = messages();
+    let mut out = Vec::new();
+    for m in &messages {
+        out.push((format!("schemas/{}.json", m.file_stem()), pretty(&m.schema)));
+        out.push((
+            format!("examples/{}.json", m.file_stem()),
+            pretty(&m.example),
+        ));
+    }
+    out.push(("asyncapi.json".into(), pretty(&asyncapi(&messages))));
+    out
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// Example values, shared by `proto/examples` and tests.
+pub struct Examples {
+    at: DateTime<Utc>,
+}
+
+impl Default for Examples {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Examples {
+    pub fn new() -> Self {
+        Examples {
+            at: DateTime::<Utc>::from_timestamp(1_795_000_000, 0).unwrap_or_default(),
+        }
+    }
+
+    fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap_or_default()
+    }
+
+    pub fn customer_upsert(&self) -> CustomerUpsert {
+        CustomerUpsert {
+            customer_id: "C-1001".into(),
+            name: "Maria da Silva".into(),
+            document: Some("529.982.247-25".into()),
+            email: Some("maria@example.com".into()),
+            phone: Some("+5511987654321".into()),
+            whatsapp_opt_in: true,
+            preferred_channel: Some(Channel::Whatsapp),
+            timezone: Some("America/Sao_Paulo".into()),
+            locale: Some("pt-BR".into()),
+            segment: Some("varejo".into()),
+        }
+    }
+
+    pub fn invoice_upsert(&self) -> InvoiceUpsert {
+        let mut metadata = Map::new();
+        metadata.insert("erp_ref".into(), json!("PED-88412"));
+        InvoiceUpsert {
+            invoice_id: "NF-2026-000123".into(),
+            revision: Some(3),
+            customer: Some(InvoiceCustomer::Embedded(self.customer_upsert())),
+            customer_id: None,
+            amount_cents: 15990,
+            currency: Some("BRL".into()),
+            issued_on: Self::date(2026, 11, 1),
+            due_date: Self::date(2026, 12, 10),
+            description: Some("Plano Fibra 500 Mega - dezembro".into()),
+            payment: Some(PaymentData {
+                pix_copy_paste: Some("00020126580014br.gov.bcb.pix0136a1b2c3d4-e5f6-7890-abcd-ef1234567890520400005303986540515.995802BR5913REGUA DEMO SA6009SAO PAULO62070503***6304ABCD".into()),
+                boleto_line: Some("34191.79001 01043.510047 91020.150008 1 98760000015990".into()),
+                payment_url: Some("https://pay.example.com/i/NF-2026-000123".into()),
+            }),
+            late_fee: Some(LateFee {
+                fine_bps: 200,
+                monthly_interest_bps: 100,
+            }),
+            tags: vec!["fibra".into(), "residencial".into()],
+            metadata,
+        }
+    }
+
+    pub fn invoice_cancel(&self) -> InvoiceCancel {
+        InvoiceCancel {
+            invoice_id: "NF-2026-000123".into(),
+            revision: Some(4),
+            reason: Some("renegotiated".into()),
+        }
+    }
+
+    pub fn payment_received(&self) -> PaymentReceived {
+        PaymentReceived {
+            payment_id: "PAY-77120".into(),
+            invoice_id: Some("NF-2026-000123".into()),
+            reference: Some("E1234567820261210153012345678901".into()),
+            amount_cents: 15990,
+            currency: Some("BRL".into()),
+            paid_at: self.at,
+            method: PaymentMethod::Pix,
+            payer_document: Some("52998224725".into()),
+        }
+    }
+
+    pub fn customer_state(&self) -> CustomerState {
+        CustomerState {
+            customer_id: "C-1001".into(),
+            name: "Maria da Silva".into(),
+            document: Some("52998224725".into()),
+            document_kind: Some(DocumentKind::Cpf),
+            email: Some("maria@example.com".into()),
+            phone: Some("+5511987654321".into()),
+            whatsapp_opt_in: true,
+            preferred_channel: Some(Channel::Whatsapp),
+            timezone: "America/Sao_Paulo".into(),
+            locale: "pt-BR".into(),
+            segment: Some("varejo".into()),
+        }
+    }
+
+    pub fn invoice_changed(&self) -> InvoiceChanged {
+        let u = self.invoice_upsert();
+        InvoiceChanged {
+            invoice: InvoiceState {
+                invoice_id: u.invoice_id,
+                revision: u.revision,
+                customer_id: "C-1001".into(),
+                debtor_kind: Some(DocumentKind::Cpf),
+                amount_cents: u.amount_cents,
+                currency: "BRL".into(),
+                issued_on: u.issued_on,
+                due_date: u.due_date,
+                description: u.description,
+                payment: u.payment,
+                late_fee: u.late_fee,
+                tags: u.tags,
+                metadata: u.metadata,
+            },
+        }
+    }
+
+    pub fn tenant_created(&self) -> TenantCreated {
+        TenantCreated {
+            id: "acme".into(),
+            legal_name: "ACME Telecom Ltda".into(),
+            cnpj: "11222333000181".into(),
+            address: "Av. Paulista, 1000, Sao Paulo - SP, 01310-100".into(),
+            contact: "cobranca@acme.example.com / 0800 000 0000".into(),
+            timezone: "America/Sao_Paulo".into(),
+            test_clock: false,
+            now: None,
+        }
+    }
+
+    pub fn intake_rejected(&self) -> IntakeRejected {
+        let payload = r#"{"invoice_id":"NF-9","amount_cents":-5,"issued_on":"2026-11-01","due_date":"2026-10-01","customer_id":"C-1001","colour":"red"}"#;
+        IntakeRejected {
+            source_subject: "regua.v1.in.acme.invoice.upsert".into(),
+            message_id: "erp-9-1".into(),
+            stream_sequence: Some(812),
+            errors: vec![
+                FieldIssue {
+                    field: "amount_cents".into(),
+                    code: RejectCode::AmountNotPositive,
+                    message: "amount_cents must be greater than zero".into(),
+                },
+                FieldIssue {
+                    field: "due_date".into(),
+                    code: RejectCode::DueBeforeIssue,
+                    message: "due_date 2026-10-01 is before issued_on 2026-11-01".into(),
+                },
+            ],
+            warnings: vec![FieldIssue {
+                field: "colour".into(),
+                code: WarnCode::UnknownField,
+                message: "unknown field ignored".into(),
+            }],
+            payload: payload.into(),
+            payload_bytes: payload.len(),
+            payload_truncated: false,
+        }
+    }
+
+    pub fn envelope<T>(&self, event_type: EventType, data: T) -> Envelope<T> {
+        Envelope {
+            id: Uuid::from_u128(0x019a_b2c3_d4e5_7f00_8000_0000_0000_0001),
+            event_type,
+            version: 1,
+            occurred_at: self.at,
+            tenant: "acme".into(),
+            correlation_id: "erp-123-3".into(),
+            causation_id: "erp-123-3".into(),
+            data,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn proto_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto")
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn proto_is_fresh() {
+        let dir = proto_dir();
+        let bless = std::env::var("REGUA_BLESS_PROTO").is_ok_and(|v| v == "1");
+        let mut stale = Vec::new();
+        for (path, contents) in files() {
+            let full = dir.join(&path);
+            let on_disk = std::fs::read_to_string(&full).unwrap_or_default();
+            if on_disk != contents {
+                if bless {
+                    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+                    std::fs::write(&full, contents).unwrap();
+                } else {
+                    stale.push(path);
+                }
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "proto/ is stale ({stale:?}); regenerate with REGUA_BLESS_PROTO=1 cargo test -p regua-contract proto_is_fresh"
+        );
+    }
+
+    #[test]
+    fn every_message_has_schema_and_example() {
+        let ms = messages();
+        assert_eq!(ms.len(), InboundKind::ALL.len() + EventType::ALL.len());
+        for m in &ms {
+            assert!(m.schema.get("$schema").is_some(), "{}", m.name);
+            assert!(m.example.is_object(), "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn examples_round_trip_through_the_types() {
+        let ex = Examples::new();
+        let v = example(&ex.invoice_upsert());
+        let back: InvoiceUpsert = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ex.invoice_upsert());
+        let v = example(&ex.envelope(EventType::InvoiceOpened, ex.invoice_changed()));
+        assert_eq!(v["type"], "invoice.opened");
+        let back: Envelope<InvoiceChanged> = serde_json::from_value(v).unwrap();
+        assert_eq!(back.data, ex.invoice_changed());
+    }
+
+    #[test]
+    fn asyncapi_lists_every_subject_and_stream() {
+        let doc = asyncapi(&messages());
+        let channels = doc["channels"].as_object().unwrap();
+        let addresses: Vec<&str> = channels
+            .values()
+            .map(|c| c["address"].as_str().unwrap())
+            .collect();
+        for kind in InboundKind::ALL {
+            assert!(
+                addresses.contains(&format!("regua.v1.in.{{tenant}}.{}", kind.suffix()).as_str())
+            );
+        }
+        for kind in EventType::ALL {
+            assert!(
+                addresses.contains(&format!("regua.v1.evt.{{tenant}}.{}", kind.as_str()).as_str())
+            );
+        }
+        assert!(
+            doc["x-reject-codes"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("unknown_tenant"))
+        );
+        assert_eq!(doc["x-jetstream-streams"].as_object().unwrap().len(), 3);
+    }
+}

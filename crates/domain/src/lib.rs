@@ -1,0 +1,13 @@
+//! Pure domain rules, with no I/O: money in integer minor units, ISO 4217 currencies,
+//! Brazilian tax documents (CPF and CNPJ with check digits), E.164 phones and e-mail
+//! addresses. Services validate with these and keep their own I/O elsewhere.
+
+pub mod contact;
+pub mod currency;
+pub mod document;
+pub mod money;
+
+pub use contact::{Email, Phone};
+pub use currency::Currency;
+pub use document::{Document, DocumentError};
+pub use money::{Money, MoneyError};

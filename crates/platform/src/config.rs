@@ -1,0 +1,296 @@
+//! Configuration: defaults, then an optional TOML file, then `REGUA_*` environment
+//! variables. Every key is validated at startup; a bad value stops startup with a
+//! message that names both the file key and the variable.
+//!
+//! | file key | env var | default |
+//! |---|---|---|
+//! | `nats_url` | `REGUA_NATS_URL` | `nats://127.0.0.1:4222` |
+//! | `database_url` | `REGUA_DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/regua` |
+//! | `http_addr` | `REGUA_HTTP_ADDR` | `127.0.0.1:8080` |
+//! | `admin_token` | `REGUA_ADMIN_TOKEN` | unset: tenant administration over HTTP is off |
+//! | `log` | `REGUA_LOG` | `info` (a tracing `EnvFilter` directive) |
+//! | `log_format` | `REGUA_LOG_FORMAT` | `text` (or `json`) |
+//! | `db_max_connections` | `REGUA_DB_MAX_CONNECTIONS` | `10` |
+//! | `intake_batch_size` | `REGUA_INTAKE_BATCH_SIZE` | `500` |
+//! | `intake_max_deliver` | `REGUA_INTAKE_MAX_DELIVER` | `5` |
+//! | `http_outcome_wait_ms` | `REGUA_HTTP_OUTCOME_WAIT_MS` | `5000` |
+//! | `drain_timeout_secs` | `REGUA_DRAIN_TIMEOUT_SECS` | `20` |
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A secret string that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Log output shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Validated settings for every service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub database_url: Secret,
+    pub http_addr: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub db_max_connections: u32,
+    pub intake_batch_size: usize,
+    pub intake_max_deliver: i64,
+    pub http_outcome_wait: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("unknown key `{key}` in config file {path}")]
+    UnknownKey { key: String, path: String },
+    #[error("invalid value for `{key}` ({env}): {reason}")]
+    Invalid {
+        key: &'static str,
+        env: String,
+        reason: String,
+    },
+}
+
+const KEYS: &[(&str, &str)] = &[
+    ("nats_url", "nats://127.0.0.1:4222"),
+    ("database_url", "postgres://postgres@127.0.0.1:5432/regua"),
+    ("http_addr", "127.0.0.1:8080"),
+    ("admin_token", ""),
+    ("log", "info"),
+    ("log_format", "text"),
+    ("db_max_connections", "10"),
+    ("intake_batch_size", "500"),
+    ("intake_max_deliver", "5"),
+    ("http_outcome_wait_ms", "5000"),
+    ("drain_timeout_secs", "20"),
+];
+
+fn env_name(key: &str) -> String {
+    format!("REGUA_{}", key.to_ascii_uppercase())
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The defaults are constants that parse; a failure here is a bug caught by tests.
+        Config::from_sources(None, |_| None).unwrap_or_else(|_| unreachable_defaults())
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_defaults() -> Config {
+    panic!("built-in configuration defaults do not parse")
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::from_sources(file, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::load`], with the environment given as a function (for tests).
+    pub fn from_sources(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw: BTreeMap<&'static str, String> =
+            KEYS.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        if let Some(path) = file {
+            let display = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: display.clone(),
+                reason: e.to_string(),
+            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::File {
+                        path: display.clone(),
+                        reason: e.to_string(),
+                    })?;
+            for (k, v) in table {
+                let Some((key, _)) = KEYS.iter().find(|(name, _)| *name == k) else {
+                    return Err(ConfigError::UnknownKey {
+                        key: k,
+                        path: display,
+                    });
+                };
+                let value = match v {
+                    toml::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                raw.insert(key, value);
+            }
+        }
+        for (key, _) in KEYS {
+            if let Some(v) = env(&env_name(key)) {
+                raw.insert(key, v);
+            }
+        }
+        Config::parse(&raw)
+    }
+
+    fn parse(raw: &BTreeMap<&'static str, String>) -> Result<Config, ConfigError> {
+        let get = |k: &str| raw.get(k).map(String::as_str).unwrap_or("");
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            key,
+            env: env_name(key),
+            reason,
+        };
+        let nats_url = get("nats_url").to_owned();
+        if nats_url.is_empty() || nats_url.contains(char::is_whitespace) {
+            return Err(invalid(
+                "nats_url",
+                "must be a NATS URL such as nats://host:4222".into(),
+            ));
+        }
+        let database_url = get("database_url").to_owned();
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "database_url",
+                "must start with postgres:// or postgresql://".into(),
+            ));
+        }
+        let http_addr = get("http_addr").parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "http_addr",
+                format!("{e} (expected host:port, e.g. 127.0.0.1:8080)"),
+            )
+        })?;
+        let admin_token = match get("admin_token") {
+            "" => None,
+            t if t.len() < 16 => {
+                return Err(invalid(
+                    "admin_token",
+                    "must be at least 16 characters".into(),
+                ));
+            }
+            t => Some(Secret::new(t)),
+        };
+        let log = get("log").to_owned();
+        let log_format = match get("log_format") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("`{other}` is not one of text, json"),
+                ));
+            }
+        };
+        let number = |key: &'static str, min: u64, max: u64| -> Result<u64, ConfigError> {
+            let v: u64 = get(key)
+                .parse()
+                .map_err(|_| invalid(key, format!("`{}` is not a whole number", get(key))))?;
+            if (min..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(key, format!("{v} is outside {min}..={max}")))
+            }
+        };
+        Ok(Config {
+            nats_url,
+            database_url: Secret::new(database_url),
+            http_addr,
+            admin_token,
+            log,
+            log_format,
+            db_max_connections: u32::try_from(number("db_max_connections", 1, 1000)?).unwrap_or(10),
+            intake_batch_size: usize::try_from(number("intake_batch_size", 1, 5000)?)
+                .unwrap_or(500),
+            intake_max_deliver: i64::try_from(number("intake_max_deliver", 1, 100)?).unwrap_or(5),
+            http_outcome_wait: Duration::from_millis(number("http_outcome_wait_ms", 0, 60_000)?),
+            drain_timeout: Duration::from_secs(number("drain_timeout_secs", 1, 3600)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::default();
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
+        assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("regua.toml");
+        std::fs::write(
+            &path,
+            "http_addr = \"0.0.0.0:9000\"\nintake_batch_size = 100\n",
+        )
+        .unwrap();
+        let c =
+            Config::from_sources(Some(&path), env(&[("REGUA_INTAKE_BATCH_SIZE", "250")])).unwrap();
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.intake_batch_size, 250);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::from_sources(None, env(&[("REGUA_HTTP_ADDR", "nope")])).unwrap_err();
+        assert!(e.to_string().contains("REGUA_HTTP_ADDR"), "{e}");
+        let e =
+            Config::from_sources(None, env(&[("REGUA_DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert!(e.to_string().contains("database_url"), "{e}");
+        let e = Config::from_sources(None, env(&[("REGUA_ADMIN_TOKEN", "short")])).unwrap_err();
+        assert!(e.to_string().contains("REGUA_ADMIN_TOKEN"), "{e}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("regua.toml");
+        std::fs::write(&path, "http_adr = \"0.0.0.0:9000\"\n").unwrap();
+        let e = Config::from_sources(Some(&path), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("http_adr"), "{e}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c =
+            Config::from_sources(None, env(&[("REGUA_ADMIN_TOKEN", "0123456789abcdef")])).unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+}

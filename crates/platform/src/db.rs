@@ -1,0 +1,43 @@
+//! Postgres: the pool, creating the database when missing, and per-service migrations.
+//! Each service owns a schema named after it and keeps its migration history in
+//! `<schema>._sqlx_migrations`, so services migrate independently.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+use crate::PlatformError;
+
+/// Creates the database named in `url` if it does not exist.
+pub async fn ensure_database(url: &str) -> Result<(), PlatformError> {
+    if !Postgres::database_exists(url).await? {
+        Postgres::create_database(url).await?;
+    }
+    Ok(())
+}
+
+/// A pool that waits for the server instead of failing on the first refused connect.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, PlatformError> {
+    let options = PgConnectOptions::from_str(url)?.application_name("regua");
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// Runs `migrator` with its history table inside `schema`.
+pub async fn migrate(
+    pool: &PgPool,
+    mut migrator: Migrator,
+    schema: &'static str,
+) -> Result<(), PlatformError> {
+    migrator.create_schema(schema);
+    migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
+    migrator.run(pool).await?;
+    Ok(())
+}

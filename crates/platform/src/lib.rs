@@ -1,0 +1,37 @@
+//! What every regua service stands on, so that each service crate holds only its own
+//! logic: layered configuration ([`config`]), tracing with OpenTelemetry and W3C trace
+//! context in NATS headers ([`telemetry`]), NATS connection, JetStream streams and dead
+//! letters ([`nats`]), the Postgres pool and per-service migrations ([`db`]), the
+//! transactional outbox and its relay ([`outbox`]), ordered shutdown ([`shutdown`]) and
+//! the injected [`clock`].
+
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod nats;
+pub mod outbox;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use config::{Config, ConfigError, Secret};
+pub use shutdown::Shutdown;
+
+/// Errors of the platform layer.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("telemetry: {0}")]
+    Telemetry(String),
+}
+
+impl PlatformError {
+    pub fn nats(e: impl std::fmt::Display) -> Self {
+        PlatformError::Nats(e.to_string())
+    }
+}

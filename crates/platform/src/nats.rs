@@ -1,0 +1,231 @@
+//! NATS and JetStream: connecting, the streams every service relies on, pull consumers,
+//! traced publishing, and dead letters.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use regua_contract::subjects;
+use tracing::Span;
+
+use crate::PlatformError;
+use crate::telemetry;
+
+/// How long JetStream remembers a `Nats-Msg-Id` on the inbound stream. Integrators that
+/// retry a publish within this window are deduplicated by the server; later repeats are
+/// still caught by intake's own record of processed ids.
+pub const INBOUND_DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// How long JetStream remembers an event id. An outbox relay that republishes after a
+/// crash (or after Postgres was unreachable between publish and delete) within this
+/// window produces no duplicate; consumers are idempotent on the envelope id beyond it.
+pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(30 * 60);
+
+/// Connects with unlimited reconnects, so a broker restart is ridden out.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, PlatformError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(PlatformError::nats)
+}
+
+/// A JetStream context with a request timeout suited to a busy 2-core machine.
+pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build(client)
+}
+
+/// The configuration of every platform stream.
+pub fn stream_configs() -> Vec<stream::Config> {
+    const DAY: u64 = 24 * 3600;
+    vec![
+        stream::Config {
+            name: subjects::STREAM_INBOUND.into(),
+            description: Some("regua v1 inbound: what integrators publish".into()),
+            subjects: vec![subjects::inbound_all()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(7 * DAY),
+            duplicate_window: INBOUND_DUPLICATE_WINDOW,
+            ..Default::default()
+        },
+        stream::Config {
+            name: subjects::STREAM_EVENTS.into(),
+            description: Some("regua v1 domain events, from service outboxes".into()),
+            subjects: vec![subjects::events_all()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(30 * DAY),
+            duplicate_window: EVENTS_DUPLICATE_WINDOW,
+            ..Default::default()
+        },
+        stream::Config {
+            name: subjects::STREAM_DEAD_LETTER.into(),
+            description: Some("regua v1 dead letters, with the reason in headers".into()),
+            subjects: vec![subjects::dead_letter_all()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(30 * DAY),
+            ..Default::default()
+        },
+    ]
+}
+
+/// Creates the platform streams, or updates them to the current configuration.
+pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), PlatformError> {
+    for config in stream_configs() {
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|e| PlatformError::Nats(format!("stream {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Whether every platform stream exists (for readiness).
+pub async fn streams_present(js: &jetstream::Context) -> bool {
+    for config in stream_configs() {
+        if js.get_stream_no_info(&config.name).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Creates a durable pull consumer, or adopts the existing one.
+pub async fn ensure_pull_consumer(
+    js: &jetstream::Context,
+    stream_name: &str,
+    config: consumer::pull::Config,
+) -> Result<consumer::PullConsumer, PlatformError> {
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| PlatformError::Nats(format!("stream {stream_name}: {e}")))?;
+    let name = config.durable_name.clone().unwrap_or_default();
+    match stream.create_consumer(config).await {
+        Ok(c) => Ok(c),
+        Err(create_err) => {
+            // An older server refuses to change some fields of an existing consumer;
+            // keep running on the existing one and say so.
+            tracing::warn!(consumer = %name, error = %create_err, "consumer config not applied; using the existing consumer");
+            stream
+                .get_consumer(&name)
+                .await
+                .map_err(|e| PlatformError::Nats(format!("consumer {name}: {e}")))
+        }
+    }
+}
+
+/// A span for publishing to `subject`, with the OpenTelemetry messaging attributes.
+pub fn publish_span(subject: &str, message_id: &str) -> Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = %format!("send {subject}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = %subject,
+        messaging.message.id = %message_id,
+    )
+}
+
+/// A span for processing one consumed message, continuing the publisher's trace.
+pub fn process_span(
+    subject: &str,
+    message_id: &str,
+    consumer: &str,
+    headers: Option<&HeaderMap>,
+) -> Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("process {subject}"),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %subject,
+        messaging.consumer.group.name = %consumer,
+        messaging.message.id = %message_id,
+        regua.tenant = tracing::field::Empty,
+        regua.invoice_id = tracing::field::Empty,
+        regua.outcome = tracing::field::Empty,
+    );
+    telemetry::continue_from(&span, headers);
+    span
+}
+
+/// Builds a JetStream publish whose headers carry `span`'s trace context and whose
+/// `Nats-Msg-Id` is `message_id`. The id is set after the headers because setting
+/// headers replaces the whole map.
+pub fn traced_publish(
+    span: &Span,
+    mut headers: HeaderMap,
+    message_id: &str,
+    payload: Bytes,
+) -> PublishMessage {
+    telemetry::inject(span, &mut headers);
+    PublishMessage::build()
+        .headers(headers)
+        .message_id(message_id)
+        .payload(payload)
+}
+
+/// Copies `msg` to the dead-letter subject with its reason, waits for the PubAck, then
+/// terminates the original so it is never delivered again.
+pub async fn dead_letter(
+    js: &jetstream::Context,
+    msg: &jetstream::Message,
+    consumer_name: &str,
+    tenant_token: &str,
+    reason: &str,
+) -> Result<(), PlatformError> {
+    // Copy the original headers except its Nats-Msg-Id: a dead letter must not be
+    // deduplicated against the original.
+    let mut headers = HeaderMap::new();
+    if let Some(original) = &msg.headers {
+        for (name, values) in original.iter() {
+            if !AsRef::<str>::as_ref(name).eq_ignore_ascii_case("Nats-Msg-Id") {
+                for v in values {
+                    headers.append(name.clone(), v.clone());
+                }
+            }
+        }
+    }
+    headers.insert(subjects::HEADER_DLQ_REASON, truncate(reason, 512));
+    headers.insert(subjects::HEADER_DLQ_SUBJECT, msg.subject.as_str());
+    if let Ok(info) = msg.info() {
+        headers.insert(
+            subjects::HEADER_DLQ_STREAM_SEQ,
+            info.stream_sequence.to_string().as_str(),
+        );
+    }
+    let subject = subjects::dead_letter(consumer_name, tenant_token);
+    js.publish_with_headers(subject, headers, msg.payload.clone())
+        .await
+        .map_err(PlatformError::nats)?
+        .await
+        .map_err(PlatformError::nats)?;
+    msg.ack_with(jetstream::AckKind::Term)
+        .await
+        .map_err(PlatformError::nats)?;
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

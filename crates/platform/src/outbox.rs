@@ -1,0 +1,227 @@
+//! The transactional outbox. A service writes its state change and the events it causes
+//! in one transaction ([`Outbox::enqueue`]); the [`Relay`] publishes them afterwards,
+//! in order, each with its row id as `Nats-Msg-Id` and the trace context stored with
+//! the row, then deletes them.
+//!
+//! Every service's outbox table has the same shape:
+//!
+//! ```sql
+//! CREATE TABLE <schema>.outbox (
+//!     seq         BIGSERIAL PRIMARY KEY,
+//!     id          UUID NOT NULL,
+//!     subject     TEXT NOT NULL,
+//!     payload     BYTEA NOT NULL,
+//!     traceparent TEXT,
+//!     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+//! );
+//! ```
+//!
+//! Only one relay publishes a table at a time (a transaction-scoped advisory lock), so
+//! events leave in commit order even with several replicas. If the relay dies after a
+//! publish but before the delete commits, the rows are published again with the same
+//! ids and JetStream's duplicate window drops the repeats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::future::try_join_all;
+// Table names come from service constants, never from input.
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{PlatformError, nats, telemetry};
+
+/// One message waiting to be published.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub id: Uuid,
+    pub subject: String,
+    pub payload: Vec<u8>,
+    pub traceparent: Option<String>,
+}
+
+/// A service's outbox table.
+#[derive(Debug, Clone, Copy)]
+pub struct Outbox {
+    table: &'static str,
+}
+
+impl Outbox {
+    /// `table` is schema-qualified, e.g. `intake.outbox`. It is a constant of the
+    /// service, never input.
+    pub const fn new(table: &'static str) -> Self {
+        Outbox { table }
+    }
+
+    /// Inserts `messages` in one statement, inside the caller's transaction.
+    pub async fn enqueue(
+        &self,
+        conn: &mut PgConnection,
+        messages: &[OutboxMessage],
+    ) -> Result<(), sqlx::Error> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut subjects = Vec::with_capacity(messages.len());
+        let mut payloads = Vec::with_capacity(messages.len());
+        let mut traceparents = Vec::with_capacity(messages.len());
+        for m in messages {
+            ids.push(m.id);
+            subjects.push(m.subject.as_str());
+            payloads.push(m.payload.as_slice());
+            traceparents.push(m.traceparent.as_deref());
+        }
+        // WITH ORDINALITY keeps the caller's order in the serial column.
+        let sql = format!(
+            "INSERT INTO {} (id, subject, payload, traceparent) \
+             SELECT id, subject, payload, traceparent \
+             FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[]) \
+             WITH ORDINALITY AS t(id, subject, payload, traceparent, n) ORDER BY n",
+            self.table
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(&ids)
+            .bind(&subjects)
+            .bind(&payloads)
+            .bind(&traceparents)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Rows waiting to be published.
+    pub async fn depth(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}",
+            self.table
+        )))
+        .fetch_one(pool)
+        .await?;
+        row.try_get(0)
+    }
+}
+
+/// Publishes an [`Outbox`] to JetStream.
+pub struct Relay {
+    outbox: Outbox,
+    pool: PgPool,
+    js: jetstream::Context,
+    wake: Arc<Notify>,
+    batch: i64,
+}
+
+impl Relay {
+    pub fn new(outbox: Outbox, pool: PgPool, js: jetstream::Context, wake: Arc<Notify>) -> Self {
+        Relay {
+            outbox,
+            pool,
+            js,
+            wake,
+            batch: 1000,
+        }
+    }
+
+    /// Relays until `cancel`, then flushes what is left (bounded by a few attempts).
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.relay_once().await {
+                Ok(n) => {
+                    backoff = Duration::from_millis(100);
+                    if n as i64 >= self.batch {
+                        continue;
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, table = self.outbox.table, "outbox relay failed; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for _ in 0..20 {
+            match self.relay_once().await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox flush at shutdown failed; rows stay for the next start");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Publishes one batch in order and deletes it. Returns how many were published.
+    pub async fn relay_once(&self) -> Result<usize, PlatformError> {
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
+            .bind(self.outbox.table)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(0);
+        }
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT seq, id, subject, payload, traceparent FROM {} ORDER BY seq LIMIT $1",
+            self.outbox.table
+        )))
+        .bind(self.batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut acks = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = row.try_get("seq")?;
+            let id: Uuid = row.try_get("id")?;
+            let subject: String = row.try_get("subject")?;
+            let payload: Vec<u8> = row.try_get("payload")?;
+            let tp: Option<String> = row.try_get("traceparent")?;
+            let id = id.to_string();
+            let span = nats::publish_span(&subject, &id);
+            if let Some(tp) = &tp {
+                telemetry::continue_from_traceparent(&span, tp);
+            }
+            let publish = nats::traced_publish(
+                &span,
+                async_nats::HeaderMap::new(),
+                &id,
+                Bytes::from(payload),
+            );
+            let ack = self
+                .js
+                .send_publish(subject, publish)
+                .instrument(span)
+                .await
+                .map_err(PlatformError::nats)?;
+            acks.push(ack.into_future());
+            seqs.push(seq);
+        }
+        try_join_all(acks).await.map_err(PlatformError::nats)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE seq = ANY($1)",
+            self.outbox.table
+        )))
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+}

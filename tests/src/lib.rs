@@ -1,0 +1,1 @@
+//! cross-service tests live in tests/
