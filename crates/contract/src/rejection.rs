@@ -50,8 +50,6 @@ pub enum RejectCode {
     UnknownCustomer,
     /// Both an embedded `customer` and a top-level `customer_id`, with different ids.
     CustomerConflict,
-    /// An `Idempotency-Key` reused with a different body (HTTP only).
-    IdempotencyConflict,
 }
 
 impl RejectCode {
@@ -78,7 +76,6 @@ impl RejectCode {
             RejectCode::FineAboveLegalLimit => "fine_above_legal_limit",
             RejectCode::UnknownCustomer => "unknown_customer",
             RejectCode::CustomerConflict => "customer_conflict",
-            RejectCode::IdempotencyConflict => "idempotency_conflict",
         }
     }
 }

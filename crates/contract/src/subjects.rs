@@ -26,6 +26,11 @@ pub const HEADER_DLQ_SUBJECT: &str = "Regua-Dlq-Subject";
 /// Header carrying the original stream sequence on a dead-lettered message.
 pub const HEADER_DLQ_STREAM_SEQ: &str = "Regua-Dlq-Stream-Seq";
 
+/// Header on an inbound message asking intake to publish the message's outcome (JSON:
+/// `message_id`, `outcome`, `errors`, `warnings`, `reason`) to this core NATS subject
+/// once it is committed. Intake's HTTP API uses it to answer with the real outcome.
+pub const HEADER_REPLY_TO: &str = "Regua-Reply-To";
+
 /// `regua.v1.in.>`
 pub fn inbound_all() -> String {
     format!("{ROOT}.v1.in.>")

@@ -13,6 +13,7 @@
 //! | `db_max_connections` | `REGUA_DB_MAX_CONNECTIONS` | `10` |
 //! | `intake_batch_size` | `REGUA_INTAKE_BATCH_SIZE` | `500` |
 //! | `intake_max_deliver` | `REGUA_INTAKE_MAX_DELIVER` | `5` |
+//! | `intake_workers` | `REGUA_INTAKE_WORKERS` | `2` (concurrent batches per process) |
 //! | `http_outcome_wait_ms` | `REGUA_HTTP_OUTCOME_WAIT_MS` | `5000` |
 //! | `drain_timeout_secs` | `REGUA_DRAIN_TIMEOUT_SECS` | `20` |
 
@@ -61,6 +62,7 @@ pub struct Config {
     pub db_max_connections: u32,
     pub intake_batch_size: usize,
     pub intake_max_deliver: i64,
+    pub intake_workers: usize,
     pub http_outcome_wait: Duration,
     pub drain_timeout: Duration,
 }
@@ -90,6 +92,7 @@ const KEYS: &[(&str, &str)] = &[
     ("db_max_connections", "10"),
     ("intake_batch_size", "500"),
     ("intake_max_deliver", "5"),
+    ("intake_workers", "2"),
     ("http_outcome_wait_ms", "5000"),
     ("drain_timeout_secs", "20"),
 ];
@@ -223,9 +226,10 @@ impl Config {
             log,
             log_format,
             db_max_connections: u32::try_from(number("db_max_connections", 1, 1000)?).unwrap_or(10),
-            intake_batch_size: usize::try_from(number("intake_batch_size", 1, 5000)?)
+            intake_batch_size: usize::try_from(number("intake_batch_size", 1, 1000)?)
                 .unwrap_or(500),
             intake_max_deliver: i64::try_from(number("intake_max_deliver", 1, 100)?).unwrap_or(5),
+            intake_workers: usize::try_from(number("intake_workers", 1, 16)?).unwrap_or(2),
             http_outcome_wait: Duration::from_millis(number("http_outcome_wait_ms", 0, 60_000)?),
             drain_timeout: Duration::from_secs(number("drain_timeout_secs", 1, 3600)?),
         })

@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod http;
 pub mod nats;
 pub mod outbox;
 pub mod shutdown;
@@ -26,6 +27,8 @@ pub enum PlatformError {
     Db(#[from] sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("http: {0}")]
+    Http(String),
     #[error("telemetry: {0}")]
     Telemetry(String),
 }

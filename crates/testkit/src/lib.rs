@@ -1,1 +1,209 @@
-//! placeholder
+//! Test helpers (dev-only): a real `nats-server` child process per test that can be
+//! killed and restarted, payload builders with valid Brazilian documents, and polling
+//! helpers. Nothing here is a mock: tests talk to real NATS and Postgres.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// A `nats-server -js` child on a free port with its own store directory.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub async fn start() -> NatsServer {
+        let store = tempfile::tempdir().unwrap_or_else(|e| fail(&format!("tempdir: {e}")));
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let store: PathBuf = self.store.path().to_path_buf();
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| fail(&format!("spawning nats-server (is it on PATH?): {e}")));
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        fail("nats-server did not start listening within 5 s");
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server with SIGKILL (no graceful shutdown).
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.ok();
+            c.wait().await.ok();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port and store.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+}
+
+#[allow(clippy::panic)]
+fn fail(msg: &str) -> ! {
+    panic!("{msg}")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            fail(&format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every message on `stream` whose subject matches `filter`, read with an ephemeral
+/// ordered consumer, as (subject, Nats-Msg-Id, JSON body).
+pub async fn read_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Vec<(String, Option<String>, Value)> {
+    let Ok(s) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let Ok(consumer) = s
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            ..Default::default()
+        })
+        .await
+    else {
+        return Vec::new();
+    };
+    let pending = consumer.cached_info().num_pending;
+    let mut out = Vec::new();
+    if pending == 0 {
+        return out;
+    }
+    let Ok(mut msgs) = consumer.messages().await else {
+        return out;
+    };
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), msgs.next()).await {
+        let id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_owned());
+        let body = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+        out.push((m.subject.to_string(), id, body));
+        if out.len() as u64 >= pending {
+            break;
+        }
+    }
+    out
+}
+
+/// A valid CPF built from a number, so tests can make many distinct debtors.
+pub fn cpf(n: u64) -> String {
+    let mut d: Vec<u32> = format!("{:09}", n % 1_000_000_000)
+        .bytes()
+        .map(|b| u32::from(b - b'0'))
+        .collect();
+    if d.iter().all(|x| *x == d[0]) {
+        d[8] = (d[8] + 1) % 10;
+    }
+    for len in [9usize, 10] {
+        let sum: u32 = d[..len]
+            .iter()
+            .zip((2..=u32::try_from(len).unwrap_or(9) + 1).rev())
+            .map(|(x, w)| x * w)
+            .sum();
+        let r = (sum * 10) % 11;
+        d.push(if r == 10 { 0 } else { r });
+    }
+    d.iter()
+        .map(|x| char::from(b'0' + u8::try_from(*x).unwrap_or(0)))
+        .collect()
+}
+
+/// A valid `invoice.upsert` body with an embedded consumer (CPF) customer.
+pub fn invoice(invoice_id: &str, customer_n: u64) -> Value {
+    json!({
+        "invoice_id": invoice_id,
+        "customer": {
+            "customer_id": format!("C-{customer_n}"),
+            "name": format!("Cliente {customer_n}"),
+            "document": cpf(customer_n),
+            "email": format!("cliente{customer_n}@example.com"),
+            "phone": "+5511987654321",
+            "whatsapp_opt_in": true,
+        },
+        "amount_cents": 15990,
+        "currency": "BRL",
+        "issued_on": "2026-11-01",
+        "due_date": "2026-12-10",
+        "description": "Mensalidade",
+        "late_fee": { "fine_bps": 200, "monthly_interest_bps": 100 },
+    })
+}
+
+/// A valid `POST /v1/tenants` body.
+pub fn tenant(id: &str) -> Value {
+    json!({
+        "id": id,
+        "legal_name": "ACME Telecom Ltda",
+        "cnpj": "11.222.333/0001-81",
+        "address": "Av. Paulista, 1000, Sao Paulo - SP",
+        "contact": "cobranca@acme.example.com",
+    })
+}

@@ -1,0 +1,306 @@
+//! The JetStream side of intake: a durable pull consumer on `regua.v1.in.>`, fetched in
+//! batches. Each batch is decoded, applied in one transaction ([`crate::store`]) and
+//! only then acknowledged.
+//!
+//! Failures are told apart:
+//! - a connection-level database failure (Postgres down) is waited out in place: the
+//!   batch is retried with `Progress` acks so that no delivery attempt is used up and
+//!   no message is dead-lettered because of an outage;
+//! - any other failure of a batch is retried message by message; a message that still
+//!   fails is NAKed with a growing delay, and on its last delivery it is copied to the
+//!   dead-letter subject with the reason and terminated, so it cannot block the stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt;
+use futures::future::join_all;
+use regua_contract::{InboundKind, RejectCode, subjects};
+use regua_platform::{nats, telemetry};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
+
+use crate::Intake;
+use crate::decode::{Decoded, decode};
+use crate::store::{self, Applied, Inbound, StoreError};
+
+/// First NAK delay after a failed message; doubled per delivery, capped at 30 s.
+const NAK_BASE: Duration = Duration::from_millis(250);
+
+/// The durable consumer intake reads from.
+pub fn consumer_config(max_deliver: i64) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(subjects::CONSUMER_INTAKE.into()),
+        description: Some("regua intake: invoices and customers".into()),
+        filter_subject: subjects::inbound_all(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_wait: Duration::from_secs(60),
+        max_deliver,
+        // A cap across all replicas; well above batch size x workers x replicas.
+        max_ack_pending: 20_000,
+        ..Default::default()
+    }
+}
+
+/// One fetched message and what processing needs of it.
+struct Pending {
+    msg: jetstream::Message,
+    span: Span,
+    delivered: i64,
+    reply_to: Option<String>,
+}
+
+/// Fetches and processes batches until `cancel`; the batch in hand is finished first.
+pub async fn run(intake: Arc<Intake>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
+    let batch_size = intake.config.intake_batch_size;
+    let mut backoff = Duration::from_millis(200);
+    while !cancel.is_cancelled() {
+        let msgs = match fetch(&consumer, batch_size).await {
+            Ok(m) => {
+                backoff = Duration::from_millis(200);
+                m
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "intake fetch failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if !msgs.is_empty() {
+            process(&intake, msgs, &cancel).await;
+        }
+    }
+}
+
+async fn fetch(
+    consumer: &consumer::PullConsumer,
+    max: usize,
+) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(max)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await?;
+    let mut out = Vec::with_capacity(max);
+    while let Some(m) = batch.next().await {
+        match m {
+            Ok(m) => out.push(m),
+            Err(e) => {
+                // What was received so far is still processed.
+                tracing::debug!(error = %e, "fetch ended early");
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes `msgs`, applies them, and settles each with JetStream.
+async fn process(intake: &Intake, msgs: Vec<jetstream::Message>, cancel: &CancellationToken) {
+    let mut items = Vec::with_capacity(msgs.len());
+    let mut pending = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        let (stream_seq, delivered) = msg
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or((0, 1));
+        let subject = msg.subject.to_string();
+        let parsed = subjects::parse_inbound(&subject);
+        if parsed.as_ref().and_then(|p| p.kind) == Some(InboundKind::PaymentReceived) {
+            // Reconciliation's message; the stream keeps it for its own consumer.
+            ack(&msg, AckKind::Ack).await;
+            continue;
+        }
+        let message_id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| format!("seq-{stream_seq}"));
+        let span = nats::process_span(
+            &subject,
+            &message_id,
+            subjects::CONSUMER_INTAKE,
+            msg.headers.as_ref(),
+        );
+        let (tenant, decoded) = match &parsed {
+            None => (
+                "_invalid".to_owned(),
+                Decoded::rejected(
+                    "",
+                    RejectCode::UnknownSubject,
+                    format!("{subject} is not a regua v1 inbound subject"),
+                ),
+            ),
+            Some(p) => match p.kind {
+                None => (
+                    p.tenant.to_owned(),
+                    Decoded::rejected(
+                        "",
+                        RejectCode::UnknownSubject,
+                        format!(
+                            "{subject} names no v1 message; expected invoice.upsert, invoice.cancel, customer.upsert or payment.received"
+                        ),
+                    ),
+                ),
+                Some(kind) => (p.tenant.to_owned(), decode(kind, &msg.payload)),
+            },
+        };
+        span.record("regua.tenant", tenant.as_str());
+        if let Some(id) = decoded.command.as_ref().and_then(|c| c.invoice_id()) {
+            span.record("regua.invoice_id", id);
+        }
+        let reply_to = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(subjects::HEADER_REPLY_TO))
+            .map(|v| v.as_str().to_owned());
+        items.push(Inbound {
+            tenant,
+            message_id,
+            subject,
+            stream_seq: Some(stream_seq),
+            payload: msg.payload.clone(),
+            decoded,
+            traceparent: telemetry::traceparent(&span),
+        });
+        pending.push(Pending {
+            msg,
+            span,
+            delivered,
+            reply_to,
+        });
+    }
+    if items.is_empty() {
+        return;
+    }
+
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match store::apply_batch(&intake.pool, &intake.tenants, intake.clock.now(), &items)
+            .instrument(tracing::info_span!(
+                "intake.apply_batch",
+                batch.size = items.len()
+            ))
+            .await
+        {
+            Ok(applied) => {
+                settle(intake, &pending, &items, applied).await;
+                return;
+            }
+            Err(e) if is_connection_error(&e) && !cancel.is_cancelled() => {
+                tracing::warn!(error = %e, "postgres unreachable; holding the batch");
+                join_all(pending.iter().map(|p| ack(&p.msg, AckKind::Progress))).await;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) if is_connection_error(&e) => {
+                // Shutting down: hand the batch back for another replica or restart.
+                join_all(pending.iter().map(|p| ack(&p.msg, AckKind::Nak(None)))).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, batch = items.len(), "batch failed; retrying message by message");
+                one_by_one(intake, pending, items).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn one_by_one(intake: &Intake, pending: Vec<Pending>, items: Vec<Inbound>) {
+    for (p, item) in pending.into_iter().zip(items) {
+        let one = std::slice::from_ref(&item);
+        match store::apply_batch(&intake.pool, &intake.tenants, intake.clock.now(), one).await {
+            Ok(applied) => settle(intake, std::slice::from_ref(&p), one, applied).await,
+            Err(e) if is_connection_error(&e) => {
+                // Not this message's fault: redeliver soon without judging it.
+                ack(&p.msg, AckKind::Nak(Some(NAK_BASE))).await;
+            }
+            Err(e) => {
+                let _enter = p.span.enter();
+                if p.delivered >= intake.config.intake_max_deliver {
+                    let reason = format!("intake failed after {} deliveries: {e}", p.delivered);
+                    tracing::error!(error = %e, stream_seq = item.stream_seq, "dead-lettering message");
+                    if let Err(dlq) = nats::dead_letter(
+                        &intake.js,
+                        &p.msg,
+                        subjects::CONSUMER_INTAKE,
+                        &item.tenant,
+                        &reason,
+                    )
+                    .await
+                    {
+                        tracing::error!(error = %dlq, "dead-lettering failed; message stays pending");
+                    }
+                } else {
+                    let exp = u32::try_from(p.delivered.saturating_sub(1))
+                        .unwrap_or(0)
+                        .min(7);
+                    let delay = (NAK_BASE * 2u32.pow(exp)).min(Duration::from_secs(30));
+                    tracing::warn!(error = %e, delivered = p.delivered, "message failed; will be redelivered");
+                    ack(&p.msg, AckKind::Nak(Some(delay))).await;
+                }
+            }
+        }
+    }
+}
+
+/// Acks committed messages, records outcomes on spans, answers HTTP waiters and wakes
+/// the outbox relay.
+async fn settle(intake: &Intake, pending: &[Pending], items: &[Inbound], applied: Vec<Applied>) {
+    intake.outbox_wake.notify_one();
+    let acks = pending.iter().map(|p| ack(&p.msg, AckKind::Ack));
+    join_all(acks).await;
+    for ((p, item), a) in pending.iter().zip(items).zip(&applied) {
+        p.span.record("regua.outcome", a.outcome.as_str());
+        if a.outcome == store::Outcome::Rejected {
+            let codes: Vec<&str> = a.errors.iter().map(|e| e.code.as_str()).collect();
+            tracing::info!(parent: &p.span, tenant = %item.tenant, message_id = %item.message_id, codes = ?codes, "message rejected");
+        }
+        if let Some(reply) = &p.reply_to {
+            let body = serde_json::json!({
+                "message_id": item.message_id,
+                "outcome": a.outcome,
+                "reason": a.reason,
+                "errors": a.errors,
+                "warnings": a.warnings,
+            });
+            if let Ok(bytes) = serde_json::to_vec(&body) {
+                if let Err(e) = intake.client.publish(reply.clone(), bytes.into()).await {
+                    tracing::debug!(error = %e, "outcome reply not sent; the caller sees it as pending");
+                }
+            }
+        }
+    }
+}
+
+async fn ack(msg: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        // The server redelivers after ack_wait, and the outcome row makes that a
+        // duplicate, so a lost ack costs time, not correctness.
+        tracing::warn!(error = %e, "ack not sent");
+    }
+}
+
+fn is_connection_error(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Db(
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed
+        )
+    )
+}

@@ -1,0 +1,697 @@
+//! The HTTP API, for systems that do not speak NATS.
+//!
+//! Submissions take the same path as NATS publishes: validated at the edge (a stateless
+//! error is answered with 422 at once), then published to the inbound stream and
+//! processed by the consumer. The handler waits for the committed outcome (up to
+//! `REGUA_HTTP_OUTCOME_WAIT_MS`) via a reply subject, so the answer is the real outcome;
+//! if the wait runs out the answer is 202 `pending` and the outcome can be read at
+//! `GET /v1/tenants/{tenant}/messages/{message_id}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap as HttpHeaders, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use futures::future::join_all;
+use regua_contract::inbound::limits;
+use regua_contract::{FieldIssue, InboundKind, RejectCode, TenantId, WarnCode, subjects};
+use regua_platform::{nats, telemetry};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::{Instrument, Span};
+
+use crate::Intake;
+use crate::decode::{Decoded, Issues, decode_value};
+use crate::events::new_id;
+use crate::store::{self, Inbound, Outcome};
+use crate::tenants::{self, CreateTenantError};
+
+/// Intake's routes.
+pub fn router(intake: Arc<Intake>) -> Router {
+    Router::new()
+        .route("/v1/tenants", post(create_tenant))
+        .route("/v1/tenants/{tenant}/invoices", post(post_invoice))
+        .route(
+            "/v1/tenants/{tenant}/invoices:batch",
+            post(post_invoice_batch),
+        )
+        .route("/v1/tenants/{tenant}/invoices:cancel", post(post_cancel))
+        .route(
+            "/v1/tenants/{tenant}/invoices/{invoice_id}",
+            get(get_invoice),
+        )
+        .route("/v1/tenants/{tenant}/customers", post(post_customer))
+        .route(
+            "/v1/tenants/{tenant}/customers/{customer_id}",
+            get(get_customer),
+        )
+        .route(
+            "/v1/tenants/{tenant}/messages/{message_id}",
+            get(get_message),
+        )
+        .route("/openapi.json", get(openapi))
+        .with_state(intake)
+}
+
+/// An RFC 9457 problem.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldIssue<RejectCode>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<FieldIssue<WarnCode>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, kind: &str, title: &str, detail: impl Into<Option<String>>) -> Self {
+        Problem {
+            kind: format!("urn:regua:problem:{kind}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            message_id: None,
+        }
+    }
+
+    fn invalid(issues: Issues, message_id: Option<String>) -> Self {
+        Problem {
+            errors: issues.errors,
+            warnings: issues.warnings,
+            message_id,
+            ..Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "the request was rejected",
+                Some("see errors for each field".to_owned()),
+            )
+        }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "request failed");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+            None,
+        )
+    }
+
+    fn unavailable(e: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "broker unavailable");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the message could not be made durable; retry",
+            None,
+        )
+    }
+
+    fn not_found(what: &str) -> Self {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("{what} not found"),
+            None,
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+fn bearer(headers: &HttpHeaders) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix of the token.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks the tenant API key. A key for another tenant gets 404, as if the resource
+/// did not exist.
+async fn authorize(intake: &Intake, headers: &HttpHeaders, tenant: &str) -> Result<(), Problem> {
+    let Some(key) = bearer(headers) else {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing bearer API key",
+            None,
+        ));
+    };
+    match tenants::tenant_for_key(&intake.pool, key).await {
+        Ok(Some(owner)) if owner == tenant => {
+            Span::current().record("regua.tenant", tenant);
+            Ok(())
+        }
+        Ok(Some(_)) => Err(Problem::not_found("tenant")),
+        Ok(None) => Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown API key",
+            None,
+        )),
+        Err(e) => Err(Problem::internal(e)),
+    }
+}
+
+async fn create_tenant(
+    State(intake): State<Arc<Intake>>,
+    headers: HttpHeaders,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let Some(admin) = intake.config.admin_token.as_ref() else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "admin-disabled",
+            "tenant administration is off: set REGUA_ADMIN_TOKEN",
+            None,
+        ));
+    };
+    let authorized =
+        bearer(&headers).is_some_and(|t| same_secret(t.as_bytes(), admin.expose().as_bytes()));
+    if !authorized {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin token required",
+            None,
+        ));
+    }
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        let mut issues = Issues::default();
+        issues.error(
+            "",
+            RejectCode::MalformedJson,
+            format!("malformed JSON: {e}"),
+        );
+        Problem::invalid(issues, None)
+    })?;
+    let new = tenants::validate_new_tenant(&value).map_err(|i| Problem::invalid(i, None))?;
+    let now = intake.clock.now();
+    match tenants::create_tenant(
+        &intake.pool,
+        now,
+        new,
+        telemetry::traceparent(&Span::current()),
+    )
+    .await
+    {
+        Ok(created) => {
+            intake.outbox_wake.notify_one();
+            Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+        }
+        Err(CreateTenantError::Exists(id)) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "tenant-exists",
+            "tenant already exists",
+            Some(format!("tenant {id} already exists")),
+        )),
+        Err(CreateTenantError::Invalid(i)) => Err(Problem::invalid(i, None)),
+        Err(e) => Err(Problem::internal(e)),
+    }
+}
+
+/// One submission's result.
+#[derive(Debug, Clone, Serialize)]
+struct ItemResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invoice_id: Option<String>,
+    message_id: String,
+    /// accepted, duplicate, stale, rejected, or pending (durable, not yet processed).
+    outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldIssue<RejectCode>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<FieldIssue<WarnCode>>,
+}
+
+/// A message about to be submitted.
+struct Submission {
+    message_id: String,
+    value: Value,
+    decoded: Decoded,
+}
+
+fn idempotency_key(headers: &HttpHeaders) -> Option<String> {
+    headers
+        .get("Idempotency-Key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .map(str::to_owned)
+}
+
+/// Validates at the edge, records stateless rejections, publishes the rest durably and
+/// waits for their outcomes.
+async fn submit(
+    intake: &Intake,
+    tenant: &TenantId,
+    kind: InboundKind,
+    submissions: Vec<Submission>,
+) -> Result<Vec<ItemResult>, Problem> {
+    let subject = subjects::inbound(tenant, kind);
+    let mut results: Vec<Option<ItemResult>> = vec![None; submissions.len()];
+    let here = Span::current();
+
+    // Stateless rejections: recorded (outcome row and intake.rejected event) at once.
+    let mut rejected = Vec::new();
+    for (i, s) in submissions.iter().enumerate() {
+        if s.decoded.issues.is_rejected() {
+            rejected.push((
+                i,
+                Inbound {
+                    tenant: tenant.to_string(),
+                    message_id: s.message_id.clone(),
+                    subject: subject.clone(),
+                    stream_seq: None,
+                    payload: serde_json::to_vec(&s.value).unwrap_or_default().into(),
+                    decoded: s.decoded.clone(),
+                    traceparent: telemetry::traceparent(&here),
+                },
+            ));
+        }
+    }
+    if !rejected.is_empty() {
+        let items: Vec<Inbound> = rejected.iter().map(|(_, i)| i.clone()).collect();
+        let applied = store::apply_batch(&intake.pool, &intake.tenants, intake.clock.now(), &items)
+            .await
+            .map_err(Problem::internal)?;
+        intake.outbox_wake.notify_one();
+        for ((i, item), a) in rejected.iter().zip(applied) {
+            results[*i] = Some(ItemResult {
+                index: None,
+                invoice_id: None,
+                message_id: item.message_id.clone(),
+                outcome: a.outcome.as_str().to_owned(),
+                reason: a.reason,
+                errors: a.errors,
+                warnings: a.warnings,
+            });
+        }
+    }
+
+    // Durable publish, with a reply subject for the outcome.
+    let inbox = intake.client.new_inbox();
+    let mut replies = intake
+        .client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(Problem::unavailable)?;
+    let mut acks = Vec::new();
+    for (i, s) in submissions.iter().enumerate() {
+        if results[i].is_some() {
+            continue;
+        }
+        let span = nats::publish_span(&subject, &s.message_id);
+        span.record("regua.tenant", tenant.as_str());
+        let mut headers = HeaderMap::new();
+        headers.insert(subjects::HEADER_REPLY_TO, inbox.as_str());
+        let payload = serde_json::to_vec(&s.value).map_err(Problem::internal)?;
+        let publish = nats::traced_publish(&span, headers, &s.message_id, payload.into());
+        let ack = intake
+            .js
+            .send_publish(subject.clone(), publish)
+            .instrument(span)
+            .await
+            .map_err(Problem::unavailable)?;
+        acks.push((i, ack.into_future()));
+    }
+    let (indexes, futures): (Vec<usize>, Vec<_>) = acks.into_iter().unzip();
+    let mut waiting: HashMap<String, usize> = HashMap::new();
+    for (i, ack) in indexes.into_iter().zip(join_all(futures).await) {
+        let ack = ack.map_err(Problem::unavailable)?;
+        let message_id = submissions[i].message_id.clone();
+        if ack.duplicate {
+            results[i] = Some(ItemResult {
+                index: None,
+                invoice_id: None,
+                message_id,
+                outcome: Outcome::Duplicate.as_str().to_owned(),
+                reason: Some("the same message id was published moments ago".into()),
+                errors: Vec::new(),
+                warnings: submissions[i].decoded.issues.warnings.clone(),
+            });
+        } else {
+            waiting.insert(message_id, i);
+        }
+    }
+
+    let deadline = tokio::time::Instant::now() + intake.config.http_outcome_wait;
+    while !waiting.is_empty() {
+        let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await else {
+            break;
+        };
+        let Ok(reply) = serde_json::from_slice::<Value>(&msg.payload) else {
+            continue;
+        };
+        let Some(i) = reply["message_id"]
+            .as_str()
+            .and_then(|id| waiting.remove(id))
+        else {
+            continue;
+        };
+        results[i] = Some(ItemResult {
+            index: None,
+            invoice_id: None,
+            message_id: submissions[i].message_id.clone(),
+            outcome: reply["outcome"].as_str().unwrap_or("pending").to_owned(),
+            reason: reply["reason"].as_str().map(str::to_owned),
+            errors: serde_json::from_value(reply["errors"].clone()).unwrap_or_default(),
+            warnings: serde_json::from_value(reply["warnings"].clone()).unwrap_or_default(),
+        });
+    }
+    replies.unsubscribe().await.ok();
+    for (_, i) in waiting {
+        results[i] = Some(ItemResult {
+            index: None,
+            invoice_id: None,
+            message_id: submissions[i].message_id.clone(),
+            outcome: "pending".into(),
+            reason: Some("durably queued; not processed yet".into()),
+            errors: Vec::new(),
+            warnings: submissions[i].decoded.issues.warnings.clone(),
+        });
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, Problem> {
+    if body.len() > limits::MAX_PAYLOAD_BYTES * limits::MAX_BATCH {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "request body too large",
+            None,
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let mut issues = Issues::default();
+        issues.error(
+            "",
+            RejectCode::MalformedJson,
+            format!("malformed JSON: {e}"),
+        );
+        Problem::invalid(issues, None)
+    })
+}
+
+fn tenant_id(tenant: &str) -> Result<TenantId, Problem> {
+    TenantId::parse(tenant).map_err(|_| Problem::not_found("tenant"))
+}
+
+/// Answers a single submission: 202 with the outcome, or 422 when rejected.
+fn single_response(mut r: ItemResult, invoice_id: Option<String>) -> Response {
+    r.invoice_id = invoice_id;
+    if r.outcome == Outcome::Rejected.as_str() {
+        let issues = Issues {
+            errors: r.errors,
+            warnings: r.warnings,
+        };
+        return Problem::invalid(issues, Some(r.message_id)).into_response();
+    }
+    (StatusCode::ACCEPTED, axum::Json(r)).into_response()
+}
+
+async fn post_single(
+    intake: &Intake,
+    headers: &HttpHeaders,
+    tenant: &str,
+    kind: InboundKind,
+    body: &Bytes,
+) -> Result<Response, Problem> {
+    authorize(intake, headers, tenant).await?;
+    let tenant = tenant_id(tenant)?;
+    let value = parse_body(body)?;
+    let decoded = if body.len() > limits::MAX_PAYLOAD_BYTES {
+        Decoded::rejected(
+            "",
+            RejectCode::PayloadTooLarge,
+            format!(
+                "payload is {} bytes; the limit is {}",
+                body.len(),
+                limits::MAX_PAYLOAD_BYTES
+            ),
+        )
+    } else {
+        decode_value(kind, &value)
+    };
+    let invoice_id = decoded
+        .command
+        .as_ref()
+        .and_then(|c| c.invoice_id())
+        .map(str::to_owned);
+    if let Some(id) = &invoice_id {
+        Span::current().record("regua.invoice_id", id.as_str());
+    }
+    let message_id =
+        idempotency_key(headers).unwrap_or_else(|| new_id(intake.clock.now()).to_string());
+    let mut results = submit(
+        intake,
+        &tenant,
+        kind,
+        vec![Submission {
+            message_id,
+            value,
+            decoded,
+        }],
+    )
+    .await?;
+    let r = results
+        .pop()
+        .ok_or_else(|| Problem::internal("no result"))?;
+    Ok(single_response(r, invoice_id))
+}
+
+async fn post_invoice(
+    State(intake): State<Arc<Intake>>,
+    Path(tenant): Path<String>,
+    headers: HttpHeaders,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    post_single(
+        &intake,
+        &headers,
+        &tenant,
+        InboundKind::InvoiceUpsert,
+        &body,
+    )
+    .await
+}
+
+async fn post_cancel(
+    State(intake): State<Arc<Intake>>,
+    Path(tenant): Path<String>,
+    headers: HttpHeaders,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    post_single(
+        &intake,
+        &headers,
+        &tenant,
+        InboundKind::InvoiceCancel,
+        &body,
+    )
+    .await
+}
+
+async fn post_customer(
+    State(intake): State<Arc<Intake>>,
+    Path(tenant): Path<String>,
+    headers: HttpHeaders,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    post_single(
+        &intake,
+        &headers,
+        &tenant,
+        InboundKind::CustomerUpsert,
+        &body,
+    )
+    .await
+}
+
+async fn post_invoice_batch(
+    State(intake): State<Arc<Intake>>,
+    Path(tenant): Path<String>,
+    headers: HttpHeaders,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    authorize(&intake, &headers, &tenant).await?;
+    let tenant = tenant_id(&tenant)?;
+    let value = parse_body(&body)?;
+    let items = match &value {
+        Value::Array(a) => a,
+        Value::Object(o) => match o.get("invoices") {
+            Some(Value::Array(a)) => a,
+            _ => {
+                let mut issues = Issues::default();
+                issues.error(
+                    "invoices",
+                    RejectCode::MissingField,
+                    "body must be {\"invoices\": [...]} or an array",
+                );
+                return Err(Problem::invalid(issues, None));
+            }
+        },
+        _ => {
+            let mut issues = Issues::default();
+            issues.error(
+                "",
+                RejectCode::NotAnObject,
+                "body must be {\"invoices\": [...]} or an array",
+            );
+            return Err(Problem::invalid(issues, None));
+        }
+    };
+    if items.is_empty() || items.len() > limits::MAX_BATCH {
+        let mut issues = Issues::default();
+        issues.error(
+            "invoices",
+            RejectCode::InvalidValue,
+            format!(
+                "a batch holds 1 to {} invoices; this one has {}",
+                limits::MAX_BATCH,
+                items.len()
+            ),
+        );
+        return Err(Problem::invalid(issues, None));
+    }
+    let key = idempotency_key(&headers);
+    let now = intake.clock.now();
+    let submissions: Vec<Submission> = items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let size = serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
+            let decoded = if size > limits::MAX_PAYLOAD_BYTES {
+                Decoded::rejected(
+                    "",
+                    RejectCode::PayloadTooLarge,
+                    format!(
+                        "item is {size} bytes; the limit is {}",
+                        limits::MAX_PAYLOAD_BYTES
+                    ),
+                )
+            } else {
+                decode_value(InboundKind::InvoiceUpsert, v)
+            };
+            Submission {
+                message_id: key
+                    .as_ref()
+                    .map_or_else(|| new_id(now).to_string(), |k| format!("{k}:{i}")),
+                value: v.clone(),
+                decoded,
+            }
+        })
+        .collect();
+    let invoice_ids: Vec<Option<String>> = items
+        .iter()
+        .map(|v| {
+            v.get("invoice_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    let results = submit(&intake, &tenant, InboundKind::InvoiceUpsert, submissions).await?;
+    let mut summary: HashMap<String, usize> = HashMap::new();
+    let results: Vec<ItemResult> = results
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            *summary.entry(r.outcome.clone()).or_default() += 1;
+            r.index = Some(i);
+            r.invoice_id = invoice_ids.get(i).cloned().flatten();
+            r
+        })
+        .collect();
+    Ok((
+        StatusCode::OK,
+        axum::Json(json!({ "results": results, "summary": summary })),
+    )
+        .into_response())
+}
+
+async fn get_invoice(
+    State(intake): State<Arc<Intake>>,
+    Path((tenant, invoice_id)): Path<(String, String)>,
+    headers: HttpHeaders,
+) -> Result<Response, Problem> {
+    authorize(&intake, &headers, &tenant).await?;
+    Span::current().record("regua.invoice_id", invoice_id.as_str());
+    match store::get_invoice(&intake.pool, &tenant, &invoice_id).await {
+        Ok(Some(i)) => Ok(axum::Json(i).into_response()),
+        Ok(None) => Err(Problem::not_found("invoice")),
+        Err(e) => Err(Problem::internal(e)),
+    }
+}
+
+async fn get_customer(
+    State(intake): State<Arc<Intake>>,
+    Path((tenant, customer_id)): Path<(String, String)>,
+    headers: HttpHeaders,
+) -> Result<Response, Problem> {
+    authorize(&intake, &headers, &tenant).await?;
+    match store::get_customer(&intake.pool, &tenant, &customer_id).await {
+        Ok(Some(c)) => Ok(axum::Json(c).into_response()),
+        Ok(None) => Err(Problem::not_found("customer")),
+        Err(e) => Err(Problem::internal(e)),
+    }
+}
+
+async fn get_message(
+    State(intake): State<Arc<Intake>>,
+    Path((tenant, message_id)): Path<(String, String)>,
+    headers: HttpHeaders,
+) -> Result<Response, Problem> {
+    authorize(&intake, &headers, &tenant).await?;
+    match store::get_message(&intake.pool, &tenant, &message_id).await {
+        Ok(Some(m)) => Ok(axum::Json(m).into_response()),
+        Ok(None) => Err(Problem::not_found("message")),
+        Err(e) => Err(Problem::internal(e)),
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::Json(crate::openapi::document()),
+    )
+        .into_response()
+}

@@ -1,0 +1,348 @@
+//! Tenants: creation (with the legal identity every collection message must carry,
+//! CDC art. 42-A), API keys, and a cache of what intake needs per message.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use regua_contract::events::TenantCreated;
+use regua_contract::{EventType, RejectCode, TenantId};
+use regua_domain::Document;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::decode::Issues;
+use crate::events::event_message;
+use crate::store::OUTBOX;
+
+/// What processing a message needs to know about its tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantInfo {
+    pub id: String,
+    pub timezone: String,
+}
+
+/// Known tenants, cached. Tenants are never deleted and their zone never changes, so a
+/// positive entry stays valid; unknown ids are looked up again each batch.
+#[derive(Debug, Default)]
+pub struct Tenants {
+    cache: RwLock<HashMap<String, TenantInfo>>,
+}
+
+impl Tenants {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The known tenants among `tokens`.
+    pub async fn resolve(
+        &self,
+        conn: &mut PgConnection,
+        tokens: &[&str],
+    ) -> Result<HashMap<String, TenantInfo>, sqlx::Error> {
+        let mut found = HashMap::new();
+        let mut missing: Vec<&str> = Vec::new();
+        if let Ok(cache) = self.cache.read() {
+            for t in tokens {
+                match cache.get(*t) {
+                    Some(info) => {
+                        found.insert((*t).to_owned(), info.clone());
+                    }
+                    None => missing.push(t),
+                }
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let rows = sqlx::query("SELECT id, timezone FROM intake.tenants WHERE id = ANY($1)")
+            .bind(&missing)
+            .fetch_all(conn)
+            .await?;
+        let mut fresh = Vec::with_capacity(rows.len());
+        for r in rows {
+            let info = TenantInfo {
+                id: r.try_get("id")?,
+                timezone: r.try_get("timezone")?,
+            };
+            fresh.push(info);
+        }
+        if let Ok(mut cache) = self.cache.write() {
+            for info in &fresh {
+                cache.insert(info.id.clone(), info.clone());
+            }
+        }
+        for info in fresh {
+            found.insert(info.id.clone(), info);
+        }
+        Ok(found)
+    }
+}
+
+/// A validated `POST /v1/tenants` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTenant {
+    pub id: TenantId,
+    pub legal_name: String,
+    pub cnpj: String,
+    pub address: String,
+    pub contact: String,
+    pub timezone: String,
+    pub test_clock: bool,
+    pub now: Option<DateTime<Utc>>,
+}
+
+/// The answer to creating a tenant; `api_key` is shown only here.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedTenant {
+    pub id: String,
+    pub legal_name: String,
+    pub cnpj: String,
+    pub address: String,
+    pub contact: String,
+    pub timezone: String,
+    pub test_clock: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub now: Option<DateTime<Utc>>,
+    pub api_key: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why a tenant could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateTenantError {
+    #[error("invalid tenant")]
+    Invalid(Issues),
+    #[error("tenant {0} already exists")]
+    Exists(String),
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("serializing: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Validates a tenant body, reporting every problem.
+pub fn validate_new_tenant(body: &Value) -> Result<NewTenant, Issues> {
+    let mut issues = Issues::default();
+    let Some(map) = body.as_object() else {
+        issues.error("", RejectCode::NotAnObject, "body must be a JSON object");
+        return Err(issues);
+    };
+    let text = |issues: &mut Issues, name: &str, required: bool| -> Option<String> {
+        match map.get(name) {
+            None | Some(Value::Null) => {
+                if required {
+                    issues.error(
+                        name,
+                        RejectCode::MissingField,
+                        format!("{name} is required"),
+                    );
+                }
+                None
+            }
+            Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 500 => {
+                Some(s.trim().to_owned())
+            }
+            Some(Value::String(_)) => {
+                issues.error(
+                    name,
+                    RejectCode::InvalidValue,
+                    format!("{name} must be 1 to 500 characters"),
+                );
+                None
+            }
+            Some(_) => {
+                issues.error(
+                    name,
+                    RejectCode::InvalidType,
+                    format!("{name} must be a string"),
+                );
+                None
+            }
+        }
+    };
+    let id = text(&mut issues, "id", true).and_then(|s| match TenantId::parse(&s) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            issues.error("id", RejectCode::InvalidValue, e.to_string());
+            None
+        }
+    });
+    let legal_name = text(&mut issues, "legal_name", true);
+    let cnpj = text(&mut issues, "cnpj", true).and_then(|s| match Document::parse(&s) {
+        Ok(Document::Cnpj(c)) => Some(c),
+        Ok(Document::Cpf(_)) => {
+            issues.error(
+                "cnpj",
+                RejectCode::InvalidCnpj,
+                "a creditor is identified by a CNPJ, not a CPF",
+            );
+            None
+        }
+        Err(_) => {
+            issues.error(
+                "cnpj",
+                RejectCode::InvalidCnpj,
+                "cnpj check digits do not verify",
+            );
+            None
+        }
+    });
+    let address = text(&mut issues, "address", true);
+    let contact = text(&mut issues, "contact", true);
+    let timezone =
+        text(&mut issues, "timezone", false).map_or(Some("America/Sao_Paulo".to_owned()), |tz| {
+            if tz.parse::<chrono_tz::Tz>().is_ok() {
+                Some(tz)
+            } else {
+                issues.error(
+                    "timezone",
+                    RejectCode::InvalidTimezone,
+                    format!("{tz} is not an IANA time zone"),
+                );
+                None
+            }
+        });
+    let test_clock = match map.get("test_clock") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            issues.error(
+                "test_clock",
+                RejectCode::InvalidType,
+                "test_clock must be true or false",
+            );
+            false
+        }
+    };
+    let now =
+        text(&mut issues, "now", false).and_then(|s| match DateTime::parse_from_rfc3339(&s) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => {
+                issues.error(
+                    "now",
+                    RejectCode::InvalidDate,
+                    "now must be an RFC 3339 instant",
+                );
+                None
+            }
+        });
+    if now.is_some() && !test_clock {
+        issues.error(
+            "now",
+            RejectCode::InvalidValue,
+            "now is only meaningful with test_clock: true",
+        );
+    }
+    if issues.is_rejected() {
+        return Err(issues);
+    }
+    match (id, legal_name, cnpj, address, contact, timezone) {
+        (Some(id), Some(legal_name), Some(cnpj), Some(address), Some(contact), Some(timezone)) => {
+            Ok(NewTenant {
+                id,
+                legal_name,
+                cnpj,
+                address,
+                contact,
+                timezone,
+                test_clock,
+                now,
+            })
+        }
+        _ => Err(issues),
+    }
+}
+
+/// Hashes an API key for storage and lookup.
+pub fn key_hash(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+fn new_api_key(tenant: &TenantId) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "rk_{}_{}",
+        tenant,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Creates a tenant and emits `tenant.created`, in one transaction.
+pub async fn create_tenant(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    new: NewTenant,
+    traceparent: Option<String>,
+) -> Result<CreatedTenant, CreateTenantError> {
+    let api_key = new_api_key(&new.id);
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO intake.tenants (id, legal_name, cnpj, address, contact, timezone, test_clock, clock_start, api_key_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(new.id.as_str())
+    .bind(&new.legal_name)
+    .bind(&new.cnpj)
+    .bind(&new.address)
+    .bind(&new.contact)
+    .bind(&new.timezone)
+    .bind(new.test_clock)
+    .bind(new.now)
+    .bind(key_hash(&api_key))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(CreateTenantError::Exists(new.id.to_string()));
+    }
+    let event = TenantCreated {
+        id: new.id.to_string(),
+        legal_name: new.legal_name.clone(),
+        cnpj: new.cnpj.clone(),
+        address: new.address.clone(),
+        contact: new.contact.clone(),
+        timezone: new.timezone.clone(),
+        test_clock: new.test_clock,
+        now: new.now,
+    };
+    let correlation = format!("tenant-create:{}", new.id);
+    let msg = event_message(
+        now,
+        new.id.as_str(),
+        EventType::TenantCreated,
+        &event,
+        &correlation,
+        &correlation,
+        traceparent,
+    )?;
+    OUTBOX.enqueue(&mut tx, &[msg]).await?;
+    tx.commit().await?;
+    Ok(CreatedTenant {
+        id: new.id.to_string(),
+        legal_name: new.legal_name,
+        cnpj: new.cnpj,
+        address: new.address,
+        contact: new.contact,
+        timezone: new.timezone,
+        test_clock: new.test_clock,
+        now: new.now,
+        api_key,
+        created_at: now,
+    })
+}
+
+/// The tenant an API key belongs to.
+pub async fn tenant_for_key(pool: &PgPool, key: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM intake.tenants WHERE api_key_hash = $1")
+        .bind(key_hash(key))
+        .fetch_optional(pool)
+        .await
+}
