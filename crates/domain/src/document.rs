@@ -77,6 +77,41 @@ impl fmt::Display for Document {
     }
 }
 
+/// A valid CPF made from `n` (its last nine digits, check digits computed), for demos,
+/// tests and benchmarks that need many distinct debtors. Never a real person's on
+/// purpose, but shaped like one.
+pub fn example_cpf(n: u64) -> String {
+    let mut d: Vec<u8> = format!("{:09}", n % 1_000_000_000).into_bytes();
+    if d.iter().all(|b| *b == d[0]) {
+        d[8] = b'0' + (d[8] - b'0' + 1) % 10;
+    }
+    for len in [9usize, 10] {
+        let sum: u32 = d[..len]
+            .iter()
+            .zip((2..=len as u32 + 1).rev())
+            .map(|(b, w)| digit(*b) * w)
+            .sum();
+        let r = (sum * 10) % 11;
+        d.push(b'0' + if r == 10 { 0 } else { r as u8 });
+    }
+    String::from_utf8(d).unwrap_or_default()
+}
+
+/// A valid head-office CNPJ made from `n` (eight digits, branch 0001), like
+/// [`example_cpf`].
+pub fn example_cnpj(n: u64) -> String {
+    let mut d: Vec<u8> = format!("{:08}0001", n % 100_000_000).into_bytes();
+    for weights in [&CNPJ_W1[..], &CNPJ_W2[..]] {
+        let sum: u32 = d.iter().zip(weights).map(|(b, w)| digit(*b) * w).sum();
+        let r = sum % 11;
+        d.push(b'0' + if r < 2 { 0 } else { (11 - r) as u8 });
+    }
+    String::from_utf8(d).unwrap_or_default()
+}
+
+const CNPJ_W1: [u32; 12] = [5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2];
+const CNPJ_W2: [u32; 13] = [6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2];
+
 fn digit(b: u8) -> u32 {
     u32::from(b.saturating_sub(b'0'))
 }
@@ -105,14 +140,12 @@ fn cnpj_valid(d: &[u8]) -> bool {
     if d.iter().all(|b| *b == d[0]) {
         return false;
     }
-    const W1: [u32; 12] = [5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2];
-    const W2: [u32; 13] = [6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2];
     let check = |weights: &[u32]| -> u32 {
         let sum: u32 = d.iter().zip(weights).map(|(b, w)| digit(*b) * w).sum();
         let r = sum % 11;
         if r < 2 { 0 } else { 11 - r }
     };
-    check(&W1) == digit(d[12]) && check(&W2) == digit(d[13])
+    check(&CNPJ_W1) == digit(d[12]) && check(&CNPJ_W2) == digit(d[13])
 }
 
 #[cfg(test)]
@@ -164,18 +197,17 @@ mod tests {
         assert_eq!(d.to_string(), "cpf:***25");
     }
 
-    fn cpf_with_check_digits(base: [u8; 9]) -> String {
-        let mut d: Vec<u8> = base.iter().map(|x| b'0' + x).collect();
-        for len in [9usize, 10] {
-            let sum: u32 = d[..len]
-                .iter()
-                .zip((2..=len as u32 + 1).rev())
-                .map(|(b, w)| u32::from(b - b'0') * w)
-                .sum();
-            let r = (sum * 10) % 11;
-            d.push(b'0' + if r == 10 { 0 } else { r as u8 });
+    #[test]
+    fn generated_examples_verify() {
+        for n in [0, 1, 111_111_111, 529_982_247, 999_999_999, 12_345] {
+            assert!(Document::parse(&example_cpf(n)).is_ok(), "{n}");
+            assert!(
+                matches!(Document::parse(&example_cnpj(n)), Ok(Document::Cnpj(_))),
+                "{n}"
+            );
         }
-        String::from_utf8(d).unwrap()
+        assert_eq!(example_cpf(529_982_247), "52998224725");
+        assert_eq!(example_cnpj(11_222_333), "11222333000181");
     }
 
     proptest! {
@@ -188,7 +220,8 @@ mod tests {
             // The mapping of remainder 10 to 0 lets some data-digit changes verify,
             // so only changes of the check digits themselves are always detected.
             prop_assume!(base.iter().any(|x| *x != base[0]));
-            let cpf = cpf_with_check_digits(base);
+            let n = base.iter().fold(0u64, |acc, d| acc * 10 + u64::from(*d));
+            let cpf = example_cpf(n);
             prop_assert!(Document::parse(&cpf).is_ok());
             let mut bytes = cpf.into_bytes();
             bytes[pos] = b'0' + (bytes[pos] - b'0' + delta) % 10;

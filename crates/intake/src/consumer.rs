@@ -274,10 +274,10 @@ async fn settle(intake: &Intake, pending: &[Pending], items: &[Inbound], applied
                 "errors": a.errors,
                 "warnings": a.warnings,
             });
-            if let Ok(bytes) = serde_json::to_vec(&body) {
-                if let Err(e) = intake.client.publish(reply.clone(), bytes.into()).await {
-                    tracing::debug!(error = %e, "outcome reply not sent; the caller sees it as pending");
-                }
+            if let Ok(bytes) = serde_json::to_vec(&body)
+                && let Err(e) = intake.client.publish(reply.clone(), bytes.into()).await
+            {
+                tracing::debug!(error = %e, "outcome reply not sent; the caller sees it as pending");
             }
         }
     }

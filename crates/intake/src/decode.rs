@@ -555,22 +555,22 @@ fn invoice(map: &Map<String, Value>, issues: &mut Issues) -> Option<InvoiceDraft
     };
     let issued_on = o.date(issues, "issued_on");
     let due_date = o.date(issues, "due_date");
-    if let (Some(i), Some(d)) = (issued_on, due_date) {
-        if d < i {
-            issues.error(
-                "due_date",
-                RejectCode::DueBeforeIssue,
-                format!("due_date {d} is before issued_on {i}"),
-            );
-        }
+    if let (Some(i), Some(d)) = (issued_on, due_date)
+        && d < i
+    {
+        issues.error(
+            "due_date",
+            RejectCode::DueBeforeIssue,
+            format!("due_date {d} is before issued_on {i}"),
+        );
     }
     let description = o.text(issues, "description");
     let payment = o.object(issues, "payment").map(|p| payment(p, issues));
     let late_fee = o.object(issues, "late_fee").map(|f| late_fee(f, issues));
-    if let (Some(fee), Some(CustomerSource::Embedded(c))) = (&late_fee, &customer) {
-        if c.document.as_ref().is_some_and(Document::is_consumer) {
-            check_consumer_fine(fee, issues);
-        }
+    if let (Some(fee), Some(CustomerSource::Embedded(c))) = (&late_fee, &customer)
+        && c.document.as_ref().is_some_and(Document::is_consumer)
+    {
+        check_consumer_fine(fee, issues);
     }
     let tags = tags(&mut o, issues);
     let metadata = metadata(&mut o, issues);
@@ -634,14 +634,14 @@ fn invoice_customer(o: &mut Obj<'_>, issues: &mut Issues) -> Option<CustomerSour
             } else {
                 customer(map, "customer.", issues).map(|c| CustomerSource::Embedded(Box::new(c)))
             };
-            if let (Some(s), Some(top)) = (&source, &top_id) {
-                if s.customer_id() != top {
-                    issues.error(
-                        "customer_id",
-                        RejectCode::CustomerConflict,
-                        "customer_id differs from customer.customer_id",
-                    );
-                }
+            if let (Some(s), Some(top)) = (&source, &top_id)
+                && s.customer_id() != top
+            {
+                issues.error(
+                    "customer_id",
+                    RejectCode::CustomerConflict,
+                    "customer_id differs from customer.customer_id",
+                );
             }
             source
         }

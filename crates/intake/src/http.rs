@@ -59,9 +59,12 @@ pub fn router(intake: Arc<Intake>) -> Router {
         .with_state(intake)
 }
 
-/// An RFC 9457 problem.
+/// An RFC 9457 problem (boxed: it travels in `Err` through every handler).
+#[derive(Debug)]
+pub struct Problem(Box<ProblemBody>);
+
 #[derive(Debug, Serialize)]
-pub struct Problem {
+struct ProblemBody {
     #[serde(rename = "type")]
     kind: String,
     title: String,
@@ -78,7 +81,7 @@ pub struct Problem {
 
 impl Problem {
     fn new(status: StatusCode, kind: &str, title: &str, detail: impl Into<Option<String>>) -> Self {
-        Problem {
+        Problem(Box::new(ProblemBody {
             kind: format!("urn:regua:problem:{kind}"),
             title: title.to_owned(),
             status: status.as_u16(),
@@ -86,21 +89,20 @@ impl Problem {
             errors: Vec::new(),
             warnings: Vec::new(),
             message_id: None,
-        }
+        }))
     }
 
     fn invalid(issues: Issues, message_id: Option<String>) -> Self {
-        Problem {
-            errors: issues.errors,
-            warnings: issues.warnings,
-            message_id,
-            ..Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation",
-                "the request was rejected",
-                Some("see errors for each field".to_owned()),
-            )
-        }
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "the request was rejected",
+            Some("see errors for each field".to_owned()),
+        );
+        p.0.errors = issues.errors;
+        p.0.warnings = issues.warnings;
+        p.0.message_id = message_id;
+        p
     }
 
     fn internal(e: impl std::fmt::Display) -> Self {
@@ -135,8 +137,9 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self.0).unwrap_or_default();
         (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],

@@ -442,12 +442,12 @@ fn upsert_invoice(
                 return reject(batch, item, issues);
             }
             Some(c) => {
-                if c.document_kind == Some(DocumentKind::Cpf) {
-                    if let Some(fee) = &draft.late_fee {
-                        crate::decode::check_consumer_fine(fee, &mut issues);
-                        if issues.is_rejected() {
-                            return reject(batch, item, issues);
-                        }
+                if c.document_kind == Some(DocumentKind::Cpf)
+                    && let Some(fee) = &draft.late_fee
+                {
+                    crate::decode::check_consumer_fine(fee, &mut issues);
+                    if issues.is_rejected() {
+                        return reject(batch, item, issues);
                     }
                 }
                 c.document_kind
@@ -511,12 +511,12 @@ fn upsert_invoice(
     };
     let revision = incoming.or(stored);
     if same_content {
-        if let Some(row) = invoices.get_mut(&key) {
-            if row.revision != revision {
-                row.revision = revision;
-                row.last_seq = row.last_seq.max(seq_of(item));
-                row.dirty = true;
-            }
+        if let Some(row) = invoices.get_mut(&key)
+            && row.revision != revision
+        {
+            row.revision = revision;
+            row.last_seq = row.last_seq.max(seq_of(item));
+            row.dirty = true;
         }
         let outcome = if customer_changed {
             Outcome::Accepted

@@ -1,4 +1,5 @@
 //! Intake on a real nats-server child process and a fresh Postgres database per test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

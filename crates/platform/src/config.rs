@@ -5,10 +5,10 @@
 //! | file key | env var | default |
 //! |---|---|---|
 //! | `nats_url` | `REGUA_NATS_URL` | `nats://127.0.0.1:4222` |
-//! | `database_url` | `REGUA_DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/regua` |
+//! | `database_url` | `REGUA_DATABASE_URL` | `postgres://postgres:postgres@127.0.0.1:5432/regua` |
 //! | `http_addr` | `REGUA_HTTP_ADDR` | `127.0.0.1:8080` |
 //! | `admin_token` | `REGUA_ADMIN_TOKEN` | unset: tenant administration over HTTP is off |
-//! | `log` | `REGUA_LOG` | `info` (a tracing `EnvFilter` directive) |
+//! | `log` | `REGUA_LOG` | `info,sqlx=warn` (a tracing `EnvFilter` directive) |
 //! | `log_format` | `REGUA_LOG_FORMAT` | `text` (or `json`) |
 //! | `db_max_connections` | `REGUA_DB_MAX_CONNECTIONS` | `10` |
 //! | `intake_batch_size` | `REGUA_INTAKE_BATCH_SIZE` | `500` |
@@ -65,6 +65,9 @@ pub struct Config {
     pub intake_workers: usize,
     pub http_outcome_wait: Duration,
     pub drain_timeout: Duration,
+    /// Whether `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set: the
+    /// exporter itself reads the standard `OTEL_*` variables.
+    pub otlp_export: bool,
 }
 
 /// Why configuration could not be loaded.
@@ -84,10 +87,13 @@ pub enum ConfigError {
 
 const KEYS: &[(&str, &str)] = &[
     ("nats_url", "nats://127.0.0.1:4222"),
-    ("database_url", "postgres://postgres@127.0.0.1:5432/regua"),
+    (
+        "database_url",
+        "postgres://postgres:postgres@127.0.0.1:5432/regua",
+    ),
     ("http_addr", "127.0.0.1:8080"),
     ("admin_token", ""),
-    ("log", "info"),
+    ("log", "info,sqlx=warn"),
     ("log_format", "text"),
     ("db_max_connections", "10"),
     ("intake_batch_size", "500"),
@@ -116,6 +122,8 @@ fn unreachable_defaults() -> Config {
 impl Config {
     /// Loads defaults, then `file` if given, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        // The one place that reads the process environment.
+        #[allow(clippy::disallowed_methods)]
         Config::from_sources(file, |name| std::env::var(name).ok())
     }
 
@@ -157,7 +165,14 @@ impl Config {
                 raw.insert(key, v);
             }
         }
-        Config::parse(&raw)
+        let mut config = Config::parse(&raw)?;
+        config.otlp_export = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|k| env(k).is_some_and(|v| !v.is_empty()));
+        Ok(config)
     }
 
     fn parse(raw: &BTreeMap<&'static str, String>) -> Result<Config, ConfigError> {
@@ -232,6 +247,7 @@ impl Config {
             intake_workers: usize::try_from(number("intake_workers", 1, 16)?).unwrap_or(2),
             http_outcome_wait: Duration::from_millis(number("http_outcome_wait_ms", 0, 60_000)?),
             drain_timeout: Duration::from_secs(number("drain_timeout_secs", 1, 3600)?),
+            otlp_export: false,
         })
     }
 }

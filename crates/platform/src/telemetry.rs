@@ -31,18 +31,10 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.provider.take() {
-            if let Err(e) = p.shutdown() {
-                tracing::warn!(error = %e, "opentelemetry shutdown failed");
-            }
+        if let Some(Err(e)) = self.provider.take().map(|p| p.shutdown()) {
+            tracing::warn!(error = %e, "opentelemetry shutdown failed");
         }
     }
-}
-
-/// Whether OTLP export is configured in the environment.
-pub fn otlp_enabled() -> bool {
-    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty())
-        || std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_ok_and(|v| !v.is_empty())
 }
 
 /// Installs the global subscriber for `service`.
@@ -58,7 +50,7 @@ pub fn init(service: &'static str, config: &Config) -> Result<TelemetryGuard, Pl
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let provider = if otlp_enabled() {
+    let provider = if config.otlp_export {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
@@ -67,7 +59,7 @@ pub fn init(service: &'static str, config: &Config) -> Result<TelemetryGuard, Pl
     } else {
         None
     };
-    let otel = provider.as_ref().map(|p| otel_layer(p));
+    let otel = provider.as_ref().map(otel_layer);
     Registry::default()
         .with(filter)
         .with(fmt)

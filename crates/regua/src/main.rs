@@ -1,1 +1,168 @@
-fn main() {}
+//! The `regua` command line: thin wiring over the service libraries.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use regua_intake::Intake;
+use regua_platform::{Config, Shutdown, SystemClock, db, nats, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "regua",
+    version,
+    about = "regua: respectful, automated debt collection (régua de cobrança)"
+)]
+struct Cli {
+    /// Optional TOML file; environment variables (REGUA_*) override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the intake service: invoices, customers and tenants in over NATS and HTTP.
+    Intake,
+    /// Run every service in one process, each as its own task, talking only through NATS.
+    All,
+    /// Create the database if it is missing and run every service's migrations.
+    Migrate,
+    /// Tenant administration.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Load a demo portfolio through the public NATS subjects and report what happened.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print it with its API key (shown once).
+    Create {
+        #[arg(long)]
+        id: String,
+        /// Legal name of the creditor (CDC art. 42-A).
+        #[arg(long)]
+        legal_name: String,
+        #[arg(long)]
+        cnpj: String,
+        #[arg(long)]
+        address: String,
+        /// How debtors reach the creditor (phone, e-mail, site).
+        #[arg(long)]
+        contact: String,
+        #[arg(long, default_value = "America/Sao_Paulo")]
+        timezone: String,
+        /// Simulated time for this tenant (used by the scheduler).
+        #[arg(long)]
+        test_clock: bool,
+        /// RFC 3339 instant at which the test clock starts.
+        #[arg(long)]
+        now: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("configuration")?;
+    match cli.command {
+        Command::Intake | Command::All => run_services(config).await,
+        Command::Migrate => {
+            let _telemetry = telemetry::init("regua-migrate", &config)?;
+            migrate(&config).await
+        }
+        Command::Tenant { command } => {
+            let _telemetry = telemetry::init("regua-admin", &config)?;
+            tenant(config, command).await
+        }
+        Command::Demo(args) => {
+            let _telemetry = telemetry::init("regua-demo", &config)?;
+            demo::run(&config, args).await
+        }
+    }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    db::ensure_database(config.database_url.expose()).await?;
+    let pool = db::connect(config.database_url.expose(), 2).await?;
+    Intake::migrate(&pool).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// Runs the services (today: intake) and the HTTP server until SIGINT/SIGTERM, then
+/// drains: stop taking messages, finish batches in hand, flush outboxes.
+async fn run_services(config: Config) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init("regua", &config)?;
+    db::ensure_database(config.database_url.expose()).await?;
+    let pool = db::connect(config.database_url.expose(), config.db_max_connections).await?;
+    let client = nats::connect(&config.nats_url, "regua").await?;
+    let js = nats::jetstream(client.clone());
+    let shutdown = Shutdown::new();
+
+    let intake = Intake::from_parts(
+        config.clone(),
+        pool.clone(),
+        client.clone(),
+        Arc::new(SystemClock),
+    );
+    intake.start(&shutdown).await?;
+
+    let health = regua_platform::http::Health { pool, client, js };
+    let server =
+        regua_platform::http::serve(config.http_addr, intake.router(), health, shutdown.token());
+    let http = shutdown.spawn(server);
+    tracing::info!(addr = %config.http_addr, "regua running");
+
+    tokio::select! {
+        () = regua_platform::shutdown::signal() => tracing::info!("stopping: draining work in hand"),
+        r = http => {
+            r.context("http server task")?.context("http server")?;
+        }
+    }
+    if !shutdown.drain(config.drain_timeout).await {
+        tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; unacked messages will be redelivered");
+    }
+    Ok(())
+}
+
+async fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<()> {
+    let TenantCommand::Create {
+        id,
+        legal_name,
+        cnpj,
+        address,
+        contact,
+        timezone,
+        test_clock,
+        now,
+    } = command;
+    let body = serde_json::json!({
+        "id": id, "legal_name": legal_name, "cnpj": cnpj, "address": address,
+        "contact": contact, "timezone": timezone, "test_clock": test_clock, "now": now,
+    });
+    let new = regua_intake::tenants::validate_new_tenant(&body).map_err(|issues| {
+        let lines: Vec<String> = issues
+            .errors
+            .iter()
+            .map(|e| format!("{}: {} ({})", e.field, e.message, e.code.as_str()))
+            .collect();
+        anyhow::anyhow!("invalid tenant:\n  {}", lines.join("\n  "))
+    })?;
+    db::ensure_database(config.database_url.expose()).await?;
+    let pool = db::connect(config.database_url.expose(), 2).await?;
+    Intake::migrate(&pool).await?;
+    let now = regua_platform::Clock::now(&SystemClock);
+    let created = regua_intake::tenants::create_tenant(&pool, now, new, None).await?;
+    // The outbox row is published by the next running intake's relay.
+    let out = serde_json::to_string_pretty(&created)?;
+    std::io::Write::write_all(&mut std::io::stdout(), format!("{out}\n").as_bytes())?;
+    Ok(())
+}

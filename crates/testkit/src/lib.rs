@@ -154,27 +154,7 @@ pub async fn read_stream(
 }
 
 /// A valid CPF built from a number, so tests can make many distinct debtors.
-pub fn cpf(n: u64) -> String {
-    let mut d: Vec<u32> = format!("{:09}", n % 1_000_000_000)
-        .bytes()
-        .map(|b| u32::from(b - b'0'))
-        .collect();
-    if d.iter().all(|x| *x == d[0]) {
-        d[8] = (d[8] + 1) % 10;
-    }
-    for len in [9usize, 10] {
-        let sum: u32 = d[..len]
-            .iter()
-            .zip((2..=u32::try_from(len).unwrap_or(9) + 1).rev())
-            .map(|(x, w)| x * w)
-            .sum();
-        let r = (sum * 10) % 11;
-        d.push(if r == 10 { 0 } else { r });
-    }
-    d.iter()
-        .map(|x| char::from(b'0' + u8::try_from(*x).unwrap_or(0)))
-        .collect()
-}
+pub use regua_domain::document::example_cpf as cpf;
 
 /// A valid `invoice.upsert` body with an embedded consumer (CPF) customer.
 pub fn invoice(invoice_id: &str, customer_n: u64) -> Value {

@@ -15,12 +15,13 @@ use sqlx::postgres::PgPoolOptions;
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
 pub fn config(max_deliver: i64) -> Config {
-    let mut c = Config::default();
-    c.admin_token = Some(regua_platform::Secret::new(ADMIN));
-    c.intake_max_deliver = max_deliver;
-    c.intake_batch_size = 200;
-    c.http_outcome_wait = Duration::from_secs(10);
-    c
+    Config {
+        admin_token: Some(regua_platform::Secret::new(ADMIN)),
+        intake_max_deliver: max_deliver,
+        intake_batch_size: 200,
+        http_outcome_wait: Duration::from_secs(10),
+        ..Config::default()
+    }
 }
 
 pub struct Harness {

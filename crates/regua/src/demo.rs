@@ -1,0 +1,338 @@
+//! `regua demo`: creates a demo tenant and loads a realistic portfolio through the
+//! public NATS subjects, exactly as an integrator would, then reports the outcomes.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::message::PublishMessage;
+use chrono::{Days, NaiveDate};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use regua_contract::{InboundKind, TenantId, subjects};
+use regua_domain::document::{example_cnpj, example_cpf};
+use regua_intake::Intake;
+use regua_intake::tenants::{self, CreateTenantError};
+use regua_platform::{Clock, Config, SystemClock, db, nats};
+use serde_json::{Value, json};
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Tenant to create (if missing) and load.
+    #[arg(long, default_value = "demo")]
+    tenant: String,
+    /// How many valid invoices to publish.
+    #[arg(long, default_value_t = 1000)]
+    invoices: usize,
+    /// Where the tenant's API key is kept between runs.
+    #[arg(long, default_value = ".regua-demo/demo.key")]
+    key_file: PathBuf,
+    /// How long to wait for every outcome.
+    #[arg(long, default_value_t = 120)]
+    wait_secs: u64,
+}
+
+const FIRST: &[&str] = &[
+    "Maria",
+    "José",
+    "Ana",
+    "João",
+    "Francisca",
+    "Antônio",
+    "Adriana",
+    "Carlos",
+    "Juliana",
+    "Paulo",
+    "Márcia",
+    "Lucas",
+    "Fernanda",
+    "Rafael",
+    "Patrícia",
+];
+const LAST: &[&str] = &[
+    "Silva",
+    "Santos",
+    "Oliveira",
+    "Souza",
+    "Rodrigues",
+    "Ferreira",
+    "Alves",
+    "Pereira",
+    "Lima",
+    "Gomes",
+    "Costa",
+    "Ribeiro",
+];
+const COMPANIES: &[&str] = &[
+    "Padaria Pão Quente Ltda",
+    "Oficina Dois Irmãos ME",
+    "Mercadinho Bom Preço Ltda",
+    "Studio Bela Forma EIRELI",
+    "Transportes Rápido Sul SA",
+];
+const ZONES: &[&str] = &[
+    "America/Sao_Paulo",
+    "America/Sao_Paulo",
+    "America/Sao_Paulo",
+    "America/Manaus",
+    "America/Recife",
+    "America/Cuiaba",
+];
+const CHANNELS: &[&str] = &["whatsapp", "sms", "email"];
+const SEGMENTS: &[&str] = &["varejo", "pme", "premium"];
+
+fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
+    from[rng.random_range(0..from.len())]
+}
+
+/// A customer; one in six is a company.
+fn customer(rng: &mut StdRng, n: u64) -> Value {
+    let company = n % 6 == 5;
+    let name = if company {
+        pick(rng, COMPANIES).to_owned()
+    } else {
+        format!(
+            "{} {} {}",
+            pick(rng, FIRST),
+            pick(rng, LAST),
+            pick(rng, LAST)
+        )
+    };
+    let mut c = json!({
+        "customer_id": format!("CLI-{n:05}"),
+        "name": name,
+        "document": if company { example_cnpj(10_000_000 + n) } else { example_cpf(100_000_000 + n * 7919) },
+        "email": format!("cliente{n}@example.com"),
+        "phone": format!("+55{}9{:08}", rng.random_range(11..=99u32).to_string().replace('0', "1"), rng.random_range(0..100_000_000u32)),
+        "whatsapp_opt_in": rng.random_bool(0.7),
+        "preferred_channel": pick(rng, CHANNELS),
+        "segment": pick(rng, SEGMENTS),
+    });
+    let zone = pick(rng, ZONES);
+    if zone != "America/Sao_Paulo" {
+        c["timezone"] = json!(zone);
+    }
+    c
+}
+
+fn invoice(rng: &mut StdRng, i: usize, today: NaiveDate, customer: Value) -> Value {
+    let due = if rng.random_bool(0.5) {
+        today
+            .checked_add_days(Days::new(rng.random_range(0..=30)))
+            .unwrap_or(today)
+    } else {
+        today
+            .checked_sub_days(Days::new(rng.random_range(1..=45)))
+            .unwrap_or(today)
+    };
+    let issued = due.checked_sub_days(Days::new(30)).unwrap_or(due);
+    let company = customer["document"].as_str().is_some_and(|d| d.len() == 14);
+    let amount: i64 = rng.random_range(2_990..=250_000);
+    let id = format!("DEMO-{i:06}");
+    json!({
+        "invoice_id": id,
+        "revision": 1,
+        "customer": customer,
+        "amount_cents": amount,
+        "currency": "BRL",
+        "issued_on": issued.to_string(),
+        "due_date": due.to_string(),
+        "description": format!("Fatura {}/{}", due.format("%m"), due.format("%Y")),
+        "payment": {
+            "pix_copy_paste": format!("00020126580014br.gov.bcb.pix0136demo-{i:06}5204000053039865802BR5909REGUA DEMO6009SAO PAULO6304ABCD"),
+            "boleto_line": format!("34191.79001 01043.510047 91020.150008 1 {:014}", amount),
+            "payment_url": format!("https://pay.example.com/{id}"),
+        },
+        "late_fee": if company { json!({"fine_bps": 1000, "monthly_interest_bps": 200}) } else { json!({"fine_bps": 200, "monthly_interest_bps": 100}) },
+        "tags": [if company { "b2b" } else { "b2c" }],
+    })
+}
+
+/// Three invoices that intake must reject, to show `intake.rejected`.
+fn bad_invoices(today: NaiveDate, rng: &mut StdRng) -> Vec<Value> {
+    let c = customer(rng, 1);
+    let mut negative = invoice(rng, 900_001, today, c);
+    negative["amount_cents"] = json!(-500);
+    let c = customer(rng, 2);
+    let mut bad_cpf = invoice(rng, 900_002, today, c);
+    bad_cpf["customer"]["document"] = json!("123.456.789-00");
+    bad_cpf["customer"]["customer_id"] = json!("CLI-BAD");
+    let c = customer(rng, 3);
+    let mut fine = invoice(rng, 900_003, today, c);
+    fine["customer"]["document"] = json!(example_cpf(424_242_424));
+    fine["customer"]["customer_id"] = json!("CLI-FINE");
+    fine["late_fee"]["fine_bps"] = json!(1000);
+    vec![negative, bad_cpf, fine]
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout();
+    out.write_all(line.as_bytes()).ok();
+    out.write_all(b"\n").ok();
+}
+
+pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
+    let tenant = TenantId::parse(&args.tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+    db::ensure_database(config.database_url.expose()).await?;
+    let pool = db::connect(config.database_url.expose(), 4).await?;
+    Intake::migrate(&pool).await?;
+    let now = SystemClock.now();
+
+    let body = json!({
+        "id": tenant.as_str(),
+        "legal_name": "Regua Demo Telecom Ltda",
+        "cnpj": "11.222.333/0001-81",
+        "address": "Av. Paulista, 1000, Bela Vista, São Paulo - SP, 01310-100",
+        "contact": "0800 000 0000 · cobranca@demo.example.com",
+    });
+    let new = tenants::validate_new_tenant(&body)
+        .map_err(|i| anyhow::anyhow!("demo tenant: {:?}", i.errors))?;
+    match tenants::create_tenant(&pool, now, new, None).await {
+        Ok(created) => {
+            if let Some(dir) = args.key_file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&args.key_file, &created.api_key)
+                .with_context(|| format!("writing {}", args.key_file.display()))?;
+            say(&format!(
+                "created tenant {} (API key in {})",
+                tenant,
+                args.key_file.display()
+            ));
+        }
+        Err(CreateTenantError::Exists(_)) => {
+            say(&format!(
+                "tenant {tenant} exists (API key in {}, if this machine created it)",
+                args.key_file.display()
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+
+    let client = nats::connect(&config.nats_url, "regua-demo").await?;
+    let js = nats::jetstream(client);
+    nats::ensure_streams(&js).await?;
+    let subject = subjects::inbound(&tenant, InboundKind::InvoiceUpsert);
+    let mut rng = StdRng::seed_from_u64(2026);
+    let today = now.date_naive();
+    // Message ids are unique per run: a second run shows content-level `duplicate`
+    // outcomes rather than being swallowed by JetStream's duplicate window.
+    let run = now.timestamp_millis();
+    // About two invoices per customer, as in a real portfolio.
+    let customers: Vec<Value> = (0..(args.invoices / 2).max(1) as u64)
+        .map(|n| customer(&mut rng, n))
+        .collect();
+    let mut messages: Vec<(String, Value)> = (0..args.invoices)
+        .map(|i| {
+            let c = customers[i % customers.len()].clone();
+            (
+                format!("demo-{tenant}-{run}-{i}"),
+                invoice(&mut rng, i, today, c),
+            )
+        })
+        .collect();
+    for (k, bad) in bad_invoices(today, &mut rng).into_iter().enumerate() {
+        messages.push((format!("demo-{tenant}-{run}-bad-{k}"), bad));
+    }
+    let mut acks = Vec::with_capacity(messages.len());
+    for (id, body) in &messages {
+        let publish = PublishMessage::build()
+            .message_id(id.as_str())
+            .payload(serde_json::to_vec(body)?.into());
+        acks.push(
+            js.send_publish(subject.clone(), publish)
+                .await?
+                .into_future(),
+        );
+    }
+    let acked = futures::future::try_join_all(acks).await?;
+    let repeats = acked.iter().filter(|a| a.duplicate).count();
+    say(&format!(
+        "published {} invoices to {subject} ({repeats} deduplicated by JetStream)",
+        messages.len()
+    ));
+
+    let ids: Vec<&str> = messages.iter().map(|(id, _)| id.as_str()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
+    let outcomes: Vec<(String, i64)> = loop {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT outcome, count(*) FROM intake.messages WHERE tenant = $1 AND message_id = ANY($2) GROUP BY 1 ORDER BY 1",
+        )
+        .bind(tenant.as_str())
+        .bind(&ids)
+        .fetch_all(&pool)
+        .await?;
+        let done: i64 = rows.iter().map(|(_, n)| n).sum();
+        if usize::try_from(done).unwrap_or(0) >= ids.len() {
+            break rows;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "only {done} of {} outcomes after {}s: is `regua all` running?",
+                ids.len(),
+                args.wait_secs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let summary: Vec<String> = outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();
+    say(&format!("outcomes: {}", summary.join(", ")));
+
+    let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
+    let mut sample = None;
+    let events_subject = format!("{}.v1.evt.{tenant}.>", subjects::ROOT);
+    let stream = js.get_stream(subjects::STREAM_EVENTS).await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: events_subject.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let pending = consumer.cached_info().num_pending;
+    let mut seen = 0u64;
+    let mut msgs = futures::StreamExt::take(
+        consumer.messages().await?,
+        usize::try_from(pending).unwrap_or(0),
+    );
+    while let Ok(Some(Ok(m))) =
+        tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut msgs)).await
+    {
+        seen += 1;
+        let kind = m
+            .subject
+            .as_str()
+            .rsplitn(3, '.')
+            .take(2)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join(".");
+        if kind == "intake.rejected" && sample.is_none() {
+            sample = serde_json::from_slice::<Value>(&m.payload).ok();
+        }
+        *by_type.entry(kind).or_default() += 1;
+        if seen >= pending {
+            break;
+        }
+    }
+    let events: Vec<String> = by_type.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    say(&format!(
+        "events on {events_subject}: {}",
+        events.join(", ")
+    ));
+    if let Some(s) = sample {
+        say(&format!(
+            "a rejection, as integrators see it:\n{}",
+            serde_json::to_string_pretty(&s["data"]["errors"])?
+        ));
+    }
+    say(&format!(
+        "try: curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/v1/tenants/{tenant}/invoices/DEMO-000001",
+        args.key_file.display(),
+        config.http_addr
+    ));
+    Ok(())
+}
