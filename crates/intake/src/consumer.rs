@@ -29,14 +29,14 @@ use crate::store::{self, Applied, Inbound, StoreError};
 const NAK_BASE: Duration = Duration::from_millis(250);
 
 /// The durable consumer intake reads from.
-pub fn consumer_config(max_deliver: i64) -> consumer::pull::Config {
+pub fn consumer_config(max_deliver: i64, ack_wait: Duration) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(subjects::CONSUMER_INTAKE.into()),
         description: Some("regua intake: invoices and customers".into()),
         filter_subject: subjects::inbound_all(),
         ack_policy: consumer::AckPolicy::Explicit,
         deliver_policy: consumer::DeliverPolicy::All,
-        ack_wait: Duration::from_secs(60),
+        ack_wait,
         max_deliver,
         // A cap across all replicas; well above batch size x workers x replicas.
         max_ack_pending: 20_000,

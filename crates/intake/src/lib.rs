@@ -84,7 +84,7 @@ impl Intake {
         let consumer = nats::ensure_pull_consumer(
             &self.js,
             regua_contract::subjects::STREAM_INBOUND,
-            consumer::consumer_config(self.config.intake_max_deliver),
+            consumer::consumer_config(self.config.intake_max_deliver, self.config.intake_ack_wait),
         )
         .await?;
         for _ in 0..self.config.intake_workers {

@@ -14,6 +14,7 @@
 //! | `intake_batch_size` | `REGUA_INTAKE_BATCH_SIZE` | `500` |
 //! | `intake_max_deliver` | `REGUA_INTAKE_MAX_DELIVER` | `5` |
 //! | `intake_workers` | `REGUA_INTAKE_WORKERS` | `2` (concurrent batches per process) |
+//! | `intake_ack_wait_secs` | `REGUA_INTAKE_ACK_WAIT_SECS` | `60` (redelivery after a crashed worker) |
 //! | `http_outcome_wait_ms` | `REGUA_HTTP_OUTCOME_WAIT_MS` | `5000` |
 //! | `drain_timeout_secs` | `REGUA_DRAIN_TIMEOUT_SECS` | `20` |
 
@@ -63,6 +64,7 @@ pub struct Config {
     pub intake_batch_size: usize,
     pub intake_max_deliver: i64,
     pub intake_workers: usize,
+    pub intake_ack_wait: Duration,
     pub http_outcome_wait: Duration,
     pub drain_timeout: Duration,
     /// Whether `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set: the
@@ -99,6 +101,7 @@ const KEYS: &[(&str, &str)] = &[
     ("intake_batch_size", "500"),
     ("intake_max_deliver", "5"),
     ("intake_workers", "2"),
+    ("intake_ack_wait_secs", "60"),
     ("http_outcome_wait_ms", "5000"),
     ("drain_timeout_secs", "20"),
 ];
@@ -245,6 +248,7 @@ impl Config {
                 .unwrap_or(500),
             intake_max_deliver: i64::try_from(number("intake_max_deliver", 1, 100)?).unwrap_or(5),
             intake_workers: usize::try_from(number("intake_workers", 1, 16)?).unwrap_or(2),
+            intake_ack_wait: Duration::from_secs(number("intake_ack_wait_secs", 1, 3600)?),
             http_outcome_wait: Duration::from_millis(number("http_outcome_wait_ms", 0, 60_000)?),
             drain_timeout: Duration::from_secs(number("drain_timeout_secs", 1, 3600)?),
             otlp_export: false,

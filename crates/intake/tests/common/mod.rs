@@ -20,6 +20,7 @@ pub fn config(max_deliver: i64) -> Config {
         intake_max_deliver: max_deliver,
         intake_batch_size: 200,
         http_outcome_wait: Duration::from_secs(10),
+        intake_ack_wait: Duration::from_secs(5),
         ..Config::default()
     }
 }
