@@ -123,6 +123,41 @@ pub async fn ensure_pull_consumer(
     }
 }
 
+/// Most publishes [`publish_windowed`] keeps awaiting acks. The JetStream context allows
+/// 5,000 in flight and blocks the next publish beyond that, so holding more unawaited
+/// ack futures than that would deadlock.
+pub const PUBLISH_WINDOW: usize = 1_000;
+
+/// Publishes every message in order, keeping at most [`PUBLISH_WINDOW`] acks in flight;
+/// returns the acks in order.
+pub async fn publish_windowed(
+    js: &jetstream::Context,
+    messages: impl IntoIterator<Item = (String, PublishMessage)>,
+) -> Result<Vec<jetstream::publish::PublishAck>, PlatformError> {
+    let mut acks = Vec::new();
+    let mut pending = Vec::with_capacity(PUBLISH_WINDOW);
+    for (subject, message) in messages {
+        let ack = js
+            .send_publish(subject, message)
+            .await
+            .map_err(PlatformError::nats)?;
+        pending.push(ack.into_future());
+        if pending.len() == PUBLISH_WINDOW {
+            acks.extend(
+                futures::future::try_join_all(pending.drain(..))
+                    .await
+                    .map_err(PlatformError::nats)?,
+            );
+        }
+    }
+    acks.extend(
+        futures::future::try_join_all(pending)
+            .await
+            .map_err(PlatformError::nats)?,
+    );
+    Ok(acks)
+}
+
 /// A span for publishing to `subject`, with the OpenTelemetry messaging attributes.
 pub fn publish_span(subject: &str, message_id: &str) -> Span {
     tracing::info_span!(

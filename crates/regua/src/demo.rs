@@ -236,18 +236,14 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     for (k, bad) in bad_invoices(today, &mut rng).into_iter().enumerate() {
         messages.push((format!("demo-{tenant}-{run}-bad-{k}"), bad));
     }
-    let mut acks = Vec::with_capacity(messages.len());
+    let mut publishes = Vec::with_capacity(messages.len());
     for (id, body) in &messages {
         let publish = PublishMessage::build()
             .message_id(id.as_str())
             .payload(serde_json::to_vec(body)?.into());
-        acks.push(
-            js.send_publish(subject.clone(), publish)
-                .await?
-                .into_future(),
-        );
+        publishes.push((subject.clone(), publish));
     }
-    let acked = futures::future::try_join_all(acks).await?;
+    let acked = nats::publish_windowed(&js, publishes).await?;
     let repeats = acked.iter().filter(|a| a.duplicate).count();
     say(&format!(
         "published {} invoices to {subject} ({repeats} deduplicated by JetStream)",

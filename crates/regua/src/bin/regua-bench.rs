@@ -1,1 +1,324 @@
-fn main() {}
+//! `regua-bench intake`: intake throughput against the machine's own ceilings, measured
+//! in the same run, because these machines are small and noisy.
+//!
+//! 1. Ceiling: raw JetStream publish of N invoice-sized messages (async, windowed acks).
+//! 2. Ceiling: raw Postgres multi-row insert of N invoice rows (UNNEST, 1,000 per
+//!    statement, one transaction each), the same shape intake stores.
+//! 3. Intake: N `invoice.upsert` messages published through JetStream to a running
+//!    `regua intake` process; timed from the first publish until the N-th
+//!    `invoice.opened` is in the events stream. Intake's RSS is sampled every 100 ms.
+//!
+//! Everything runs on a private nats-server child (temp store) and a fresh database on
+//! the local Postgres, both removed afterwards.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_nats::jetstream::message::PublishMessage;
+use clap::{Parser, Subcommand};
+use regua_contract::{InboundKind, TenantId, subjects};
+use regua_domain::document::example_cpf;
+use regua_platform::{Clock, SystemClock, db, nats};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Parser)]
+#[command(
+    name = "regua-bench",
+    about = "regua benchmarks, reported as ratios to ceilings measured in the same run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Intake throughput and memory.
+    Intake {
+        /// Invoices to push through (the headline figure uses 1,000,000).
+        #[arg(long, default_value_t = 1_000_000)]
+        invoices: usize,
+        /// Postgres server to create the throwaway database on.
+        #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
+        postgres: String,
+        /// Intake batch size (REGUA_INTAKE_BATCH_SIZE).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout();
+    out.write_all(line.as_bytes()).ok();
+    out.write_all(b"\n").ok();
+    out.flush().ok();
+}
+
+fn payload(i: usize) -> Vec<u8> {
+    // About two invoices per customer, like a real portfolio.
+    let c = i / 2;
+    serde_json::to_vec(&json!({
+        "invoice_id": format!("BENCH-{i:08}"),
+        "revision": 1,
+        "customer": {
+            "customer_id": format!("C-{c:08}"),
+            "name": format!("Cliente {c}"),
+            "document": example_cpf(100_000_000 + c as u64),
+            "email": format!("cliente{c}@example.com"),
+            "phone": "+5511987654321",
+            "whatsapp_opt_in": true,
+            "preferred_channel": "whatsapp",
+            "segment": "varejo",
+        },
+        "amount_cents": 10_000 + (i % 90_000) as i64,
+        "currency": "BRL",
+        "issued_on": "2026-11-01",
+        "due_date": "2026-12-10",
+        "description": "Mensalidade dezembro",
+        "payment": { "payment_url": format!("https://pay.example.com/{i}") },
+        "late_fee": { "fine_bps": 200, "monthly_interest_bps": 100 },
+        "tags": ["b2c"],
+    }))
+    .unwrap_or_default()
+}
+
+/// Publishes `n` messages to `subject(i)` through the platform's windowed publish.
+async fn publish(
+    js: &async_nats::jetstream::Context,
+    n: usize,
+    subject: impl Fn(usize) -> String,
+    body: impl Fn(usize) -> Vec<u8>,
+    id: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    let messages = (0..n).map(|i| {
+        (
+            subject(i),
+            PublishMessage::build()
+                .message_id(id(i))
+                .payload(body(i).into()),
+        )
+    });
+    nats::publish_windowed(js, messages).await?;
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn opened_count(
+    stream: &mut async_nats::jetstream::stream::Stream,
+    subject: &str,
+) -> anyhow::Result<u64> {
+    let info = stream.info_with_subjects(subject).await?;
+    let mut total = 0;
+    let mut subjects = info;
+    while let Some(entry) = futures::StreamExt::next(&mut subjects).await {
+        total += entry?.1 as u64;
+    }
+    Ok(total)
+}
+
+async fn intake(n: usize, postgres: &str, batch: usize) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
+    say(&format!(
+        "regua-bench intake: N = {n}, {cores} cores, intake batch {batch}"
+    ));
+    let mut server = regua_testkit::NatsServer::start().await;
+    let client = nats::connect(&server.url(), "bench").await?;
+    let js = nats::jetstream(client.clone());
+
+    // Ceiling 1: raw JetStream publish.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_RAW".into(),
+        subjects: vec!["bench.raw.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let t = Instant::now();
+    publish(
+        &js,
+        n,
+        |_| "bench.raw.invoice".into(),
+        payload,
+        |i| format!("raw-{i}"),
+    )
+    .await?;
+    let js_rate = n as f64 / t.elapsed().as_secs_f64();
+    say(&format!(
+        "ceiling  jetstream publish      {js_rate:>10.0} msg/s"
+    ));
+    js.delete_stream("BENCH_RAW").await?;
+
+    // A throwaway database.
+    let db_name = format!("regua_bench_{}", std::process::id());
+    let db_url = format!("{postgres}/{db_name}");
+    db::ensure_database(&db_url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db_url)
+        .await?;
+
+    // Ceiling 2: raw Postgres multi-row insert of invoice-shaped rows.
+    sqlx::query(
+        "CREATE TABLE bench_raw (tenant TEXT, invoice_id TEXT, status TEXT, revision BIGINT, customer_id TEXT, \
+         content_hash BYTEA, state JSONB, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, PRIMARY KEY (tenant, invoice_id))",
+    )
+    .execute(&pool)
+    .await?;
+    let now = SystemClock.now();
+    let t = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let ids: Vec<String> = chunk.iter().map(|i| format!("BENCH-{i:08}")).collect();
+        let customers: Vec<String> = chunk.iter().map(|i| format!("C-{:08}", i / 2)).collect();
+        let states: Vec<String> = chunk
+            .iter()
+            .map(|i| String::from_utf8_lossy(&payload(*i)).into_owned())
+            .collect();
+        let hashes: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|i| (*i as u64).to_le_bytes().repeat(4))
+            .collect();
+        sqlx::query(
+            "INSERT INTO bench_raw SELECT 'bench', i, 'open', 1, c, h, s::jsonb, $5, $5 \
+             FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[]) AS u(i, c, h, s)",
+        )
+        .bind(&ids)
+        .bind(&customers)
+        .bind(&hashes)
+        .bind(&states)
+        .bind(now)
+        .execute(&pool)
+        .await?;
+    }
+    let pg_rate = n as f64 / t.elapsed().as_secs_f64();
+    say(&format!(
+        "ceiling  postgres multi-row insert {pg_rate:>10.0} rows/s"
+    ));
+    sqlx::query("DROP TABLE bench_raw").execute(&pool).await?;
+
+    // Intake, as its own process.
+    regua_intake::Intake::migrate(&pool).await?;
+    nats::ensure_streams(&js).await?;
+    let tenant = TenantId::parse("bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let new = regua_intake::tenants::validate_new_tenant(&regua_testkit::tenant("bench"))
+        .map_err(|e| anyhow::anyhow!("tenant: {:?}", e.errors))?;
+    regua_intake::tenants::create_tenant(&pool, now, new, None).await?;
+    let exe: PathBuf = std::env::current_exe()?.with_file_name("regua");
+    let mut child = tokio::process::Command::new(&exe)
+        .arg("intake")
+        .env("REGUA_NATS_URL", server.url())
+        .env("REGUA_DATABASE_URL", &db_url)
+        .env("REGUA_HTTP_ADDR", "127.0.0.1:0")
+        .env("REGUA_LOG", "warn")
+        .env("REGUA_INTAKE_BATCH_SIZE", batch.to_string())
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it: cargo build --release -p regua)",
+                exe.display()
+            )
+        })?;
+    let pid = child.id().context("intake pid")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_kib(pid).unwrap_or(0);
+
+    let opened_subject = subjects::event(tenant.as_str(), regua_contract::EventType::InvoiceOpened);
+    let mut events = js.get_stream(subjects::STREAM_EVENTS).await?;
+    let inbound = subjects::inbound(&tenant, InboundKind::InvoiceUpsert);
+    let t = Instant::now();
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            publish(&js, n, |_| inbound.clone(), payload, |i| format!("in-{i}")).await
+        })
+    };
+    let mut peak_rss = idle_rss;
+    let mut last_report = Instant::now();
+    let mut publish_secs = None;
+    loop {
+        if let Some(kib) = rss_kib(pid) {
+            peak_rss = peak_rss.max(kib);
+        } else {
+            bail!("intake exited during the run");
+        }
+        if publish_secs.is_none() && publisher.is_finished() {
+            publish_secs = Some(t.elapsed().as_secs_f64());
+        }
+        let done = opened_count(&mut events, &opened_subject).await?;
+        if done >= n as u64 {
+            break;
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            say(&format!(
+                "  … {done} opened after {:.0}s, intake rss {} MiB",
+                t.elapsed().as_secs_f64(),
+                peak_rss / 1024
+            ));
+            last_report = Instant::now();
+        }
+        if t.elapsed() > Duration::from_secs(3600) {
+            bail!("intake did not finish within an hour ({done} of {n})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    publisher.await??;
+    let intake_rate = n as f64 / secs;
+    child.kill().await.ok();
+    say(&format!(
+        "intake   N invoices → invoice.opened {intake_rate:>10.0} invoices/s ({secs:.1} s; publishing alone took {:.1} s)",
+        publish_secs.unwrap_or(secs)
+    ));
+    say(&format!(
+        "intake   rss idle {} MiB, peak {} MiB (target < 150 MiB)",
+        idle_rss / 1024,
+        peak_rss / 1024
+    ));
+    say(&format!(
+        "ratio    intake / postgres ceiling = {:.2} (target ≥ 0.40); intake / jetstream ceiling = {:.2}",
+        intake_rate / pg_rate,
+        intake_rate / js_rate
+    ));
+
+    pool.close().await;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{postgres}/postgres"))
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {db_name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await?;
+    server.kill().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Bench::Intake {
+            invoices,
+            postgres,
+            batch,
+        } => intake(invoices, &postgres, batch).await,
+    }
+}
