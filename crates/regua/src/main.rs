@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use regua_intake::Intake;
-use regua_platform::{Config, Shutdown, SystemClock, db, nats, telemetry};
+use regua_platform::{Config, SystemClock, db, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -97,37 +97,20 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the services (today: intake) and the HTTP server until SIGINT/SIGTERM, then
-/// drains: stop taking messages, finish batches in hand, flush outboxes.
+/// Runs every service until SIGINT/SIGTERM, then drains: stop taking messages, finish
+/// batches in hand, flush outboxes.
 async fn run_services(config: Config) -> anyhow::Result<()> {
     let _telemetry = telemetry::init("regua", &config)?;
-    db::ensure_database(config.database_url.expose()).await?;
-    let pool = db::connect(config.database_url.expose(), config.db_max_connections).await?;
-    let client = nats::connect(&config.nats_url, "regua").await?;
-    let js = nats::jetstream(client.clone());
-    let shutdown = Shutdown::new();
-
-    let intake = Intake::from_parts(
-        config.clone(),
-        pool.clone(),
-        client.clone(),
-        Arc::new(SystemClock),
-    );
-    intake.start(&shutdown).await?;
-
-    let health = regua_platform::http::Health { pool, client, js };
-    let server =
-        regua_platform::http::serve(config.http_addr, intake.router(), health, shutdown.token());
-    let http = shutdown.spawn(server);
-    tracing::info!(addr = %config.http_addr, "regua running");
-
+    let platform = regua::Platform::start(&config, Arc::new(SystemClock)).await?;
+    tracing::info!(addr = %platform.addr, "regua running");
+    let mut http = platform.http;
     tokio::select! {
         () = regua_platform::shutdown::signal() => tracing::info!("stopping: draining work in hand"),
-        r = http => {
+        r = &mut http => {
             r.context("http server task")?.context("http server")?;
         }
     }
-    if !shutdown.drain(config.drain_timeout).await {
+    if !platform.shutdown.drain(config.drain_timeout).await {
         tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; unacked messages will be redelivered");
     }
     Ok(())

@@ -1,1 +1,0 @@
-//! cross-service tests live in tests/
