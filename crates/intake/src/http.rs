@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap as HttpHeaders, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use futures::StreamExt;
 use futures::future::join_all;
 use regua_contract::inbound::limits;
@@ -36,17 +36,26 @@ use crate::tenants::{self, CreateTenantError};
 pub fn router(intake: Arc<Intake>) -> Router {
     Router::new()
         .route("/v1/tenants", post(create_tenant))
-        .route("/v1/tenants/{tenant}/invoices", post(post_invoice))
+        .route(
+            "/v1/tenants/{tenant}/invoices",
+            submit_one(InboundKind::InvoiceUpsert),
+        )
         .route(
             "/v1/tenants/{tenant}/invoices:batch",
             post(post_invoice_batch),
         )
-        .route("/v1/tenants/{tenant}/invoices:cancel", post(post_cancel))
+        .route(
+            "/v1/tenants/{tenant}/invoices:cancel",
+            submit_one(InboundKind::InvoiceCancel),
+        )
         .route(
             "/v1/tenants/{tenant}/invoices/{invoice_id}",
             get(get_invoice),
         )
-        .route("/v1/tenants/{tenant}/customers", post(post_customer))
+        .route(
+            "/v1/tenants/{tenant}/customers",
+            submit_one(InboundKind::CustomerUpsert),
+        )
         .route(
             "/v1/tenants/{tenant}/customers/{customer_id}",
             get(get_customer),
@@ -57,6 +66,18 @@ pub fn router(intake: Arc<Intake>) -> Router {
         )
         .route("/openapi.json", get(openapi))
         .with_state(intake)
+}
+
+/// `POST` of one `kind` message: 202 with its outcome, or 422.
+fn submit_one(kind: InboundKind) -> MethodRouter<Arc<Intake>> {
+    post(
+        move |State(intake): State<Arc<Intake>>,
+              Path(tenant): Path<String>,
+              headers: HttpHeaders,
+              body: Bytes| async move {
+            post_single(&intake, &headers, &tenant, kind, &body).await
+        },
+    )
 }
 
 /// An RFC 9457 problem (boxed: it travels in `Err` through every handler).
@@ -502,54 +523,6 @@ async fn post_single(
     Ok(single_response(r, invoice_id))
 }
 
-async fn post_invoice(
-    State(intake): State<Arc<Intake>>,
-    Path(tenant): Path<String>,
-    headers: HttpHeaders,
-    body: Bytes,
-) -> Result<Response, Problem> {
-    post_single(
-        &intake,
-        &headers,
-        &tenant,
-        InboundKind::InvoiceUpsert,
-        &body,
-    )
-    .await
-}
-
-async fn post_cancel(
-    State(intake): State<Arc<Intake>>,
-    Path(tenant): Path<String>,
-    headers: HttpHeaders,
-    body: Bytes,
-) -> Result<Response, Problem> {
-    post_single(
-        &intake,
-        &headers,
-        &tenant,
-        InboundKind::InvoiceCancel,
-        &body,
-    )
-    .await
-}
-
-async fn post_customer(
-    State(intake): State<Arc<Intake>>,
-    Path(tenant): Path<String>,
-    headers: HttpHeaders,
-    body: Bytes,
-) -> Result<Response, Problem> {
-    post_single(
-        &intake,
-        &headers,
-        &tenant,
-        InboundKind::CustomerUpsert,
-        &body,
-    )
-    .await
-}
-
 async fn post_invoice_batch(
     State(intake): State<Arc<Intake>>,
     Path(tenant): Path<String>,
@@ -651,6 +624,18 @@ async fn post_invoice_batch(
         .into_response())
 }
 
+/// A stored resource as JSON, or 404 naming `what`.
+fn found<T: Serialize>(
+    what: &str,
+    row: Result<Option<T>, sqlx::Error>,
+) -> Result<Response, Problem> {
+    match row {
+        Ok(Some(v)) => Ok(axum::Json(v).into_response()),
+        Ok(None) => Err(Problem::not_found(what)),
+        Err(e) => Err(Problem::internal(e)),
+    }
+}
+
 async fn get_invoice(
     State(intake): State<Arc<Intake>>,
     Path((tenant, invoice_id)): Path<(String, String)>,
@@ -658,11 +643,10 @@ async fn get_invoice(
 ) -> Result<Response, Problem> {
     authorize(&intake, &headers, &tenant).await?;
     Span::current().record("regua.invoice_id", invoice_id.as_str());
-    match store::get_invoice(&intake.pool, &tenant, &invoice_id).await {
-        Ok(Some(i)) => Ok(axum::Json(i).into_response()),
-        Ok(None) => Err(Problem::not_found("invoice")),
-        Err(e) => Err(Problem::internal(e)),
-    }
+    found(
+        "invoice",
+        store::get_invoice(&intake.pool, &tenant, &invoice_id).await,
+    )
 }
 
 async fn get_customer(
@@ -671,11 +655,10 @@ async fn get_customer(
     headers: HttpHeaders,
 ) -> Result<Response, Problem> {
     authorize(&intake, &headers, &tenant).await?;
-    match store::get_customer(&intake.pool, &tenant, &customer_id).await {
-        Ok(Some(c)) => Ok(axum::Json(c).into_response()),
-        Ok(None) => Err(Problem::not_found("customer")),
-        Err(e) => Err(Problem::internal(e)),
-    }
+    found(
+        "customer",
+        store::get_customer(&intake.pool, &tenant, &customer_id).await,
+    )
 }
 
 async fn get_message(
@@ -684,11 +667,10 @@ async fn get_message(
     headers: HttpHeaders,
 ) -> Result<Response, Problem> {
     authorize(&intake, &headers, &tenant).await?;
-    match store::get_message(&intake.pool, &tenant, &message_id).await {
-        Ok(Some(m)) => Ok(axum::Json(m).into_response()),
-        Ok(None) => Err(Problem::not_found("message")),
-        Err(e) => Err(Problem::internal(e)),
-    }
+    found(
+        "message",
+        store::get_message(&intake.pool, &tenant, &message_id).await,
+    )
 }
 
 async fn openapi() -> Response {

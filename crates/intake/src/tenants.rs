@@ -98,18 +98,12 @@ pub struct NewTenant {
     pub now: Option<DateTime<Utc>>,
 }
 
-/// The answer to creating a tenant; `api_key` is shown only here.
+/// The answer to creating a tenant: the tenant as `tenant.created` describes it, plus
+/// its `api_key`, shown only here.
 #[derive(Debug, Clone, Serialize)]
 pub struct CreatedTenant {
-    pub id: String,
-    pub legal_name: String,
-    pub cnpj: String,
-    pub address: String,
-    pub contact: String,
-    pub timezone: String,
-    pub test_clock: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub now: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    pub tenant: TenantCreated,
     pub api_key: String,
     pub created_at: DateTime<Utc>,
 }
@@ -303,7 +297,7 @@ pub async fn create_tenant(
     if inserted.rows_affected() == 0 {
         return Err(CreateTenantError::Exists(new.id.to_string()));
     }
-    let event = TenantCreated {
+    let tenant = TenantCreated {
         id: new.id.to_string(),
         legal_name: new.legal_name.clone(),
         cnpj: new.cnpj.clone(),
@@ -318,7 +312,7 @@ pub async fn create_tenant(
         now,
         new.id.as_str(),
         EventType::TenantCreated,
-        &event,
+        &tenant,
         &correlation,
         &correlation,
         traceparent,
@@ -326,14 +320,7 @@ pub async fn create_tenant(
     OUTBOX.enqueue(&mut tx, &[msg]).await?;
     tx.commit().await?;
     Ok(CreatedTenant {
-        id: new.id.to_string(),
-        legal_name: new.legal_name,
-        cnpj: new.cnpj,
-        address: new.address,
-        contact: new.contact,
-        timezone: new.timezone,
-        test_clock: new.test_clock,
-        now: new.now,
+        tenant,
         api_key,
         created_at: now,
     })
