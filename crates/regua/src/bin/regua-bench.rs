@@ -48,6 +48,9 @@ enum Bench {
         /// Intake batch size (REGUA_INTAKE_BATCH_SIZE).
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// Concurrent batches in the intake process (REGUA_INTAKE_WORKERS).
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
     },
 }
 
@@ -130,12 +133,12 @@ async fn opened_count(
     Ok(total)
 }
 
-async fn intake(n: usize, postgres: &str, batch: usize) -> anyhow::Result<()> {
+async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|c| c.get())
         .unwrap_or(1);
     say(&format!(
-        "regua-bench intake: N = {n}, {cores} cores, intake batch {batch}"
+        "regua-bench intake: N = {n}, {cores} cores, intake batch {batch}, {workers} workers"
     ));
     let mut server = regua_testkit::NatsServer::start().await;
     let client = nats::connect(&server.url(), "bench").await?;
@@ -226,6 +229,7 @@ async fn intake(n: usize, postgres: &str, batch: usize) -> anyhow::Result<()> {
         .env("REGUA_HTTP_ADDR", "127.0.0.1:0")
         .env("REGUA_LOG", "warn")
         .env("REGUA_INTAKE_BATCH_SIZE", batch.to_string())
+        .env("REGUA_INTAKE_WORKERS", workers.to_string())
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -319,6 +323,7 @@ async fn main() -> anyhow::Result<()> {
             invoices,
             postgres,
             batch,
-        } => intake(invoices, &postgres, batch).await,
+            workers,
+        } => intake(invoices, &postgres, batch, workers).await,
     }
 }
