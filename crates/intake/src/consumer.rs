@@ -226,10 +226,9 @@ async fn one_by_one(intake: &Intake, pending: Vec<Pending>, items: Vec<Inbound>)
                 ack(&p.msg, AckKind::Nak(Some(NAK_BASE))).await;
             }
             Err(e) => {
-                let _enter = p.span.enter();
                 if p.delivered >= intake.config.intake_max_deliver {
                     let reason = format!("intake failed after {} deliveries: {e}", p.delivered);
-                    tracing::error!(error = %e, stream_seq = item.stream_seq, "dead-lettering message");
+                    tracing::error!(parent: &p.span, error = %e, stream_seq = item.stream_seq, "dead-lettering message");
                     if let Err(dlq) = nats::dead_letter(
                         &intake.js,
                         &p.msg,
@@ -239,14 +238,14 @@ async fn one_by_one(intake: &Intake, pending: Vec<Pending>, items: Vec<Inbound>)
                     )
                     .await
                     {
-                        tracing::error!(error = %dlq, "dead-lettering failed; message stays pending");
+                        tracing::error!(parent: &p.span, error = %dlq, "dead-lettering failed; message stays pending");
                     }
                 } else {
                     let exp = u32::try_from(p.delivered.saturating_sub(1))
                         .unwrap_or(0)
                         .min(7);
                     let delay = (NAK_BASE * 2u32.pow(exp)).min(Duration::from_secs(30));
-                    tracing::warn!(error = %e, delivered = p.delivered, "message failed; will be redelivered");
+                    tracing::warn!(parent: &p.span, error = %e, delivered = p.delivered, "message failed; will be redelivered");
                     ack(&p.msg, AckKind::Nak(Some(delay))).await;
                 }
             }

@@ -44,14 +44,6 @@ impl Issues {
     pub fn is_rejected(&self) -> bool {
         !self.errors.is_empty()
     }
-
-    /// The distinct error codes, for metrics and logs.
-    pub fn codes(&self) -> Vec<&'static str> {
-        let mut codes: Vec<&'static str> = self.errors.iter().map(|e| e.code.as_str()).collect();
-        codes.sort_unstable();
-        codes.dedup();
-        codes
-    }
 }
 
 /// A customer as given, before the tenant's default time zone is applied.

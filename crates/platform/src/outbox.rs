@@ -94,17 +94,6 @@ impl Outbox {
             .await?;
         Ok(())
     }
-
-    /// Rows waiting to be published.
-    pub async fn depth(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT count(*) FROM {}",
-            self.table
-        )))
-        .fetch_one(pool)
-        .await?;
-        row.try_get(0)
-    }
 }
 
 /// Publishes an [`Outbox`] to JetStream.

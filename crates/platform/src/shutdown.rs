@@ -18,20 +18,8 @@ impl Shutdown {
         Self::default()
     }
 
-    /// A group that stops when `parent` does, and can also be stopped alone.
-    pub fn child_of(parent: &Shutdown) -> Self {
-        Shutdown {
-            token: parent.token.child_token(),
-            tracker: TaskTracker::new(),
-        }
-    }
-
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
-    }
-
-    pub fn tracker(&self) -> &TaskTracker {
-        &self.tracker
     }
 
     /// Spawns a task that the drain waits for.
@@ -41,14 +29,6 @@ impl Shutdown {
         F::Output: Send + 'static,
     {
         self.tracker.spawn(fut)
-    }
-
-    pub fn trigger(&self) {
-        self.token.cancel();
-    }
-
-    pub fn is_triggered(&self) -> bool {
-        self.token.is_cancelled()
     }
 
     /// Stops new work and waits up to `timeout` for tasks in hand. Returns false when

@@ -151,15 +151,6 @@ pub fn continue_from_traceparent(span: &Span, traceparent: &str) {
     continue_from(span, Some(&h));
 }
 
-/// The trace id of `span` as 32 hex digits, when it has one.
-pub fn trace_id(span: &Span) -> Option<String> {
-    let cx = span.context();
-    let sc = opentelemetry::trace::TraceContextExt::span(&cx)
-        .span_context()
-        .clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
