@@ -234,6 +234,40 @@ pub fn asyncapi(messages: &[Message]) -> Value {
         }
         components.insert(id, message);
     }
+    channels.insert(
+        "deadLetter".into(),
+        json!({
+            "address": format!("{}.v1.dlq.{{consumer}}.{{tenant}}", subjects::ROOT),
+            "title": "dead letters",
+            "summary": "Messages a consumer could not process after max_deliver attempts: the original payload and headers, plus the reason",
+            "parameters": {
+                "consumer": { "description": "The durable consumer that gave up, e.g. intake" },
+                "tenant": { "description": "The tenant token of the original subject" }
+            },
+            "messages": { "deadLetter": { "$ref": "#/components/messages/deadLetter" } },
+            "x-jetstream-stream": subjects::STREAM_DEAD_LETTER,
+        }),
+    );
+    operations.insert(
+        "consumeDeadLetter".into(),
+        json!({ "action": "receive", "channel": { "$ref": "#/channels/deadLetter" }, "summary": "Inspect and replay what could not be processed" }),
+    );
+    components.insert(
+        "deadLetter".into(),
+        json!({
+            "name": "dead letter",
+            "contentType": "application/octet-stream",
+            "payload": { "description": "The original message body, unchanged" },
+            "headers": {
+                "type": "object",
+                "properties": {
+                    subjects::HEADER_DLQ_REASON: { "type": "string", "description": "Why processing failed (at most 512 bytes)" },
+                    subjects::HEADER_DLQ_SUBJECT: { "type": "string", "description": "The original subject" },
+                    subjects::HEADER_DLQ_STREAM_SEQ: { "type": "string", "description": "The original stream sequence" },
+                },
+            },
+        }),
+    );
     json!({
         "asyncapi": "3.0.0",
         "info": {
@@ -585,5 +619,9 @@ mod tests {
                 .contains(&json!("unknown_tenant"))
         );
         assert_eq!(doc["x-jetstream-streams"].as_object().unwrap().len(), 3);
+        assert_eq!(
+            doc["channels"]["deadLetter"]["address"],
+            "regua.v1.dlq.{consumer}.{tenant}"
+        );
     }
 }

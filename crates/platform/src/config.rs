@@ -303,6 +303,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_file_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/regua.example.toml");
+        let c = Config::from_sources(Some(&path), env(&[])).unwrap();
+        assert_eq!(c.intake_batch_size, 500);
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("regua.toml");
