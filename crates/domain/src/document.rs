@@ -86,13 +86,7 @@ pub fn example_cpf(n: u64) -> String {
         d[8] = b'0' + (d[8] - b'0' + 1) % 10;
     }
     for len in [9usize, 10] {
-        let sum: u32 = d[..len]
-            .iter()
-            .zip((2..=len as u32 + 1).rev())
-            .map(|(b, w)| digit(*b) * w)
-            .sum();
-        let r = (sum * 10) % 11;
-        d.push(b'0' + if r == 10 { 0 } else { r as u8 });
+        d.push(cpf_check_digit(&d[..len]));
     }
     String::from_utf8(d).unwrap_or_default()
 }
@@ -102,9 +96,7 @@ pub fn example_cpf(n: u64) -> String {
 pub fn example_cnpj(n: u64) -> String {
     let mut d: Vec<u8> = format!("{:08}0001", n % 100_000_000).into_bytes();
     for weights in [&CNPJ_W1[..], &CNPJ_W2[..]] {
-        let sum: u32 = d.iter().zip(weights).map(|(b, w)| digit(*b) * w).sum();
-        let r = sum % 11;
-        d.push(b'0' + if r < 2 { 0 } else { (11 - r) as u8 });
+        d.push(cnpj_check_digit(&d, weights));
     }
     String::from_utf8(d).unwrap_or_default()
 }
@@ -116,21 +108,32 @@ fn digit(b: u8) -> u32 {
     u32::from(b.saturating_sub(b'0'))
 }
 
+/// The CPF check digit (as an ASCII digit) that follows `prefix` (9 or 10 digits):
+/// weights count down to 2, remainder 10 becomes 0.
+fn cpf_check_digit(prefix: &[u8]) -> u8 {
+    let sum: u32 = prefix
+        .iter()
+        .rev()
+        .zip(2u32..)
+        .map(|(b, w)| digit(*b) * w)
+        .sum();
+    let r = (sum * 10) % 11;
+    b'0' + if r == 10 { 0 } else { r as u8 }
+}
+
+/// The CNPJ check digit (as an ASCII digit) for the characters under `weights`.
+fn cnpj_check_digit(d: &[u8], weights: &[u32]) -> u8 {
+    let sum: u32 = d.iter().zip(weights).map(|(b, w)| digit(*b) * w).sum();
+    let r = sum % 11;
+    b'0' + if r < 2 { 0 } else { (11 - r) as u8 }
+}
+
 fn cpf_valid(d: &[u8]) -> bool {
     if d.iter().all(|b| *b == d[0]) {
         // 000.000.000-00, 111.111.111-11, ... pass the arithmetic but are not issued.
         return false;
     }
-    let check = |len: usize| -> u32 {
-        let sum: u32 = d[..len]
-            .iter()
-            .zip((2..=len as u32 + 1).rev())
-            .map(|(b, w)| digit(*b) * w)
-            .sum();
-        let r = (sum * 10) % 11;
-        if r == 10 { 0 } else { r }
-    };
-    check(9) == digit(d[9]) && check(10) == digit(d[10])
+    cpf_check_digit(&d[..9]) == d[9] && cpf_check_digit(&d[..10]) == d[10]
 }
 
 fn cnpj_valid(d: &[u8]) -> bool {
@@ -140,12 +143,7 @@ fn cnpj_valid(d: &[u8]) -> bool {
     if d.iter().all(|b| *b == d[0]) {
         return false;
     }
-    let check = |weights: &[u32]| -> u32 {
-        let sum: u32 = d.iter().zip(weights).map(|(b, w)| digit(*b) * w).sum();
-        let r = sum % 11;
-        if r < 2 { 0 } else { 11 - r }
-    };
-    check(&CNPJ_W1) == digit(d[12]) && check(&CNPJ_W2) == digit(d[13])
+    cnpj_check_digit(d, &CNPJ_W1) == d[12] && cnpj_check_digit(d, &CNPJ_W2) == d[13]
 }
 
 #[cfg(test)]
