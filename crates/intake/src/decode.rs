@@ -324,6 +324,25 @@ impl<'a> Obj<'a> {
         Some(s)
     }
 
+    /// An optional string that must also pass `parse`; when it does not, `code` is
+    /// reported with `message(value)`.
+    fn parsed<T>(
+        &mut self,
+        issues: &mut Issues,
+        name: &'static str,
+        max_chars: usize,
+        code: RejectCode,
+        parse: impl FnOnce(&str) -> Option<T>,
+        message: impl FnOnce(&str) -> String,
+    ) -> Option<T> {
+        let raw = self.string(issues, name, false, max_chars)?;
+        let parsed = parse(&raw);
+        if parsed.is_none() {
+            issues.error(self.path(name), code, message(&raw));
+        }
+        parsed
+    }
+
     fn text(&mut self, issues: &mut Issues, name: &'static str) -> Option<String> {
         self.string(issues, name, false, limits::MAX_TEXT_CHARS)
     }
@@ -435,69 +454,49 @@ fn customer(map: &Map<String, Value>, prefix: &str, issues: &mut Issues) -> Opti
             })
             .ok()
     });
-    let email = o.string(issues, "email", false, 254).and_then(|e| {
-        let parsed = Email::parse(&e);
-        if parsed.is_none() {
-            issues.error(
-                o.path("email"),
-                RejectCode::InvalidEmail,
-                "email is not a valid address",
-            );
-        }
-        parsed
-    });
-    let phone = o.string(issues, "phone", false, 20).and_then(|p| {
-        let parsed = Phone::parse(&p);
-        if parsed.is_none() {
-            issues.error(
-                o.path("phone"),
-                RejectCode::InvalidPhone,
-                "phone must be E.164, e.g. +5511987654321",
-            );
-        }
-        parsed
-    });
-    let whatsapp_opt_in = o.bool(issues, "whatsapp_opt_in").unwrap_or(false);
-    let preferred_channel = o
-        .string(issues, "preferred_channel", false, 16)
-        .and_then(|c| {
-            let parsed = Channel::ALL.into_iter().find(|ch| ch.as_str() == c);
-            if parsed.is_none() {
-                issues.error(
-                    o.path("preferred_channel"),
-                    RejectCode::InvalidValue,
-                    "preferred_channel must be one of email, sms, whatsapp",
-                );
-            }
-            parsed
-        });
-    let timezone = o.string(issues, "timezone", false, 64).and_then(|tz| {
-        if tz.parse::<chrono_tz::Tz>().is_ok() {
-            Some(tz)
-        } else {
-            issues.error(
-                o.path("timezone"),
-                RejectCode::InvalidTimezone,
-                format!("{tz} is not an IANA time zone"),
-            );
-            None
-        }
-    });
-    let locale = o.string(issues, "locale", false, 16).map_or_else(
-        || Some("pt-BR".to_owned()),
-        |l| {
-            if is_locale(&l) {
-                Some(l)
-            } else {
-                issues.error(
-                    o.path("locale"),
-                    RejectCode::InvalidValue,
-                    "locale must look like pt-BR or en-US",
-                );
-                None
-            }
-        },
+    let email = o.parsed(
+        issues,
+        "email",
+        254,
+        RejectCode::InvalidEmail,
+        Email::parse,
+        |_| "email is not a valid address".into(),
     );
+    let phone = o.parsed(
+        issues,
+        "phone",
+        20,
+        RejectCode::InvalidPhone,
+        Phone::parse,
+        |_| "phone must be E.164, e.g. +5511987654321".into(),
+    );
+    let whatsapp_opt_in = o.bool(issues, "whatsapp_opt_in").unwrap_or(false);
+    let preferred_channel = o.parsed(
+        issues,
+        "preferred_channel",
+        16,
+        RejectCode::InvalidValue,
+        |c| Channel::ALL.into_iter().find(|ch| ch.as_str() == c),
+        |_| "preferred_channel must be one of email, sms, whatsapp".into(),
+    );
+    let timezone = o.parsed(
+        issues,
+        "timezone",
+        64,
+        RejectCode::InvalidTimezone,
+        |tz| tz.parse::<chrono_tz::Tz>().is_ok().then(|| tz.to_owned()),
+        |tz| format!("{tz} is not an IANA time zone"),
+    );
+    let locale = o
+        .parsed(
+            issues,
+            "locale",
+            16,
+            RejectCode::InvalidValue,
+            |l| is_locale(l).then(|| l.to_owned()),
+            |_| "locale must look like pt-BR or en-US".into(),
+        )
+        .unwrap_or_else(|| "pt-BR".to_owned());
     let segment = o.string(issues, "segment", false, 64);
     o.finish(issues);
     Some(CustomerDraft {
@@ -509,7 +508,7 @@ fn customer(map: &Map<String, Value>, prefix: &str, issues: &mut Issues) -> Opti
         whatsapp_opt_in,
         preferred_channel,
         timezone,
-        locale: locale?,
+        locale,
         segment,
     })
 }
@@ -530,21 +529,17 @@ fn invoice(map: &Map<String, Value>, issues: &mut Issues) -> Option<InvoiceDraft
     let revision = o.unsigned(issues, "revision", i64::MAX.unsigned_abs());
     let customer = invoice_customer(&mut o, issues);
     let amount_cents = amount(&mut o, issues);
-    let currency = match o.string(issues, "currency", false, 16) {
-        None if o.map.get("currency").is_none_or(Value::is_null) => Some(Currency::BRL),
-        None => None,
-        Some(code) => {
-            let c = Currency::parse(&code);
-            if c.is_none() {
-                issues.error(
-                    "currency",
-                    RejectCode::InvalidCurrency,
-                    format!("{code} is not an active ISO 4217 code"),
-                );
-            }
-            c
-        }
-    };
+    // Absent means BRL; an invalid code is reported and rejects the message.
+    let currency = o
+        .parsed(
+            issues,
+            "currency",
+            16,
+            RejectCode::InvalidCurrency,
+            Currency::parse,
+            |code| format!("{code} is not an active ISO 4217 code"),
+        )
+        .unwrap_or(Currency::BRL);
     let issued_on = o.date(issues, "issued_on");
     let due_date = o.date(issues, "due_date");
     if let (Some(i), Some(d)) = (issued_on, due_date)
@@ -572,7 +567,7 @@ fn invoice(map: &Map<String, Value>, issues: &mut Issues) -> Option<InvoiceDraft
         revision,
         customer: customer?,
         amount_cents: amount_cents?,
-        currency: currency?,
+        currency,
         issued_on: issued_on?,
         due_date: due_date?,
         description,
@@ -707,18 +702,14 @@ fn payment(map: &Map<String, Value>, issues: &mut Issues) -> PaymentData {
             None
         }
     });
-    let payment_url = o.string(issues, "payment_url", false, 2048).and_then(|u| {
-        if u.starts_with("https://") || u.starts_with("http://") {
-            Some(u)
-        } else {
-            issues.error(
-                "payment.payment_url",
-                RejectCode::InvalidValue,
-                "payment_url must be an http(s) URL",
-            );
-            None
-        }
-    });
+    let payment_url = o.parsed(
+        issues,
+        "payment_url",
+        2048,
+        RejectCode::InvalidValue,
+        |u| (u.starts_with("https://") || u.starts_with("http://")).then(|| u.to_owned()),
+        |_| "payment_url must be an http(s) URL".into(),
+    );
     o.finish(issues);
     PaymentData {
         pix_copy_paste,
