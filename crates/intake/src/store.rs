@@ -125,6 +125,22 @@ struct InvoiceRow {
     dirty: bool,
 }
 
+impl InvoiceRow {
+    /// A row for an invoice never seen: canceled before any upsert.
+    fn tombstone() -> Self {
+        InvoiceRow {
+            status: Status::Canceled,
+            revision: None,
+            customer_id: None,
+            hash: None,
+            state: None,
+            cancel_reason: None,
+            last_seq: None,
+            dirty: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct CustomerRow {
     document_kind: Option<DocumentKind>,
@@ -308,52 +324,46 @@ fn decide(
         Command::CancelInvoice(cancel) => {
             let key = (item.tenant.clone(), cancel.invoice_id.clone());
             let incoming = cancel.revision.and_then(|r| i64::try_from(r).ok());
-            match invoices.get_mut(&key) {
-                Some(row) if row.status == Status::Canceled => Ok(Applied::new(
-                    Outcome::Duplicate,
-                    issues,
-                    Some("invoice already canceled".into()),
-                )),
-                Some(row) if matches!((incoming, row.revision), (Some(r), Some(s)) if r < s) => {
-                    Ok(Applied::new(
+            if let Some(row) = invoices.get(&key) {
+                if row.status == Status::Canceled {
+                    return Ok(Applied::new(
+                        Outcome::Duplicate,
+                        issues,
+                        Some("invoice already canceled".into()),
+                    ));
+                }
+                if let (Some(r), Some(s)) = (incoming, row.revision)
+                    && r < s
+                {
+                    return Ok(Applied::new(
                         Outcome::Stale,
                         issues,
                         Some(format!(
-                            "cancel revision {} is older than stored revision {}",
-                            incoming.unwrap_or_default(),
-                            row.revision.unwrap_or_default()
+                            "cancel revision {r} is older than stored revision {s}"
                         )),
-                    ))
-                }
-                existing => {
-                    let was_open = existing.is_some();
-                    let row = existing.map(|r| r.clone());
-                    invoices.insert(
-                        key,
-                        InvoiceRow {
-                            status: Status::Canceled,
-                            revision: incoming.or(row.as_ref().and_then(|r| r.revision)),
-                            customer_id: row.as_ref().and_then(|r| r.customer_id.clone()),
-                            hash: row.as_ref().and_then(|r| r.hash.clone()),
-                            state: None,
-                            cancel_reason: cancel.reason.clone(),
-                            last_seq: seq_of(item).max(row.as_ref().and_then(|r| r.last_seq)),
-                            dirty: true,
-                        },
-                    );
-                    batch.emit(
-                        item,
-                        EventType::InvoiceCanceled,
-                        &InvoiceCanceled {
-                            invoice_id: cancel.invoice_id.clone(),
-                            revision: cancel.revision,
-                            reason: cancel.reason.clone(),
-                            was_open,
-                        },
-                    )?;
-                    Ok(Applied::new(Outcome::Accepted, issues, None))
+                    ));
                 }
             }
+            let was_open = invoices.contains_key(&key);
+            // Cancel changes the row it finds, keeping what this batch already wrote to
+            // it, or leaves a tombstone.
+            let row = invoices.entry(key).or_insert_with(InvoiceRow::tombstone);
+            row.status = Status::Canceled;
+            row.revision = incoming.or(row.revision);
+            row.cancel_reason = cancel.reason.clone();
+            row.last_seq = seq_of(item).max(row.last_seq);
+            row.dirty = true;
+            batch.emit(
+                item,
+                EventType::InvoiceCanceled,
+                &InvoiceCanceled {
+                    invoice_id: cancel.invoice_id.clone(),
+                    revision: cancel.revision,
+                    reason: cancel.reason.clone(),
+                    was_open,
+                },
+            )?;
+            Ok(Applied::new(Outcome::Accepted, issues, None))
         }
         Command::UpsertInvoice(draft) => {
             upsert_invoice(batch, item, tenant, draft, issues, invoices, customers)
@@ -615,11 +625,10 @@ async fn load_invoices(
     }
     let (tenants, ids) = split_keys(keys);
     let rows = sqlx::query(
-        "SELECT i.tenant, i.invoice_id, i.status, i.revision, i.customer_id, i.content_hash, i.cancel_reason, i.last_seq \
+        "SELECT i.tenant, i.invoice_id, i.status, i.revision, i.content_hash, i.last_seq \
          FROM intake.invoices i \
          JOIN UNNEST($1::text[], $2::text[]) AS k(tenant, invoice_id) \
-           ON i.tenant = k.tenant AND i.invoice_id = k.invoice_id \
-         ORDER BY i.tenant, i.invoice_id",
+           ON i.tenant = k.tenant AND i.invoice_id = k.invoice_id",
     )
     .bind(&tenants)
     .bind(&ids)
@@ -637,10 +646,10 @@ async fn load_invoices(
                     Status::Open
                 },
                 revision: r.try_get("revision")?,
-                customer_id: r.try_get("customer_id")?,
+                customer_id: None,
                 hash: r.try_get("content_hash")?,
                 state: None,
-                cancel_reason: r.try_get("cancel_reason")?,
+                cancel_reason: None,
                 last_seq: r.try_get("last_seq")?,
                 dirty: false,
             },
@@ -661,8 +670,7 @@ async fn load_customers(
         "SELECT c.tenant, c.customer_id, c.document_kind, c.content_hash, c.last_seq \
          FROM intake.customers c \
          JOIN UNNEST($1::text[], $2::text[]) AS k(tenant, customer_id) \
-           ON c.tenant = k.tenant AND c.customer_id = k.customer_id \
-         ORDER BY c.tenant, c.customer_id",
+           ON c.tenant = k.tenant AND c.customer_id = k.customer_id",
     )
     .bind(&tenants)
     .bind(&ids)

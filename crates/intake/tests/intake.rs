@@ -757,3 +757,50 @@ async fn random_and_mutated_messages_each_get_one_outcome(pool: PgPool) {
         usize::try_from(rejected).unwrap()
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_upsert_and_a_cancel_in_one_batch_keep_the_invoice_data(pool: PgPool) {
+    use regua_contract::InboundKind;
+    use regua_intake::decode::decode;
+    use regua_intake::store::{Inbound, Outcome, apply_batch};
+
+    let h = Harness::start(pool).await;
+    h.tenant("acme").await;
+    let item = |id: &str, seq: u64, subject: &str, kind: InboundKind, body: Value| {
+        let payload = serde_json::to_vec(&body).unwrap();
+        Inbound {
+            tenant: "acme".into(),
+            message_id: id.into(),
+            subject: subject.into(),
+            stream_seq: Some(seq),
+            decoded: decode(kind, &payload),
+            payload: payload.into(),
+            traceparent: None,
+        }
+    };
+    let items = [
+        item("u", 1, SUBJ, InboundKind::InvoiceUpsert, invoice("NF-B", 5)),
+        item(
+            "c",
+            2,
+            CANCEL,
+            InboundKind::InvoiceCancel,
+            json!({"invoice_id": "NF-B", "reason": "duplicate bill"}),
+        ),
+    ];
+    let intake = h.intake.as_ref().unwrap();
+    let applied = apply_batch(&h.pool, &intake.tenants, intake.clock.now(), &items)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied.iter().map(|a| a.outcome).collect::<Vec<_>>(),
+        [Outcome::Accepted, Outcome::Accepted]
+    );
+    let stored = regua_intake::store::get_invoice(&h.pool, "acme", "NF-B")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, "canceled");
+    assert_eq!(stored.customer_id.as_deref(), Some("C-5"));
+    assert_eq!(stored.invoice.unwrap()["amount_cents"], 15990);
+}
