@@ -673,10 +673,6 @@ async fn get_message(
     )
 }
 
-async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        axum::Json(crate::openapi::document()),
-    )
-        .into_response()
+async fn openapi() -> axum::Json<Value> {
+    axum::Json(crate::openapi::document())
 }

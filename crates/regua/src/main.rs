@@ -44,28 +44,32 @@ enum Command {
 #[derive(Subcommand)]
 enum TenantCommand {
     /// Create a tenant and print it with its API key (shown once).
-    Create {
-        #[arg(long)]
-        id: String,
-        /// Legal name of the creditor (CDC art. 42-A).
-        #[arg(long)]
-        legal_name: String,
-        #[arg(long)]
-        cnpj: String,
-        #[arg(long)]
-        address: String,
-        /// How debtors reach the creditor (phone, e-mail, site).
-        #[arg(long)]
-        contact: String,
-        #[arg(long, default_value = "America/Sao_Paulo")]
-        timezone: String,
-        /// Simulated time for this tenant (used by the scheduler).
-        #[arg(long)]
-        test_clock: bool,
-        /// RFC 3339 instant at which the test clock starts.
-        #[arg(long)]
-        now: Option<String>,
-    },
+    Create(NewTenantArgs),
+}
+
+/// The same fields as `POST /v1/tenants`, validated by the same code.
+#[derive(clap::Args, serde::Serialize)]
+struct NewTenantArgs {
+    #[arg(long)]
+    id: String,
+    /// Legal name of the creditor (CDC art. 42-A).
+    #[arg(long)]
+    legal_name: String,
+    #[arg(long)]
+    cnpj: String,
+    #[arg(long)]
+    address: String,
+    /// How debtors reach the creditor (phone, e-mail, site).
+    #[arg(long)]
+    contact: String,
+    #[arg(long, default_value = "America/Sao_Paulo")]
+    timezone: String,
+    /// Simulated time for this tenant (used by the scheduler).
+    #[arg(long)]
+    test_clock: bool,
+    /// RFC 3339 instant at which the test clock starts.
+    #[arg(long)]
+    now: Option<String>,
 }
 
 #[tokio::main]
@@ -101,36 +105,23 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// batches in hand, flush outboxes.
 async fn run_services(config: Config) -> anyhow::Result<()> {
     let _telemetry = telemetry::init("regua", &config)?;
-    let platform = regua::Platform::start(&config, Arc::new(SystemClock)).await?;
+    let mut platform = regua::Platform::start(&config, Arc::new(SystemClock)).await?;
     tracing::info!(addr = %platform.addr, "regua running");
-    let mut http = platform.http;
     tokio::select! {
         () = regua_platform::shutdown::signal() => tracing::info!("stopping: draining work in hand"),
-        r = &mut http => {
+        r = &mut platform.http => {
             r.context("http server task")?.context("http server")?;
         }
     }
-    if !platform.shutdown.drain(config.drain_timeout).await {
+    if !platform.drain(&config).await {
         tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; unacked messages will be redelivered");
     }
     Ok(())
 }
 
 async fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<()> {
-    let TenantCommand::Create {
-        id,
-        legal_name,
-        cnpj,
-        address,
-        contact,
-        timezone,
-        test_clock,
-        now,
-    } = command;
-    let body = serde_json::json!({
-        "id": id, "legal_name": legal_name, "cnpj": cnpj, "address": address,
-        "contact": contact, "timezone": timezone, "test_clock": test_clock, "now": now,
-    });
+    let TenantCommand::Create(args) = command;
+    let body = serde_json::to_value(&args)?;
     let new = regua_intake::tenants::validate_new_tenant(&body).map_err(|issues| {
         let lines: Vec<String> = issues
             .errors
