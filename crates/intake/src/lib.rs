@@ -77,7 +77,7 @@ impl Intake {
     }
 
     /// Makes sure the streams, intake's consumer and its schema exist, then starts the
-    /// consumer workers and the outbox relay in `shutdown`'s group.
+    /// consumer workers (work) and the outbox relay (a flusher, stopped after them).
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), IntakeError> {
         Intake::migrate(&self.pool).await?;
         nats::ensure_streams(&self.js).await?;
@@ -100,7 +100,7 @@ impl Intake {
             self.js.clone(),
             Arc::clone(&self.outbox_wake),
         );
-        shutdown.spawn(relay.run(shutdown.token()));
+        shutdown.spawn_flusher(relay.run(shutdown.flush_token()));
         Ok(())
     }
 
