@@ -1,11 +1,16 @@
 //! Pure domain rules, with no I/O: money in integer minor units, ISO 4217 currencies,
 //! Brazilian tax documents (CPF and CNPJ with check digits), E.164 phones and e-mail
-//! addresses. Services validate with these and keep their own I/O elsewhere.
+//! addresses, and the régua: policies, the business calendar, send windows, caps and
+//! the schedule decisions. Services validate with these and keep their own I/O elsewhere.
 
+pub mod calendar;
 pub mod contact;
 pub mod currency;
 pub mod document;
 pub mod money;
+pub mod policy;
+pub mod schedule;
+pub mod window;
 
 pub use contact::{Email, Phone};
 pub use currency::Currency;
