@@ -20,16 +20,25 @@ pub enum EventType {
     InvoiceCanceled,
     #[serde(rename = "intake.rejected")]
     IntakeRejected,
+    #[serde(rename = "invoice.escalated")]
+    InvoiceEscalated,
+    #[serde(rename = "invoice.paid")]
+    InvoicePaid,
+    #[serde(rename = "customer.opted_out")]
+    CustomerOptedOut,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 9] = [
         EventType::TenantCreated,
         EventType::CustomerUpserted,
         EventType::InvoiceOpened,
         EventType::InvoiceUpdated,
         EventType::InvoiceCanceled,
         EventType::IntakeRejected,
+        EventType::InvoiceEscalated,
+        EventType::InvoicePaid,
+        EventType::CustomerOptedOut,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +49,9 @@ impl EventType {
             EventType::InvoiceUpdated => "invoice.updated",
             EventType::InvoiceCanceled => "invoice.canceled",
             EventType::IntakeRejected => "intake.rejected",
+            EventType::InvoiceEscalated => "invoice.escalated",
+            EventType::InvoicePaid => "invoice.paid",
+            EventType::CustomerOptedOut => "customer.opted_out",
         }
     }
 }

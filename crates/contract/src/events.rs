@@ -132,3 +132,37 @@ pub struct TenantCreated {
 
 /// Largest payload echoed in an `intake.rejected` event, in bytes.
 pub const REJECTED_PAYLOAD_ECHO_BYTES: usize = 4096;
+
+/// `invoice.escalated`: a régua step escalated the invoice (emitted by the scheduler).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct InvoiceEscalated {
+    pub invoice_id: String,
+    pub customer_id: String,
+    /// `negativacao`, `legal`, or a level the tenant's policy names.
+    pub level: String,
+    pub step: String,
+    pub policy: String,
+    pub policy_version: u32,
+}
+
+/// `invoice.paid`: the invoice is settled (emitted by reconciliation). The scheduler
+/// cancels every pending step in the same transaction as it records this, and sends
+/// the policy's thank-you once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct InvoicePaid {
+    pub invoice_id: String,
+    pub customer_id: String,
+    pub paid_at: DateTime<Utc>,
+    pub amount_paid_cents: i64,
+    pub currency: String,
+    /// Days after the effective due date; 0 when paid on time.
+    pub days_late: u32,
+}
+
+/// `customer.opted_out`: the customer asked not to be contacted on `channel` (an
+/// unsubscribe link, a STOP reply). Pending steps fall back to other channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CustomerOptedOut {
+    pub customer_id: String,
+    pub channel: Channel,
+}

@@ -1,12 +1,14 @@
 //! The regua wire contract, version 1.
 //!
 //! Everything an integrator or another regua service codes against lives here and only
-//! here: the subjects and stream names ([`subjects`]), the event envelope
+//! here: the subjects and stream names ([`subjects`]), the dispatch commands
+//! ([`commands`]), the event envelope
 //! ([`envelope`]), the inbound payloads ([`inbound`]), the domain events ([`events`]) and
 //! the stable rejection codes ([`rejection`]). [`proto`] renders all of it as JSON Schema,
 //! an AsyncAPI 3 document and example payloads; the files under `proto/` at the top of
 //! the repository are generated from it and a test fails when they are stale.
 
+pub mod commands;
 pub mod envelope;
 pub mod events;
 pub mod inbound;

@@ -9,10 +9,11 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use crate::commands::{CommandInvoice, CommandKind, Creditor, DispatchCommand, Recipient};
 use crate::envelope::{Envelope, EventType};
 use crate::events::{
-    CustomerState, CustomerUpserted, DocumentKind, IntakeRejected, InvoiceCanceled, InvoiceChanged,
-    InvoiceState, TenantCreated,
+    CustomerOptedOut, CustomerState, CustomerUpserted, DocumentKind, IntakeRejected,
+    InvoiceCanceled, InvoiceChanged, InvoiceEscalated, InvoicePaid, InvoiceState, TenantCreated,
 };
 use crate::inbound::{
     Channel, CustomerUpsert, InvoiceCancel, InvoiceCustomer, InvoiceUpsert, LateFee, PaymentData,
@@ -26,6 +27,8 @@ use crate::subjects::{self, InboundKind};
 pub enum Direction {
     In,
     Out,
+    /// A command between services (`regua.v1.cmd.>`).
+    Command,
 }
 
 /// One message of the contract.
@@ -47,6 +50,7 @@ impl Message {
         match self.direction {
             Direction::In => format!("in.{}", self.name),
             Direction::Out => format!("evt.{}", self.name),
+            Direction::Command => format!("cmd.{}", self.name),
         }
     }
 }
@@ -165,6 +169,59 @@ pub fn messages() -> Vec<Message> {
             schema::<Envelope<IntakeRejected>>(),
             example(&ex.envelope(EventType::IntakeRejected, ex.intake_rejected())),
         ),
+        event_message(
+            EventType::InvoiceEscalated,
+            "A régua step escalated an invoice (negativação, legal)",
+            schema::<Envelope<InvoiceEscalated>>(),
+            example(&ex.envelope(
+                EventType::InvoiceEscalated,
+                InvoiceEscalated {
+                    invoice_id: "NF-2026-000123".into(),
+                    customer_id: "C-1001".into(),
+                    level: "negativacao".into(),
+                    step: "negativacao".into(),
+                    policy: "padrao".into(),
+                    policy_version: 1,
+                },
+            )),
+        ),
+        event_message(
+            EventType::InvoicePaid,
+            "An invoice was settled; the régua stops and thanks the customer",
+            schema::<Envelope<InvoicePaid>>(),
+            example(&ex.envelope(
+                EventType::InvoicePaid,
+                InvoicePaid {
+                    invoice_id: "NF-2026-000123".into(),
+                    customer_id: "C-1001".into(),
+                    paid_at: ex.at,
+                    amount_paid_cents: 15990,
+                    currency: "BRL".into(),
+                    days_late: 2,
+                },
+            )),
+        ),
+        event_message(
+            EventType::CustomerOptedOut,
+            "A customer opted out of a channel",
+            schema::<Envelope<CustomerOptedOut>>(),
+            example(&ex.envelope(
+                EventType::CustomerOptedOut,
+                CustomerOptedOut {
+                    customer_id: "C-1001".into(),
+                    channel: Channel::Email,
+                },
+            )),
+        ),
+        Message {
+            name: "dispatch",
+            direction: Direction::Command,
+            address: format!("{}.v1.cmd.{{tenant}}.dispatch.{{channel}}", subjects::ROOT),
+            stream: subjects::STREAM_COMMANDS,
+            summary: "Send one message on one channel (scheduler to dispatchers)",
+            schema: schema::<DispatchCommand>(),
+            example: example(&ex.dispatch_command()),
+        },
     ]
 }
 
@@ -181,14 +238,18 @@ pub fn asyncapi(messages: &[Message]) -> Value {
                 "address": m.address,
                 "title": m.name,
                 "summary": m.summary,
-                "parameters": { "tenant": { "description": "Tenant id: a single NATS token of a-z, 0-9, '-' and '_'" } },
+                "parameters": if m.direction == Direction::Command {
+                    json!({ "tenant": { "description": "Tenant id" }, "channel": { "enum": ["email", "sms", "whatsapp"] } })
+                } else {
+                    json!({ "tenant": { "description": "Tenant id: a single NATS token of a-z, 0-9, '-' and '_'" } })
+                },
                 "messages": { id.clone(): { "$ref": format!("#/components/messages/{id}") } },
                 "x-jetstream-stream": m.stream,
             }),
         );
         let (action, verb) = match m.direction {
             Direction::In => ("send", "publish"),
-            Direction::Out => ("receive", "consume"),
+            Direction::Out | Direction::Command => ("receive", "consume"),
         };
         operations.insert(
             format!("{verb}{}", upper_first(&id)),
@@ -216,6 +277,18 @@ pub fn asyncapi(messages: &[Message]) -> Value {
                     "properties": {
                         "Nats-Msg-Id": { "type": "string", "description": "Optional. JetStream deduplicates repeats within the stream's duplicate window; intake reports a later repeat as `duplicate`." },
                         "traceparent": { "type": "string", "description": "Optional W3C trace context." },
+                    },
+                }),
+            );
+        }
+        if let (Direction::Command, Some(obj)) = (m.direction, message.as_object_mut()) {
+            obj.insert(
+                "headers".into(),
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "Nats-Msg-Id": { "type": "string", "description": "The command_id: <tenant>:<invoice_id>:<step>:v<policy_version>, so a step fires once." },
+                        "traceparent": { "type": "string", "description": "W3C trace context of the firing; it links to the trace that planned the invoice." },
                     },
                 }),
             );
@@ -283,6 +356,7 @@ pub fn asyncapi(messages: &[Message]) -> Value {
         "x-jetstream-streams": {
             subjects::STREAM_INBOUND: { "subjects": [subjects::inbound_all()], "retention": "limits", "description": "What integrators publish" },
             subjects::STREAM_EVENTS: { "subjects": [subjects::events_all()], "retention": "limits", "description": "Domain events, from service outboxes" },
+            subjects::STREAM_COMMANDS: { "subjects": [subjects::commands_all()], "retention": "workqueue", "description": "Commands to the channel dispatchers; removed when acked" },
             subjects::STREAM_DEAD_LETTER: { "subjects": [subjects::dead_letter_all()], "retention": "limits", "description": "Messages that exhausted their deliveries; headers Regua-Dlq-Reason, Regua-Dlq-Subject, Regua-Dlq-Stream-Seq" },
         },
         "x-reject-codes": reject_codes(),
@@ -525,6 +599,50 @@ impl Examples {
         }
     }
 
+    pub fn dispatch_command(&self) -> DispatchCommand {
+        let t = self.tenant_created();
+        let c = self.customer_state();
+        let i = self.invoice_changed().invoice;
+        DispatchCommand {
+            command_id: DispatchCommand::id_for("acme", &i.invoice_id, "vence_hoje", 1),
+            kind: CommandKind::Step,
+            tenant: t.id.clone(),
+            creditor: Creditor {
+                legal_name: t.legal_name,
+                cnpj: t.cnpj,
+                address: t.address,
+                contact: t.contact,
+            },
+            recipient: Recipient {
+                customer_id: c.customer_id,
+                name: c.name,
+                email: c.email,
+                phone: c.phone,
+                whatsapp_opt_in: c.whatsapp_opt_in,
+                locale: c.locale,
+                timezone: c.timezone,
+            },
+            channel: Channel::Whatsapp,
+            fallback: vec![Channel::Email, Channel::Sms],
+            template: "vence_hoje".into(),
+            step: "vence_hoje".into(),
+            policy: "padrao".into(),
+            policy_version: 1,
+            invoices: vec![CommandInvoice {
+                invoice_id: i.invoice_id,
+                amount_cents: i.amount_cents,
+                currency: i.currency,
+                due_date: i.due_date,
+                effective_due_date: i.due_date,
+                description: i.description,
+                payment: i.payment,
+                late_fee: i.late_fee,
+            }],
+            scheduled_for: self.at,
+            not_after: self.at,
+        }
+    }
+
     pub fn envelope<T>(&self, event_type: EventType, data: T) -> Envelope<T> {
         Envelope {
             id: Uuid::from_u128(0x019a_b2c3_d4e5_7f00_8000_0000_0000_0001),
@@ -575,7 +693,7 @@ mod tests {
     #[test]
     fn every_message_has_schema_and_example() {
         let ms = messages();
-        assert_eq!(ms.len(), InboundKind::ALL.len() + EventType::ALL.len());
+        assert_eq!(ms.len(), InboundKind::ALL.len() + EventType::ALL.len() + 1);
         for m in &ms {
             assert!(m.schema.get("$schema").is_some(), "{}", m.name);
             assert!(m.example.is_object(), "{}", m.name);
@@ -618,7 +736,8 @@ mod tests {
                 .unwrap()
                 .contains(&json!("unknown_tenant"))
         );
-        assert_eq!(doc["x-jetstream-streams"].as_object().unwrap().len(), 3);
+        assert_eq!(doc["x-jetstream-streams"].as_object().unwrap().len(), 4);
+        assert!(addresses.contains(&"regua.v1.cmd.{tenant}.dispatch.{channel}"));
         assert_eq!(
             doc["channels"]["deadLetter"]["address"],
             "regua.v1.dlq.{consumer}.{tenant}"

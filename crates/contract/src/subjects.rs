@@ -16,8 +16,14 @@ pub const STREAM_EVENTS: &str = "REGUA_EVT";
 /// Stream over `regua.v1.dlq.>`: messages that exhausted their deliveries, with a reason.
 pub const STREAM_DEAD_LETTER: &str = "REGUA_DLQ";
 
+/// Stream over `regua.v1.cmd.>`: work for the channel dispatchers. Work-queue retention:
+/// a command is removed once a dispatcher acks it.
+pub const STREAM_COMMANDS: &str = "REGUA_CMD";
+
 /// Durable pull consumer of the intake service on [`STREAM_INBOUND`].
 pub const CONSUMER_INTAKE: &str = "intake";
+/// Durable pull consumer of the scheduler on [`STREAM_EVENTS`].
+pub const CONSUMER_SCHEDULER: &str = "scheduler";
 
 /// Header carrying the reason on a dead-lettered message.
 pub const HEADER_DLQ_REASON: &str = "Regua-Dlq-Reason";
@@ -55,6 +61,30 @@ pub fn event(tenant_token: &str, kind: crate::EventType) -> String {
 /// `regua.v1.evt.*.<entity>.<event>`: one event type across tenants.
 pub fn event_any_tenant(kind: crate::EventType) -> String {
     format!("{ROOT}.v1.evt.*.{}", kind.as_str())
+}
+
+/// `regua.v1.cmd.>`
+pub fn commands_all() -> String {
+    format!("{ROOT}.v1.cmd.>")
+}
+
+/// `regua.v1.cmd.<tenant>.dispatch.<channel>`: a message for one channel's dispatchers.
+pub fn dispatch(tenant: &str, channel: crate::inbound::Channel) -> String {
+    format!("{ROOT}.v1.cmd.{tenant}.dispatch.{}", channel.as_str())
+}
+
+/// `regua.v1.cmd.*.dispatch.<channel>`: one channel's commands across tenants.
+pub fn dispatch_any_tenant(channel: crate::inbound::Channel) -> String {
+    format!("{ROOT}.v1.cmd.*.dispatch.{}", channel.as_str())
+}
+
+/// The subject prefixes (`regua.v1.evt.<tenant>.` and `regua.v1.cmd.<tenant>.`) of
+/// everything regua emits for one tenant.
+pub fn tenant_output_prefixes(tenant: &str) -> [String; 2] {
+    [
+        format!("{ROOT}.v1.evt.{tenant}."),
+        format!("{ROOT}.v1.cmd.{tenant}."),
+    ]
 }
 
 /// `regua.v1.dlq.>`
@@ -225,6 +255,10 @@ mod tests {
         assert_eq!(
             event("acme", EventType::IntakeRejected),
             "regua.v1.evt.acme.intake.rejected"
+        );
+        assert_eq!(
+            dispatch("acme", crate::inbound::Channel::Whatsapp),
+            "regua.v1.cmd.acme.dispatch.whatsapp"
         );
     }
 

@@ -351,7 +351,9 @@ pub const NEGATIVACAO: &str = "negativacao";
 /// law asks for prior written notice and bureaus wait 10 days).
 pub const NEGATIVACAO_NOTICE_DAYS: i32 = 10;
 
-fn valid_name(s: &str) -> bool {
+/// Whether `s` is a valid policy, step, template or level name: 1-64 characters of
+/// `a-z`, `0-9`, `_` and `-`.
+pub fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
@@ -361,14 +363,18 @@ impl Policy {
     /// Parses a YAML or JSON document (JSON is YAML), then validates it. Every problem
     /// found is reported; a document that does not parse reports where it broke.
     pub fn parse(text: &str) -> Result<Policy, Vec<PolicyIssue>> {
-        let value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        Policy::from_value(Policy::document(text)?)
+    }
+
+    /// Reads a YAML or JSON document without validating it as a policy.
+    pub fn document(text: &str) -> Result<Value, Vec<PolicyIssue>> {
+        serde_yaml_ng::from_str(text).map_err(|e| {
             vec![PolicyIssue {
                 field: String::new(),
                 code: "syntax",
                 message: format!("not YAML or JSON: {e}"),
             }]
-        })?;
-        Policy::from_value(value)
+        })
     }
 
     /// Validates an already-parsed document.

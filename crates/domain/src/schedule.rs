@@ -327,8 +327,10 @@ pub fn fire(
             send: None,
         };
     }
+    // The next step is due (its instant, or its deferral, has come); later ones are due
+    // when their own instant has.
     let due: Vec<usize> = (progress.next..steps.len())
-        .filter(|&i| steps[i].send_at <= now)
+        .filter(|&i| i == progress.next || steps[i].send_at <= now)
         .collect();
     let Some(&last) = due.last() else {
         return Fired {

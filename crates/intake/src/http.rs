@@ -21,6 +21,7 @@ use futures::StreamExt;
 use futures::future::join_all;
 use regua_contract::inbound::limits;
 use regua_contract::{FieldIssue, InboundKind, RejectCode, TenantId, WarnCode, subjects};
+use regua_platform::http::Problem;
 use regua_platform::{nats, telemetry};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -28,9 +29,9 @@ use tracing::{Instrument, Span};
 
 use crate::Intake;
 use crate::decode::{Decoded, Issues, decode_value};
-use crate::events::new_id;
 use crate::store::{self, Inbound, Outcome};
 use crate::tenants::{self, CreateTenantError};
+use regua_platform::outbox::new_id;
 
 /// Intake's routes.
 pub fn router(intake: Arc<Intake>) -> Router {
@@ -80,94 +81,9 @@ fn submit_one(kind: InboundKind) -> MethodRouter<Arc<Intake>> {
     )
 }
 
-/// An RFC 9457 problem (boxed: it travels in `Err` through every handler).
-#[derive(Debug)]
-pub struct Problem(Box<ProblemBody>);
-
-#[derive(Debug, Serialize)]
-struct ProblemBody {
-    #[serde(rename = "type")]
-    kind: String,
-    title: String,
-    status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    errors: Vec<FieldIssue<RejectCode>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    warnings: Vec<FieldIssue<WarnCode>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message_id: Option<String>,
-}
-
-impl Problem {
-    fn new(status: StatusCode, kind: &str, title: &str, detail: impl Into<Option<String>>) -> Self {
-        Problem(Box::new(ProblemBody {
-            kind: format!("urn:regua:problem:{kind}"),
-            title: title.to_owned(),
-            status: status.as_u16(),
-            detail: detail.into(),
-            errors: Vec::new(),
-            warnings: Vec::new(),
-            message_id: None,
-        }))
-    }
-
-    fn invalid(issues: Issues, message_id: Option<String>) -> Self {
-        let mut p = Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation",
-            "the request was rejected",
-            Some("see errors for each field".to_owned()),
-        );
-        p.0.errors = issues.errors;
-        p.0.warnings = issues.warnings;
-        p.0.message_id = message_id;
-        p
-    }
-
-    fn internal(e: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "request failed");
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-            None,
-        )
-    }
-
-    fn unavailable(e: impl std::fmt::Display) -> Self {
-        tracing::warn!(error = %e, "broker unavailable");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the message could not be made durable; retry",
-            None,
-        )
-    }
-
-    fn not_found(what: &str) -> Self {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            &format!("{what} not found"),
-            None,
-        )
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(&self.0).unwrap_or_default();
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            body,
-        )
-            .into_response()
-    }
+/// 422 with every field issue.
+fn invalid(issues: Issues, message_id: Option<String>) -> Problem {
+    Problem::invalid(&issues.errors, &issues.warnings).with_message_id(message_id)
 }
 
 fn bearer(headers: &HttpHeaders) -> Option<&str> {
@@ -211,6 +127,28 @@ async fn authorize(intake: &Intake, headers: &HttpHeaders, tenant: &str) -> Resu
     }
 }
 
+/// Middleware for other services' tenant routes (`/v1/tenants/{tenant}/...`): the same
+/// API-key check as intake's own routes, so every tenant route answers alike.
+pub async fn require_tenant_key(
+    State(intake): State<Arc<Intake>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let tenant = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/tenants/")
+        .and_then(|rest| rest.split('/').next())
+        .map(|t| t.to_owned());
+    let Some(tenant) = tenant else {
+        return next.run(req).await;
+    };
+    match authorize(&intake, req.headers(), &tenant).await {
+        Ok(()) => next.run(req).await,
+        Err(p) => p.into_response(),
+    }
+}
+
 async fn create_tenant(
     State(intake): State<Arc<Intake>>,
     headers: HttpHeaders,
@@ -241,9 +179,9 @@ async fn create_tenant(
             RejectCode::MalformedJson,
             format!("malformed JSON: {e}"),
         );
-        Problem::invalid(issues, None)
+        invalid(issues, None)
     })?;
-    let new = tenants::validate_new_tenant(&value).map_err(|i| Problem::invalid(i, None))?;
+    let new = tenants::validate_new_tenant(&value).map_err(|i| invalid(i, None))?;
     let now = intake.clock.now();
     match tenants::create_tenant(
         &intake.pool,
@@ -263,7 +201,7 @@ async fn create_tenant(
             "tenant already exists",
             Some(format!("tenant {id} already exists")),
         )),
-        Err(CreateTenantError::Invalid(i)) => Err(Problem::invalid(i, None)),
+        Err(CreateTenantError::Invalid(i)) => Err(invalid(i, None)),
         Err(e) => Err(Problem::internal(e)),
     }
 }
@@ -452,7 +390,7 @@ fn parse_body(body: &Bytes) -> Result<Value, Problem> {
             RejectCode::MalformedJson,
             format!("malformed JSON: {e}"),
         );
-        Problem::invalid(issues, None)
+        invalid(issues, None)
     })
 }
 
@@ -468,7 +406,7 @@ fn single_response(mut r: ItemResult, invoice_id: Option<String>) -> Response {
             errors: r.errors,
             warnings: r.warnings,
         };
-        return Problem::invalid(issues, Some(r.message_id)).into_response();
+        return invalid(issues, Some(r.message_id)).into_response();
     }
     (StatusCode::ACCEPTED, axum::Json(r)).into_response()
 }
@@ -543,7 +481,7 @@ async fn post_invoice_batch(
                     RejectCode::MissingField,
                     "body must be {\"invoices\": [...]} or an array",
                 );
-                return Err(Problem::invalid(issues, None));
+                return Err(invalid(issues, None));
             }
         },
         _ => {
@@ -553,7 +491,7 @@ async fn post_invoice_batch(
                 RejectCode::NotAnObject,
                 "body must be {\"invoices\": [...]} or an array",
             );
-            return Err(Problem::invalid(issues, None));
+            return Err(invalid(issues, None));
         }
     };
     if items.is_empty() || items.len() > limits::MAX_BATCH {
@@ -567,7 +505,7 @@ async fn post_invoice_batch(
                 items.len()
             ),
         );
-        return Err(Problem::invalid(issues, None));
+        return Err(invalid(issues, None));
     }
     let key = idempotency_key(&headers);
     let now = intake.clock.now();

@@ -15,7 +15,6 @@
 
 pub mod consumer;
 pub mod decode;
-pub mod events;
 pub mod http;
 pub mod openapi;
 pub mod store;

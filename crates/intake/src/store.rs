@@ -33,8 +33,8 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::decode::{Command, CustomerDraft, CustomerSource, Decoded, InvoiceDraft, Issues};
-use crate::events::event_message;
 use crate::tenants::{TenantInfo, Tenants};
+use regua_platform::outbox::event_message;
 
 /// Intake's outbox table.
 pub const OUTBOX: Outbox = Outbox::new("intake.outbox");

@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::decode::Issues;
-use crate::events::event_message;
 use crate::store::OUTBOX;
+use regua_platform::outbox::event_message;
 
 /// What processing a message needs to know about its tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,19 +7,140 @@ use std::time::Duration;
 use async_nats::jetstream;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use serde_json::json;
+use serde::Serialize;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{PlatformError, nats};
+
+/// An RFC 9457 `application/problem+json` answer, with a stable `type` per kind and
+/// field-level `errors` for validation (boxed: it travels in `Err` through handlers).
+#[derive(Debug)]
+pub struct Problem(Box<ProblemBody>);
+
+#[derive(Debug, Serialize)]
+struct ProblemBody {
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+}
+
+fn values<T: Serialize>(items: &[T]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|i| serde_json::to_value(i).unwrap_or(Value::Null))
+        .collect()
+}
+
+impl Problem {
+    /// A problem of kind `urn:regua:problem:<kind>`.
+    pub fn new(
+        status: StatusCode,
+        kind: &str,
+        title: &str,
+        detail: impl Into<Option<String>>,
+    ) -> Self {
+        Problem(Box::new(ProblemBody {
+            kind: format!("urn:regua:problem:{kind}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            message_id: None,
+        }))
+    }
+
+    /// 422 with field-level `errors` (each `{field, code, message}`) and `warnings`.
+    pub fn invalid<E: Serialize, W: Serialize>(errors: &[E], warnings: &[W]) -> Self {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "the request was rejected",
+            Some("see errors for each field".to_owned()),
+        );
+        p.0.errors = values(errors);
+        p.0.warnings = values(warnings);
+        p
+    }
+
+    pub fn with_message_id(mut self, message_id: Option<String>) -> Self {
+        self.0.message_id = message_id;
+        self
+    }
+
+    /// 500; the cause is logged here, once, and not shown to the caller.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "request failed");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+            None,
+        )
+    }
+
+    /// 503: a dependency is down; the caller should retry.
+    pub fn unavailable(e: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "dependency unavailable");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the message could not be made durable; retry",
+            None,
+        )
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("{what} not found"),
+            None,
+        )
+    }
+
+    pub fn status(&self) -> u16 {
+        self.0.status
+    }
+
+    /// The problem document, as JSON.
+    pub fn body(&self) -> Value {
+        serde_json::to_value(&self.0).unwrap_or(Value::Null)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self.0).unwrap_or_default();
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response()
+    }
+}
 
 /// What readiness checks.
 #[derive(Clone)]

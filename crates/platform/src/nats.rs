@@ -66,6 +66,16 @@ pub fn stream_configs() -> Vec<stream::Config> {
             ..Default::default()
         },
         stream::Config {
+            name: subjects::STREAM_COMMANDS.into(),
+            description: Some("regua v1 commands to the channel dispatchers".into()),
+            subjects: vec![subjects::commands_all()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(7 * DAY),
+            duplicate_window: EVENTS_DUPLICATE_WINDOW,
+            ..Default::default()
+        },
+        stream::Config {
             name: subjects::STREAM_DEAD_LETTER.into(),
             description: Some("regua v1 dead letters, with the reason in headers".into()),
             subjects: vec![subjects::dead_letter_all()],

@@ -151,6 +151,20 @@ pub fn continue_from_traceparent(span: &Span, traceparent: &str) {
     continue_from(span, Some(&h));
 }
 
+/// Adds a span link from `span` to the span a stored `traceparent` names: a new trace
+/// that points back at the one that caused it (a step firing days after planning).
+pub fn link_to_traceparent(span: &Span, traceparent: &str) {
+    let mut h = HeaderMap::new();
+    h.insert("traceparent", traceparent);
+    let cx = extract(Some(&h));
+    let linked = opentelemetry::trace::TraceContextExt::span(&cx)
+        .span_context()
+        .clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

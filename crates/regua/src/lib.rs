@@ -1,10 +1,13 @@
-//! Wiring every service into one process, as `regua all` does. The binary and the
-//! end-to-end tests both start the platform through [`Platform::start`].
+//! Wiring services into one process. `regua all` runs every service; `regua intake` and
+//! `regua scheduler` run one. The binary and the end-to-end tests both start services
+//! through [`Platform::start`]; services talk to each other only through NATS.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use regua_intake::{Intake, IntakeError};
 use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, http, nats};
+use regua_scheduler::{Scheduler, SchedulerError};
 use tokio::task::JoinHandle;
 
 /// Why the platform did not start.
@@ -14,6 +17,8 @@ pub enum StartError {
     Platform(#[from] PlatformError),
     #[error(transparent)]
     Intake(#[from] IntakeError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -21,7 +26,29 @@ pub enum StartError {
     },
 }
 
-/// Every service running as its own task, plus the HTTP server.
+/// Which services a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Services {
+    pub intake: bool,
+    pub scheduler: bool,
+}
+
+impl Services {
+    pub const ALL: Services = Services {
+        intake: true,
+        scheduler: true,
+    };
+    pub const INTAKE: Services = Services {
+        intake: true,
+        scheduler: false,
+    };
+    pub const SCHEDULER: Services = Services {
+        intake: false,
+        scheduler: true,
+    };
+}
+
+/// Services running as tasks, plus the HTTP server.
 pub struct Platform {
     pub shutdown: Shutdown,
     /// Where HTTP listens (the real port when `REGUA_HTTP_ADDR` asked for port 0).
@@ -30,19 +57,45 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Connects, migrates, creates streams and consumers, and starts every service.
-    /// Today that is intake; later services start here too, each talking only
-    /// through NATS.
-    pub async fn start(config: &Config, clock: SharedClock) -> Result<Platform, StartError> {
+    /// Connects, migrates, creates streams and consumers, and starts `services`.
+    pub async fn start(
+        config: &Config,
+        clock: SharedClock,
+        services: Services,
+    ) -> Result<Platform, StartError> {
         db::ensure_database(config.database_url.expose()).await?;
         let pool = db::connect(config.database_url.expose(), config.db_max_connections).await?;
         let client = nats::connect(&config.nats_url, "regua").await?;
         let js = nats::jetstream(client.clone());
         let shutdown = Shutdown::new();
 
-        let intake = Intake::from_parts(config.clone(), pool.clone(), client.clone(), clock);
-        intake.start(&shutdown).await?;
-        let router: axum::Router = intake.router();
+        // Intake owns tenants and API keys; every tenant route checks keys through it,
+        // also in a process that runs only the scheduler.
+        let intake = Intake::from_parts(
+            config.clone(),
+            pool.clone(),
+            client.clone(),
+            Arc::clone(&clock),
+        );
+        Intake::migrate(&pool).await?;
+        let mut router = axum::Router::new();
+        if services.intake {
+            intake.start(&shutdown).await?;
+            router = router.merge(intake.router());
+        }
+        if services.scheduler {
+            let scheduler =
+                Scheduler::from_parts(config.clone(), pool.clone(), client.clone(), clock);
+            scheduler.start(&shutdown).await?;
+            router = router.merge(
+                scheduler
+                    .router()
+                    .layer(axum::middleware::from_fn_with_state(
+                        Arc::clone(&intake),
+                        regua_intake::http::require_tenant_key,
+                    )),
+            );
+        }
 
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await

@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the intake service: invoices, customers and tenants in over NATS and HTTP.
     Intake,
+    /// Run the scheduler: each tenant's régua on a durable schedule, dispatch commands out.
+    Scheduler,
     /// Run every service in one process, each as its own task, talking only through NATS.
     All,
     /// Create the database if it is missing and run every service's migrations.
@@ -37,8 +39,31 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Régua policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Load a demo portfolio through the public NATS subjects and report what happened.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file (YAML or JSON) and write it as the policy's next version.
+    Apply {
+        /// The policy document.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// The policy name; defaults to the document's `name`, then the file stem.
+        #[arg(long)]
+        name: Option<String>,
+        /// Move open invoices on this policy to the new version.
+        #[arg(long)]
+        migrate_open: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -77,7 +102,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("configuration")?;
     match cli.command {
-        Command::Intake | Command::All => run_services(config).await,
+        Command::Intake => run_services(config, regua::Services::INTAKE).await,
+        Command::Scheduler => run_services(config, regua::Services::SCHEDULER).await,
+        Command::All => run_services(config, regua::Services::ALL).await,
+        Command::Policy { command } => {
+            let _telemetry = telemetry::init("regua-admin", &config)?;
+            policy(config, command).await
+        }
         Command::Migrate => {
             let _telemetry = telemetry::init("regua-migrate", &config)?;
             migrate(&config).await
@@ -97,15 +128,16 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     db::ensure_database(config.database_url.expose()).await?;
     let pool = db::connect(config.database_url.expose(), 2).await?;
     Intake::migrate(&pool).await?;
+    regua_scheduler::Scheduler::migrate(&pool).await?;
     tracing::info!("migrations applied");
     Ok(())
 }
 
 /// Runs every service until SIGINT/SIGTERM, then drains: stop taking messages, finish
 /// batches in hand, flush outboxes.
-async fn run_services(config: Config) -> anyhow::Result<()> {
+async fn run_services(config: Config, services: regua::Services) -> anyhow::Result<()> {
     let _telemetry = telemetry::init("regua", &config)?;
-    let mut platform = regua::Platform::start(&config, Arc::new(SystemClock)).await?;
+    let mut platform = regua::Platform::start(&config, Arc::new(SystemClock), services).await?;
     tracing::info!(addr = %platform.addr, "regua running");
     tokio::select! {
         () = regua_platform::shutdown::signal() => tracing::info!("stopping: draining work in hand"),
@@ -137,6 +169,41 @@ async fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<()> {
     let created = regua_intake::tenants::create_tenant(&pool, now, new, None).await?;
     // The outbox row is published by the next running intake's relay.
     let out = serde_json::to_string_pretty(&created)?;
+    std::io::Write::write_all(&mut std::io::stdout(), format!("{out}\n").as_bytes())?;
+    Ok(())
+}
+
+async fn policy(config: Config, command: PolicyCommand) -> anyhow::Result<()> {
+    let PolicyCommand::Apply {
+        file,
+        tenant,
+        name,
+        migrate_open,
+    } = command;
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let name = match name {
+        Some(n) => n,
+        None => regua_domain::policy::Policy::document(&text)
+            .ok()
+            .and_then(|d| d.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+            .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .context("give --name")?,
+    };
+    db::ensure_database(config.database_url.expose()).await?;
+    let pool = db::connect(config.database_url.expose(), 2).await?;
+    regua_scheduler::Scheduler::migrate(&pool).await?;
+    let clock: regua_platform::SharedClock = Arc::new(SystemClock);
+    let written =
+        regua_scheduler::http::apply(&pool, &clock, &tenant, &name, &text, Some(migrate_open))
+            .await
+            .map_err(|p| {
+                anyhow::anyhow!(
+                    "policy rejected: {}",
+                    serde_json::to_string_pretty(&p.body()).unwrap_or_default()
+                )
+            })?;
+    let out = serde_json::to_string_pretty(&written)?;
     std::io::Write::write_all(&mut std::io::stdout(), format!("{out}\n").as_bytes())?;
     Ok(())
 }

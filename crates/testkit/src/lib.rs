@@ -153,6 +153,34 @@ pub async fn read_stream(
     out
 }
 
+/// Every message still in a work-queue stream (which refuses ordered consumers), read
+/// by sequence without consuming it, as (subject, Nats-Msg-Id, JSON body).
+pub async fn read_work_queue(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Vec<(String, Option<String>, Value)> {
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let Ok(info) = s.info().await else {
+        return Vec::new();
+    };
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut out = Vec::new();
+    if info.state.messages == 0 {
+        return out;
+    }
+    for seq in first..=last {
+        let Ok(m) = s.get_raw_message(seq).await else {
+            continue;
+        };
+        let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
+        let body = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+        out.push((m.subject.to_string(), id, body));
+    }
+    out
+}
+
 /// A valid CPF built from a number, so tests can make many distinct debtors.
 pub use regua_domain::document::example_cpf as cpf;
 

@@ -1,0 +1,98 @@
+//! Commands: work one service asks of another. The scheduler publishes a
+//! [`DispatchCommand`] on `regua.v1.cmd.<tenant>.dispatch.<channel>` (stream
+//! `REGUA_CMD`, work-queue retention) with `Nats-Msg-Id` = `command_id`, derived from
+//! (invoice, step, policy version), so a step fires once.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::inbound::{Channel, LateFee, PaymentData};
+
+/// The creditor, as every collection message must identify it (CDC art. 42-A).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Creditor {
+    pub legal_name: String,
+    pub cnpj: String,
+    pub address: String,
+    pub contact: String,
+}
+
+/// Who receives the message, and how to reach them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Recipient {
+    pub customer_id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// E.164.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    pub whatsapp_opt_in: bool,
+    pub locale: String,
+    pub timezone: String,
+}
+
+/// One invoice the message is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CommandInvoice {
+    pub invoice_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub due_date: NaiveDate,
+    /// The next business day on or after `due_date`.
+    pub effective_due_date: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentData>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_fee: Option<LateFee>,
+}
+
+/// Why the message is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    /// A régua step.
+    Step,
+    /// The policy's `on_paid` thank-you.
+    Thanks,
+}
+
+/// `regua.v1.cmd.<tenant>.dispatch.<channel>`: send one message. It carries everything
+/// the dispatcher needs and no secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DispatchCommand {
+    /// Also the `Nats-Msg-Id`: `<tenant>:<invoice_id>:<step>:v<policy_version>` of the
+    /// first invoice.
+    pub command_id: String,
+    pub kind: CommandKind,
+    pub tenant: String,
+    pub creditor: Creditor,
+    pub recipient: Recipient,
+    /// The channel this command is for (the first usable one of the step).
+    pub channel: Channel,
+    /// The step's other usable channels, in order, should this one fail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<Channel>,
+    pub template: String,
+    pub step: String,
+    pub policy: String,
+    pub policy_version: u32,
+    /// More than one when the customer has several invoices at the same step at once:
+    /// one message lists them all.
+    pub invoices: Vec<CommandInvoice>,
+    /// When the scheduler decided to send it (the tenant's time, test clock included).
+    pub scheduled_for: DateTime<Utc>,
+    /// The send window closes here; a dispatcher holding the command later must not
+    /// send it.
+    pub not_after: DateTime<Utc>,
+}
+
+impl DispatchCommand {
+    /// The command id (and `Nats-Msg-Id`) of `step` for `invoice_id`.
+    pub fn id_for(tenant: &str, invoice_id: &str, step: &str, policy_version: u32) -> String {
+        format!("{tenant}:{invoice_id}:{step}:v{policy_version}")
+    }
+}

@@ -1,0 +1,234 @@
+//! Test clocks, like Stripe's: a tenant created with `test_clock: true` lives on
+//! simulated time. An advance moves its clock to the earliest due step, fires
+//! everything due at that instant, and repeats until the target, so steps fire in time
+//! order with windows, caps and grace exactly as real time would apply them. The clock
+//! never moves back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use chrono::{DateTime, Utc};
+use regua_contract::subjects;
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use tokio_util::sync::CancellationToken;
+
+use crate::fire::{self, Scope};
+use crate::{Scheduler, SchedulerError, next_backoff};
+
+/// `GET /v1/tenants/{tenant}/clock`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClockStatus {
+    /// `advancing` until every step due up to the target has fired and its commands
+    /// are published; then `ready`.
+    pub status: &'static str,
+    pub now: DateTime<Utc>,
+    pub target: DateTime<Utc>,
+}
+
+/// Why an advance was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdvanceError {
+    #[error("tenant not found")]
+    NotFound,
+    #[error("tenant is not on a test clock")]
+    NotTestClock,
+    #[error("the clock never moves back: it is at {now}, asked for {to}")]
+    Backwards {
+        now: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+}
+
+impl From<sqlx::Error> for AdvanceError {
+    fn from(e: sqlx::Error) -> Self {
+        AdvanceError::Scheduler(SchedulerError::Db(e))
+    }
+}
+
+/// Asks the tenant's clock to move to `to`; the driver does the moving.
+pub async fn advance(
+    pool: &PgPool,
+    tenant: &str,
+    to: DateTime<Utc>,
+) -> Result<ClockStatus, AdvanceError> {
+    let row = sqlx::query("SELECT test_clock, clock_now, clock_target FROM scheduler.tenants WHERE id = $1 FOR UPDATE")
+        .bind(tenant)
+        .fetch_optional(pool)
+        .await?;
+    let Some(row) = row else {
+        return Err(AdvanceError::NotFound);
+    };
+    if !row.try_get::<bool, _>("test_clock")? {
+        return Err(AdvanceError::NotTestClock);
+    }
+    let now: Option<DateTime<Utc>> = row.try_get("clock_now")?;
+    let target: Option<DateTime<Utc>> = row.try_get("clock_target")?;
+    let floor = target.max(now).unwrap_or(to);
+    if to < floor {
+        return Err(AdvanceError::Backwards { now: floor, to });
+    }
+    sqlx::query("UPDATE scheduler.tenants SET clock_target = $2 WHERE id = $1")
+        .bind(tenant)
+        .bind(to)
+        .execute(pool)
+        .await?;
+    Ok(ClockStatus {
+        status: "advancing",
+        now: now.unwrap_or(to),
+        target: to,
+    })
+}
+
+/// The tenant's clock, or `None` when the tenant is unknown or on real time.
+pub async fn status(pool: &PgPool, tenant: &str) -> Result<Option<ClockStatus>, SchedulerError> {
+    let row = sqlx::query(
+        "SELECT test_clock, clock_now, clock_target FROM scheduler.tenants WHERE id = $1",
+    )
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    if !row.try_get::<bool, _>("test_clock")? {
+        return Ok(None);
+    }
+    let (Some(now), Some(target)) = (
+        row.try_get::<Option<DateTime<Utc>>, _>("clock_now")?,
+        row.try_get::<Option<DateTime<Utc>>, _>("clock_target")?,
+    ) else {
+        return Ok(None);
+    };
+    let [evt, cmd] = subjects::tenant_output_prefixes(tenant);
+    let unpublished: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM scheduler.outbox WHERE starts_with(subject, $1) OR starts_with(subject, $2))",
+    )
+    .bind(evt)
+    .bind(cmd)
+    .fetch_one(pool)
+    .await?;
+    let status = if now < target || unpublished {
+        "advancing"
+    } else {
+        "ready"
+    };
+    Ok(Some(ClockStatus {
+        status,
+        now,
+        target,
+    }))
+}
+
+/// Drives advancing test clocks until `cancel`. It waits while the scheduler's event
+/// consumer has unapplied events, so invoices sent before an advance are planned first.
+pub async fn run(s: Arc<Scheduler>, events: consumer::PullConsumer, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    let mut events = events;
+    while !cancel.is_cancelled() {
+        match drive(&s, &mut events, &cancel).await {
+            Ok(busy) => {
+                backoff = Duration::from_millis(200);
+                if busy {
+                    continue;
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "advancing test clocks failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = next_backoff(backoff);
+            }
+        }
+    }
+}
+
+/// One pass over advancing tenants; true when there was work.
+async fn drive(
+    s: &Scheduler,
+    events: &mut consumer::PullConsumer,
+    cancel: &CancellationToken,
+) -> Result<bool, SchedulerError> {
+    let tenants: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM scheduler.tenants WHERE test_clock AND clock_target > clock_now ORDER BY id",
+    )
+    .fetch_all(&s.pool)
+    .await?;
+    if tenants.is_empty() {
+        return Ok(false);
+    }
+    match events.info().await {
+        Ok(info) if info.num_pending > 0 || info.num_ack_pending > 0 => return Ok(false),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "consumer info unavailable; advancing anyway");
+        }
+    }
+    for tenant in tenants {
+        while !cancel.is_cancelled() {
+            if !step(s, &tenant).await? {
+                break;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Moves one tenant's clock to its next due instant (or the target) and fires one
+/// batch there, in one transaction guarded by a per-tenant lock. False when the
+/// tenant reached its target.
+async fn step(s: &Scheduler, tenant: &str) -> Result<bool, SchedulerError> {
+    let mut tx = s.pool.begin().await?;
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 11))")
+            .bind(format!("clock/{tenant}"))
+            .fetch_one(&mut *tx)
+            .await?;
+    if !locked {
+        return Ok(false);
+    }
+    let row = sqlx::query("SELECT clock_now, clock_target FROM scheduler.tenants WHERE id = $1")
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+    let (Some(now), Some(target)) = (
+        row.try_get::<Option<DateTime<Utc>>, _>("clock_now")?,
+        row.try_get::<Option<DateTime<Utc>>, _>("clock_target")?,
+    ) else {
+        return Ok(false);
+    };
+    let next: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT MIN(next_at) FROM scheduler.invoices WHERE tenant = $1 AND next_at IS NOT NULL",
+    )
+    .bind(tenant)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (at, more) = match next {
+        Some(n) if n <= target => (n.max(now), true),
+        _ => (target.max(now), false),
+    };
+    if at > now {
+        sqlx::query("UPDATE scheduler.tenants SET clock_now = $2 WHERE id = $1")
+            .bind(tenant)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let fired = if more {
+        fire::fire_batch(s, &mut tx, Scope::TestClock(tenant), at).await?
+    } else {
+        0
+    };
+    tx.commit().await?;
+    if fired > 0 {
+        s.outbox_wake.notify_one();
+    }
+    Ok(more)
+}

@@ -1,0 +1,635 @@
+//! The scheduler's view of the world, built from domain events on `regua.v1.evt.>`.
+//!
+//! The durable consumer allows only one batch in flight (`max_ack_pending` = batch
+//! size) across every replica, so events are applied in stream order: a customer before
+//! the invoice that names it, an invoice before its payment. Each batch is one
+//! transaction: processed event ids, state, schedule rows, step log and outbox; the
+//! batch is acked after commit. A batch that fails is retried message by message; a
+//! message that keeps failing is dead-lettered with its reason.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use regua_contract::events::{
+    CustomerOptedOut, CustomerUpserted, InvoiceCanceled, InvoiceChanged, InvoicePaid, TenantCreated,
+};
+use regua_contract::{Envelope, EventType, subjects};
+use regua_platform::{nats, telemetry};
+use serde_json::Value;
+use sqlx::PgConnection;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::model::{self, Customer, Invoice, LogRow, Status, Tenant};
+use crate::{Scheduler, SchedulerError, next_backoff, policies};
+
+/// Deliveries before a message that keeps failing is dead-lettered.
+pub const MAX_DELIVER: i64 = 5;
+
+/// The durable consumer the scheduler reads events from.
+pub fn consumer_config(batch: usize) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(subjects::CONSUMER_SCHEDULER.into()),
+        description: Some("regua scheduler: plans invoices, stops on payment".into()),
+        filter_subject: subjects::events_all(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_wait: Duration::from_secs(60),
+        max_deliver: MAX_DELIVER,
+        // One batch in flight across all replicas keeps events in order.
+        max_ack_pending: i64::try_from(batch).unwrap_or(500),
+        ..Default::default()
+    }
+}
+
+/// Consumes until `cancel`; the batch in hand is finished first.
+pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    while !cancel.is_cancelled() {
+        let fetched = consumer
+            .fetch()
+            .max_messages(s.config.scheduler_batch_size)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await;
+        let mut batch = match fetched {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduler fetch failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = next_backoff(backoff);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        let mut msgs = Vec::new();
+        while let Some(Ok(m)) = batch.next().await {
+            msgs.push(m);
+        }
+        if !msgs.is_empty() {
+            process(&s, msgs).await;
+        }
+    }
+}
+
+async fn settle(msg: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+    }
+}
+
+async fn process(s: &Scheduler, msgs: Vec<jetstream::Message>) {
+    match apply_batch(s, &msgs).await {
+        Ok(()) => {
+            for m in &msgs {
+                settle(m, AckKind::Ack).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, n = msgs.len(), "scheduler batch failed; retrying one by one");
+            for m in &msgs {
+                match apply_batch(s, std::slice::from_ref(m)).await {
+                    Ok(()) => settle(m, AckKind::Ack).await,
+                    Err(e) => {
+                        let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+                        let tenant = m.subject.split('.').nth(3).unwrap_or("_").to_owned();
+                        // A malformed event will never apply: dead-letter it at once.
+                        if delivered >= MAX_DELIVER || matches!(e, EventError::Malformed(_)) {
+                            if let Err(dl) = nats::dead_letter(
+                                &s.js,
+                                m,
+                                subjects::CONSUMER_SCHEDULER,
+                                &tenant,
+                                &e.to_string(),
+                            )
+                            .await
+                            {
+                                tracing::error!(error = %dl, "dead-lettering failed; the message will be redelivered");
+                            }
+                        } else {
+                            let delay = Duration::from_millis(
+                                250 * 2u64.pow(u32::try_from(delivered).unwrap_or(1).min(7)),
+                            );
+                            settle(m, AckKind::Nak(Some(delay))).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    s.fire_wake.notify_one();
+    s.outbox_wake.notify_one();
+}
+
+/// A decoded event with what processing needs.
+struct Item {
+    envelope: Envelope<Value>,
+    traceparent: Option<String>,
+    span: tracing::Span,
+}
+
+/// Why a single event could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("malformed event: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+}
+
+impl From<sqlx::Error> for EventError {
+    fn from(e: sqlx::Error) -> Self {
+        EventError::Scheduler(SchedulerError::Db(e))
+    }
+}
+
+fn decode(msg: &jetstream::Message) -> Result<Option<Item>, EventError> {
+    let envelope: Envelope<Value> =
+        serde_json::from_slice(&msg.payload).map_err(|e| EventError::Malformed(e.to_string()))?;
+    if !matches!(
+        envelope.event_type,
+        EventType::TenantCreated
+            | EventType::CustomerUpserted
+            | EventType::InvoiceOpened
+            | EventType::InvoiceUpdated
+            | EventType::InvoiceCanceled
+            | EventType::InvoicePaid
+            | EventType::CustomerOptedOut
+    ) {
+        return Ok(None);
+    }
+    let id = envelope.id.to_string();
+    let span = nats::process_span(
+        &msg.subject,
+        &id,
+        subjects::CONSUMER_SCHEDULER,
+        msg.headers.as_ref(),
+    );
+    span.record("regua.tenant", envelope.tenant.as_str());
+    let traceparent = telemetry::traceparent(&span);
+    Ok(Some(Item {
+        envelope,
+        traceparent,
+        span,
+    }))
+}
+
+fn data<T: serde::de::DeserializeOwned>(item: &Item) -> Result<T, EventError> {
+    serde_json::from_value(item.envelope.data.clone())
+        .map_err(|e| EventError::Malformed(format!("{}: {e}", item.envelope.event_type.as_str())))
+}
+
+/// The state a batch reads and writes.
+struct Work {
+    tenants: HashMap<String, Tenant>,
+    customers: HashMap<(String, String), Customer>,
+    invoices: HashMap<(String, String), Invoice>,
+    dirty_customers: HashSet<(String, String)>,
+    dirty_invoices: Vec<(String, String)>,
+    log: Vec<LogRow>,
+    current: HashMap<String, Vec<policies::Version>>,
+}
+
+async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), EventError> {
+    let mut items = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        // A malformed event fails the batch; retried alone, it is dead-lettered.
+        if let Some(i) = decode(m)? {
+            items.push(i);
+        }
+    }
+    let mut tx = s.pool.begin().await?;
+    let ids: Vec<Uuid> = items.iter().map(|i| i.envelope.id).collect();
+    let now = s.clock.now();
+    let fresh: HashSet<Uuid> = sqlx::query_scalar(
+        "INSERT INTO scheduler.processed (event_id, processed_at) SELECT UNNEST($1::uuid[]), $2 \
+         ON CONFLICT DO NOTHING RETURNING event_id",
+    )
+    .bind(&ids)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    items.retain(|i| fresh.contains(&i.envelope.id));
+    if items.is_empty() {
+        tx.commit().await?;
+        return Ok(());
+    }
+    for item in items
+        .iter()
+        .filter(|i| i.envelope.event_type == EventType::TenantCreated)
+    {
+        let t: TenantCreated = data(item)?;
+        tenant_created(&mut tx, &t, item.envelope.occurred_at).await?;
+    }
+    let mut tenant_ids: Vec<String> = items.iter().map(|i| i.envelope.tenant.clone()).collect();
+    tenant_ids.sort();
+    tenant_ids.dedup();
+    let mut customer_keys = Vec::new();
+    let mut invoice_keys = Vec::new();
+    for i in &items {
+        let t = i.envelope.tenant.clone();
+        match i.envelope.event_type {
+            EventType::CustomerUpserted => {
+                customer_keys.push((t, data::<CustomerUpserted>(i)?.customer.customer_id))
+            }
+            EventType::CustomerOptedOut => {
+                customer_keys.push((t, data::<CustomerOptedOut>(i)?.customer_id))
+            }
+            EventType::InvoiceOpened | EventType::InvoiceUpdated => {
+                let inv = data::<InvoiceChanged>(i)?.invoice;
+                customer_keys.push((t.clone(), inv.customer_id));
+                invoice_keys.push((t, inv.invoice_id));
+            }
+            EventType::InvoiceCanceled => {
+                invoice_keys.push((t, data::<InvoiceCanceled>(i)?.invoice_id))
+            }
+            EventType::InvoicePaid => {
+                let p = data::<InvoicePaid>(i)?;
+                customer_keys.push((t.clone(), p.customer_id));
+                invoice_keys.push((t, p.invoice_id));
+            }
+            _ => {}
+        }
+    }
+    let mut w = Work {
+        tenants: model::load_tenants(&mut tx, &tenant_ids).await?,
+        customers: model::load_customers(&mut tx, &customer_keys).await?,
+        invoices: model::load_invoices(&mut tx, &invoice_keys).await?,
+        dirty_customers: HashSet::new(),
+        dirty_invoices: Vec::new(),
+        log: Vec::new(),
+        current: HashMap::new(),
+    };
+    // Warm the policy cache for every invoice in hand, so stopping one can log its
+    // pending steps without a query per event.
+    let mut versions: Vec<(String, String, i32)> = w
+        .invoices
+        .values()
+        .map(|i| (i.tenant.clone(), i.policy.clone(), i.policy_version))
+        .collect();
+    versions.sort();
+    versions.dedup();
+    for (t, name, v) in versions {
+        s.policies.get(&mut tx, &t, &name, v).await?;
+    }
+    for item in &items {
+        if matches!(
+            item.envelope.event_type,
+            EventType::InvoiceOpened | EventType::InvoiceUpdated
+        ) {
+            ensure_policies(s, &mut tx, &mut w, &item.envelope.tenant).await?;
+        }
+    }
+    for item in &items {
+        item.span.in_scope(|| apply(s, &mut w, item, now))?;
+    }
+    plan_pending(s, &mut tx, &mut w).await?;
+    save_customers(&mut tx, &w).await?;
+    let mut seen = HashSet::new();
+    let dirty: Vec<&Invoice> = w
+        .dirty_invoices
+        .iter()
+        .filter(|k| seen.insert((*k).clone()))
+        .filter_map(|k| w.invoices.get(k))
+        .collect();
+    model::save_invoices(&mut tx, &dirty).await?;
+    model::write_log(&mut tx, &w.log).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn tenant_created(
+    conn: &mut PgConnection,
+    t: &TenantCreated,
+    at: DateTime<Utc>,
+) -> Result<(), EventError> {
+    sqlx::query(
+        "INSERT INTO scheduler.tenants (id, legal_name, cnpj, address, contact, timezone, test_clock, clock_now, clock_target, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&t.id)
+    .bind(&t.legal_name)
+    .bind(&t.cnpj)
+    .bind(&t.address)
+    .bind(&t.contact)
+    .bind(&t.timezone)
+    .bind(t.test_clock)
+    .bind(if t.test_clock { Some(t.now.unwrap_or(at)) } else { None })
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    policies::install_starter(conn, &t.id, at).await?;
+    Ok(())
+}
+
+async fn ensure_policies(
+    s: &Scheduler,
+    conn: &mut PgConnection,
+    w: &mut Work,
+    tenant: &str,
+) -> Result<(), EventError> {
+    if !w.current.contains_key(tenant) {
+        let current = s.policies.current(conn, tenant).await?;
+        w.current.insert(tenant.to_owned(), current);
+    }
+    Ok(())
+}
+
+/// Applies one event to the in-memory state. Invoices that need a (re)plan are marked
+/// with `next_at = None` and `status = Open` and planned afterwards, once policies are
+/// loaded.
+fn apply(
+    s: &Scheduler,
+    w: &mut Work,
+    item: &Item,
+    real_now: DateTime<Utc>,
+) -> Result<(), EventError> {
+    let tenant = item.envelope.tenant.clone();
+    let Some(t) = w.tenants.get(&tenant).cloned() else {
+        tracing::warn!(tenant = %tenant, kind = item.envelope.event_type.as_str(), "event for a tenant the scheduler does not know; ignored");
+        return Ok(());
+    };
+    let now = t.now(real_now);
+    match item.envelope.event_type {
+        EventType::CustomerUpserted => {
+            let c = data::<CustomerUpserted>(item)?.customer;
+            let key = (tenant, c.customer_id.clone());
+            match w.customers.get_mut(&key) {
+                Some(existing) => existing.state = c,
+                None => {
+                    w.customers.insert(
+                        key.clone(),
+                        Customer {
+                            state: c,
+                            opted_out: Vec::new(),
+                            history: Default::default(),
+                        },
+                    );
+                }
+            }
+            w.dirty_customers.insert(key);
+        }
+        EventType::CustomerOptedOut => {
+            let o = data::<CustomerOptedOut>(item)?;
+            let key = (tenant, o.customer_id);
+            if let Some(c) = w.customers.get_mut(&key) {
+                let ch = model::domain_channel(o.channel);
+                if !c.opted_out.contains(&ch) {
+                    c.opted_out.push(ch);
+                }
+                w.dirty_customers.insert(key);
+            }
+        }
+        EventType::InvoiceOpened | EventType::InvoiceUpdated => {
+            let state = data::<InvoiceChanged>(item)?.invoice;
+            let key = (tenant.clone(), state.invoice_id.clone());
+            match w.invoices.get_mut(&key) {
+                Some(inv) if matches!(inv.status, Status::Open | Status::Done) => {
+                    inv.customer_id = state.customer_id.clone();
+                    inv.state = state;
+                    inv.status = Status::Open;
+                    inv.next_at = None;
+                    inv.progress.deferred_to = None;
+                    w.dirty_invoices.push(key);
+                }
+                Some(_) => {}
+                None => {
+                    w.invoices.insert(
+                        key.clone(),
+                        Invoice {
+                            tenant,
+                            invoice_id: state.invoice_id.clone(),
+                            customer_id: state.customer_id.clone(),
+                            state,
+                            status: Status::Open,
+                            test_clock: t.test_clock,
+                            policy: String::new(),
+                            policy_version: 0,
+                            progress: Default::default(),
+                            thanks_pending: false,
+                            next_at: None,
+                            traceparent: item.traceparent.clone(),
+                            opened_at: now,
+                        },
+                    );
+                    w.dirty_invoices.push(key);
+                }
+            }
+        }
+        EventType::InvoiceCanceled => {
+            let c = data::<InvoiceCanceled>(item)?;
+            let key = (tenant, c.invoice_id);
+            if let Some(inv) = w.invoices.get_mut(&key)
+                && matches!(inv.status, Status::Open | Status::Done)
+            {
+                stop(w, &key, Status::Canceled, "invoice canceled", now, s)?;
+            }
+        }
+        EventType::InvoicePaid => {
+            let p = data::<InvoicePaid>(item)?;
+            let ckey = (tenant.clone(), p.customer_id.clone());
+            let key = (tenant, p.invoice_id);
+            let open = w
+                .invoices
+                .get(&key)
+                .is_some_and(|i| matches!(i.status, Status::Open | Status::Done));
+            if open {
+                if let Some(c) = w.customers.get_mut(&ckey) {
+                    c.history.record(p.days_late);
+                    w.dirty_customers.insert(ckey);
+                }
+                stop(w, &key, Status::Paid, "invoice paid", now, s)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Ends an invoice's régua: every pending step is logged as cancelled with `reason`.
+/// A paid invoice whose policy has `on_paid` gets its thank-you scheduled at the next
+/// window opening.
+fn stop(
+    w: &mut Work,
+    key: &(String, String),
+    status: Status,
+    reason: &str,
+    now: DateTime<Utc>,
+    s: &Scheduler,
+) -> Result<(), EventError> {
+    let Some(inv) = w.invoices.get_mut(key) else {
+        return Ok(());
+    };
+    let policy = s
+        .policies
+        .cached(&inv.tenant, &inv.policy, inv.policy_version);
+    if let Some(p) = &policy {
+        for step in p.steps.iter().skip(inv.progress.next) {
+            w.log.push(LogRow {
+                tenant: inv.tenant.clone(),
+                invoice_id: inv.invoice_id.clone(),
+                step: step.name.clone(),
+                policy_version: inv.policy_version,
+                state: "cancelled",
+                reason: Some(reason.to_owned()),
+                planned_at: None,
+                at: now,
+                channel: None,
+                command_id: None,
+            });
+        }
+    }
+    inv.progress.next = policy.as_ref().map_or(inv.progress.next, |p| p.steps.len());
+    inv.progress.deferred_to = None;
+    inv.status = status;
+    inv.next_at = None;
+    inv.thanks_pending = false;
+    if status == Status::Paid
+        && let Some(p) = &policy
+        && p.on_paid.is_some()
+    {
+        let tz = w
+            .customers
+            .get(&(inv.tenant.clone(), inv.customer_id.clone()))
+            .map(|c| c.state.timezone.clone());
+        let tenant_tz = w
+            .tenants
+            .get(&inv.tenant)
+            .map_or(model::DEFAULT_TZ, |t| t.timezone);
+        let tz = model::zone(tz.as_deref(), tenant_tz);
+        inv.thanks_pending = true;
+        inv.next_at = Some(p.send_window.next_open(now, tz, &p.calendar.calendar()));
+    }
+    w.dirty_invoices.push(key.clone());
+    Ok(())
+}
+
+/// Plans every invoice marked for planning in this batch.
+async fn plan_pending(
+    s: &Scheduler,
+    conn: &mut PgConnection,
+    w: &mut Work,
+) -> Result<(), EventError> {
+    let keys: Vec<(String, String)> = w
+        .dirty_invoices
+        .iter()
+        .filter(|k| {
+            w.invoices.get(*k).is_some_and(|i| {
+                i.status == Status::Open && i.next_at.is_none() && !i.thanks_pending
+            })
+        })
+        .cloned()
+        .collect();
+    for key in keys {
+        let Some(t) = w.tenants.get(&key.0).cloned() else {
+            continue;
+        };
+        let Some(inv) = w.invoices.get(&key).cloned() else {
+            continue;
+        };
+        let customer = w
+            .customers
+            .get(&(inv.tenant.clone(), inv.customer_id.clone()))
+            .cloned();
+        let (name, version, policy) = if inv.policy.is_empty() {
+            let current = w
+                .current
+                .get(&inv.tenant)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let chosen = policies::select(current, |p| {
+                let risk = customer
+                    .as_ref()
+                    .map_or(regua_domain::policy::RiskClass::Regular, |c| {
+                        p.risk_rules.classify(&c.history)
+                    });
+                p.applies_to.matches(&inv.facts(customer.as_ref(), risk))
+            });
+            match chosen {
+                Some(v) => (v.name.clone(), v.version, Arc::clone(&v.policy)),
+                None => {
+                    tracing::warn!(tenant = %inv.tenant, "no policy applies and the tenant has no default; invoice not scheduled");
+                    continue;
+                }
+            }
+        } else {
+            match s
+                .policies
+                .get(conn, &inv.tenant, &inv.policy, inv.policy_version)
+                .await?
+            {
+                Some(p) => (inv.policy.clone(), inv.policy_version, p),
+                None => continue,
+            }
+        };
+        let planned = model::plan_for(&policy, &inv.state, customer.as_ref(), &t);
+        if let Some(entry) = w.invoices.get_mut(&key) {
+            entry.policy = name;
+            entry.policy_version = version;
+            entry.next_at = entry.progress.next_at(&planned.plan);
+            if entry.next_at.is_none() {
+                entry.status = Status::Done;
+            }
+            tracing::debug!(tenant = %entry.tenant, steps = planned.plan.steps.len(), risk = planned.risk.as_str(), "planned");
+        }
+    }
+    Ok(())
+}
+
+async fn save_customers(conn: &mut PgConnection, w: &Work) -> Result<(), sqlx::Error> {
+    if w.dirty_customers.is_empty() {
+        return Ok(());
+    }
+    let mut tenant = Vec::new();
+    let mut id = Vec::new();
+    let mut state = Vec::new();
+    let mut opted: Vec<String> = Vec::new();
+    let mut paid = Vec::new();
+    let mut late = Vec::new();
+    let mut max = Vec::new();
+    for key in &w.dirty_customers {
+        let Some(c) = w.customers.get(key) else {
+            continue;
+        };
+        tenant.push(key.0.as_str());
+        id.push(key.1.as_str());
+        state.push(serde_json::to_value(&c.state).unwrap_or(Value::Null));
+        // A text[] per row travels as one comma-joined string (channel names have none).
+        opted.push(
+            c.opted_out
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        paid.push(i32::try_from(c.history.paid).unwrap_or(i32::MAX));
+        late.push(i32::try_from(c.history.paid_late).unwrap_or(i32::MAX));
+        max.push(i32::try_from(c.history.max_days_late).unwrap_or(i32::MAX));
+    }
+    sqlx::query(
+        "INSERT INTO scheduler.customers (tenant, customer_id, state, opted_out, paid, paid_late, max_days_late) \
+         SELECT t, c, s, CASE WHEN o = '' THEN '{}'::text[] ELSE string_to_array(o, ',') END, p, l, m \
+         FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[], $7::int[]) AS x(t, c, s, o, p, l, m) \
+         ON CONFLICT (tenant, customer_id) DO UPDATE SET state = EXCLUDED.state, opted_out = EXCLUDED.opted_out, \
+         paid = EXCLUDED.paid, paid_late = EXCLUDED.paid_late, max_days_late = EXCLUDED.max_days_late",
+    )
+    .bind(&tenant)
+    .bind(&id)
+    .bind(&state)
+    .bind(&opted)
+    .bind(&paid)
+    .bind(&late)
+    .bind(&max)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

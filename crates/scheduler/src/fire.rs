@@ -1,0 +1,539 @@
+//! Firing due steps. A claim takes up to a batch of invoices whose next step is due,
+//! with `FOR UPDATE SKIP LOCKED` so replicas never take the same invoice, and locks each
+//! claimed customer (advisory, in key order) so caps hold across replicas. Every
+//! decision, the contact ledger, the invoice's next step and the dispatch commands are
+//! written in the caller's transaction; the relay publishes the commands after commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use regua_contract::commands::{CommandInvoice, CommandKind, DispatchCommand, Recipient};
+use regua_contract::events::InvoiceEscalated;
+use regua_contract::{EventType, subjects};
+use regua_domain::policy::{Action, Notify, Policy};
+use regua_domain::schedule::{self, Contact, Ledger, StepState, Subject};
+use regua_domain::window::local_to_utc;
+use regua_platform::outbox::{OutboxMessage, event_message};
+use regua_platform::telemetry;
+use sqlx::{PgConnection, Row};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::model::{self, Customer, Invoice, LogRow, Status, Tenant};
+use crate::{OUTBOX, Scheduler, SchedulerError, next_backoff};
+
+/// Namespace of the UUIDv5 `Nats-Msg-Id` derived from a command id.
+const COMMAND_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_2b0e_9c1a_4f43_9a57_7d0b_3c1e_a001);
+
+/// Which due invoices a claim takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Tenants on real time, at the real now.
+    RealTime,
+    /// One test-clock tenant, at its simulated now.
+    TestClock(&'a str),
+}
+
+/// Claims and fires real-time due steps until `cancel`.
+pub async fn run(s: Arc<Scheduler>, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    while !cancel.is_cancelled() {
+        let now = s.clock.now();
+        match fire_once(&s, Scope::RealTime, now).await {
+            Ok(n) => {
+                backoff = Duration::from_millis(200);
+                if n >= s.config.scheduler_batch_size {
+                    continue;
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = s.idle(&s.fire_wake) => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "firing due steps failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = next_backoff(backoff);
+            }
+        }
+    }
+}
+
+/// One claim in its own transaction. Returns how many invoices it decided.
+pub async fn fire_once(
+    s: &Scheduler,
+    scope: Scope<'_>,
+    now: DateTime<Utc>,
+) -> Result<usize, SchedulerError> {
+    let mut tx = s.pool.begin().await?;
+    let n = fire_batch(s, &mut tx, scope, now).await?;
+    tx.commit().await?;
+    if n > 0 {
+        s.outbox_wake.notify_one();
+    }
+    Ok(n)
+}
+
+/// What one claim produces, written at the end.
+#[derive(Default)]
+struct Output {
+    log: Vec<LogRow>,
+    contacts: Vec<(String, String, DateTime<Utc>, String, String)>,
+    commands: Vec<(DispatchCommand, Option<String>)>,
+    events: Vec<OutboxMessage>,
+    /// (tenant, customer, template, instant) → index in `commands`.
+    merge: HashMap<(String, String, String, DateTime<Utc>), usize>,
+}
+
+/// Claims up to a batch of due invoices in `scope` at `now` and decides them, inside
+/// the caller's transaction.
+pub async fn fire_batch(
+    s: &Scheduler,
+    conn: &mut PgConnection,
+    scope: Scope<'_>,
+    now: DateTime<Utc>,
+) -> Result<usize, SchedulerError> {
+    let limit = i64::try_from(s.config.scheduler_batch_size).unwrap_or(500);
+    let filter = match scope {
+        Scope::RealTime => "NOT test_clock",
+        Scope::TestClock(_) => "tenant = $3",
+    };
+    let sql = format!(
+        "SELECT {} FROM scheduler.invoices WHERE next_at <= $1 AND {filter} \
+         ORDER BY next_at, tenant, customer_id, invoice_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        model::INVOICE_COLUMNS
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(limit);
+    if let Scope::TestClock(t) = scope {
+        q = q.bind(t);
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut invoices = Vec::with_capacity(rows.len());
+    for r in &rows {
+        invoices.push(Invoice::from_row(r)?);
+    }
+    let mut customer_keys: Vec<(String, String)> = invoices
+        .iter()
+        .map(|i| (i.tenant.clone(), i.customer_id.clone()))
+        .collect();
+    customer_keys.sort();
+    customer_keys.dedup();
+    let lock_keys: Vec<String> = customer_keys
+        .iter()
+        .map(|(t, c)| format!("customer/{t}/{c}"))
+        .collect();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(k, 11)) FROM UNNEST($1::text[]) AS k ORDER BY hashtextextended(k, 11)")
+        .bind(&lock_keys)
+        .execute(&mut *conn)
+        .await?;
+    let mut tenant_ids: Vec<String> = invoices.iter().map(|i| i.tenant.clone()).collect();
+    tenant_ids.sort();
+    tenant_ids.dedup();
+    let tenants = model::load_tenants(conn, &tenant_ids).await?;
+    let customers = model::load_customers(conn, &customer_keys).await?;
+    let mut ledgers = load_ledgers(conn, &customer_keys, now - TimeDelta::days(8)).await?;
+    let mut out = Output::default();
+    for inv in &mut invoices {
+        let Some(tenant) = tenants.get(&inv.tenant) else {
+            continue;
+        };
+        let Some(policy) = s
+            .policies
+            .get(conn, &inv.tenant, &inv.policy, inv.policy_version)
+            .await?
+        else {
+            tracing::warn!(tenant = %inv.tenant, policy = %inv.policy, "invoice's policy version is missing; not fired");
+            inv.next_at = None;
+            continue;
+        };
+        let ckey = (inv.tenant.clone(), inv.customer_id.clone());
+        let customer = customers.get(&ckey);
+        let ledger = ledgers.entry(ckey).or_default();
+        decide(inv, tenant, &policy, customer, ledger, now, &mut out)?;
+    }
+    let refs: Vec<&Invoice> = invoices.iter().collect();
+    model::save_invoices(conn, &refs).await?;
+    model::write_log(conn, &out.log).await?;
+    write_contacts(conn, &out.contacts).await?;
+    let mut messages = Vec::with_capacity(out.commands.len() + out.events.len());
+    for (cmd, traceparent) in &out.commands {
+        messages.push(OutboxMessage {
+            id: Uuid::new_v5(&COMMAND_NAMESPACE, cmd.command_id.as_bytes()),
+            subject: subjects::dispatch(&cmd.tenant, cmd.channel),
+            payload: serde_json::to_vec(cmd)?,
+            traceparent: traceparent.clone(),
+        });
+    }
+    messages.append(&mut out.events);
+    OUTBOX.enqueue(conn, &messages).await?;
+    Ok(invoices.len())
+}
+
+fn reason_text(state: &StepState) -> (&'static str, Option<String>) {
+    match state {
+        StepState::Sent { merged: false } => ("sent", None),
+        StepState::Sent { merged: true } => (
+            "sent",
+            Some("merged: one message lists the customer's invoices".into()),
+        ),
+        StepState::Escalated { level } => ("escalated", Some(level.clone())),
+        StepState::Skipped {
+            reason,
+            superseded_by,
+        } => (
+            "skipped",
+            Some(match superseded_by {
+                Some(by) => format!("superseded by {by}"),
+                None => serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            }),
+        ),
+        StepState::Deferred { until, reason } => (
+            "deferred",
+            Some(format!(
+                "{} until {}",
+                serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                until.to_rfc3339()
+            )),
+        ),
+    }
+}
+
+/// Decides one claimed invoice.
+fn decide(
+    inv: &mut Invoice,
+    tenant: &Tenant,
+    policy: &Policy,
+    customer: Option<&Customer>,
+    ledger: &mut Ledger,
+    real_now: DateTime<Utc>,
+    out: &mut Output,
+) -> Result<(), SchedulerError> {
+    let now = tenant.now(real_now);
+    let planned = model::plan_for(policy, &inv.state, customer, tenant);
+    let cal = policy.calendar.calendar();
+    let span = tracing::info_span!(
+        parent: None,
+        "fire",
+        otel.name = "fire regua step",
+        otel.kind = "internal",
+        regua.tenant = %inv.tenant,
+        regua.invoice_id = %inv.invoice_id,
+        regua.step = tracing::field::Empty,
+        regua.channel = tracing::field::Empty,
+        regua.outcome = tracing::field::Empty,
+    );
+    if let Some(tp) = &inv.traceparent {
+        telemetry::link_to_traceparent(&span, tp);
+    }
+    let _enter = span.enter();
+    if inv.status == Status::Paid && inv.thanks_pending {
+        return thank(
+            inv, tenant, policy, customer, planned.tz, &cal, now, out, &span,
+        );
+    }
+    if inv.status != Status::Open {
+        inv.next_at = None;
+        return Ok(());
+    }
+    let subject = Subject {
+        policy,
+        cal: &cal,
+        tz: planned.tz,
+        plan: &planned.plan,
+    };
+    let reachable = |n: &Notify| customer.is_some_and(|c| !c.channels_for(n).is_empty());
+    let fired = schedule::fire(&subject, inv.progress, now, ledger, &reachable);
+    let mut command_id = None;
+    let mut channel = None;
+    if let Some(i) = fired.send
+        && let (Action::Notify(n), Some(c)) = (policy.steps[i].action(), customer)
+    {
+        let step = &policy.steps[i].name;
+        let key = (
+            inv.tenant.clone(),
+            inv.customer_id.clone(),
+            n.template.clone(),
+            now,
+        );
+        let line = command_invoice(inv, &planned.plan);
+        if let Some(&k) = out.merge.get(&key) {
+            let (cmd, _) = &mut out.commands[k];
+            cmd.invoices.push(line);
+            command_id = Some(cmd.command_id.clone());
+            channel = Some(cmd.channel.as_str());
+        } else if !ledger.same_message(now, &n.template) {
+            let usable = c.channels_for(n);
+            if let Some((&first, rest)) = usable.split_first() {
+                let id = DispatchCommand::id_for(
+                    &inv.tenant,
+                    &inv.invoice_id,
+                    step,
+                    u32::try_from(inv.policy_version).unwrap_or(0),
+                );
+                let cmd = DispatchCommand {
+                    command_id: id.clone(),
+                    kind: CommandKind::Step,
+                    tenant: inv.tenant.clone(),
+                    creditor: tenant.creditor.clone(),
+                    recipient: recipient(c),
+                    channel: model::wire_channel(first),
+                    fallback: rest.iter().map(|c| model::wire_channel(*c)).collect(),
+                    template: n.template.clone(),
+                    step: step.clone(),
+                    policy: inv.policy.clone(),
+                    policy_version: u32::try_from(inv.policy_version).unwrap_or(0),
+                    invoices: vec![line],
+                    scheduled_for: now,
+                    not_after: window_close(policy, &cal, planned.tz, now),
+                };
+                span.record("regua.step", step.as_str());
+                span.record("regua.channel", first.as_str());
+                channel = Some(first.as_str());
+                command_id = Some(id.clone());
+                out.merge.insert(key, out.commands.len());
+                out.commands.push((cmd, telemetry::traceparent(&span)));
+                ledger.push(Contact {
+                    at: now,
+                    template: n.template.clone(),
+                });
+                out.contacts.push((
+                    inv.tenant.clone(),
+                    inv.customer_id.clone(),
+                    now,
+                    n.template.clone(),
+                    id,
+                ));
+            }
+        }
+    }
+    for e in &fired.events {
+        let (state, reason) = reason_text(&e.state);
+        let sent = matches!(e.state, StepState::Sent { .. });
+        if let StepState::Escalated { level } = &e.state {
+            let data = InvoiceEscalated {
+                invoice_id: inv.invoice_id.clone(),
+                customer_id: inv.customer_id.clone(),
+                level: level.clone(),
+                step: e.name.clone(),
+                policy: inv.policy.clone(),
+                policy_version: u32::try_from(inv.policy_version).unwrap_or(0),
+            };
+            let corr = format!("{}:{}", inv.invoice_id, e.name);
+            out.events.push(event_message(
+                now,
+                &inv.tenant,
+                EventType::InvoiceEscalated,
+                &data,
+                &corr,
+                &corr,
+                telemetry::traceparent(&span),
+            )?);
+        }
+        span.record("regua.outcome", state);
+        out.log.push(LogRow {
+            tenant: inv.tenant.clone(),
+            invoice_id: inv.invoice_id.clone(),
+            step: e.name.clone(),
+            policy_version: inv.policy_version,
+            state,
+            reason,
+            planned_at: Some(e.planned_at),
+            at: now,
+            channel: if sent { channel } else { None },
+            command_id: if sent { command_id.clone() } else { None },
+        });
+    }
+    inv.progress = fired.progress;
+    inv.next_at = inv.progress.next_at(&planned.plan);
+    if inv.next_at.is_none() {
+        inv.status = Status::Done;
+    }
+    Ok(())
+}
+
+/// The policy's `on_paid` thank-you: sent once, inside the window, not counted against
+/// the collection caps.
+#[allow(clippy::too_many_arguments)]
+fn thank(
+    inv: &mut Invoice,
+    tenant: &Tenant,
+    policy: &Policy,
+    customer: Option<&Customer>,
+    tz: chrono_tz::Tz,
+    cal: &regua_domain::calendar::Calendar,
+    now: DateTime<Utc>,
+    out: &mut Output,
+    span: &tracing::Span,
+) -> Result<(), SchedulerError> {
+    let (Some(n), Some(c)) = (&policy.on_paid, customer) else {
+        inv.thanks_pending = false;
+        inv.next_at = None;
+        return Ok(());
+    };
+    if !policy.send_window.contains(now, tz, cal) {
+        inv.next_at = Some(policy.send_window.next_open(now, tz, cal));
+        return Ok(());
+    }
+    inv.thanks_pending = false;
+    inv.next_at = None;
+    let usable = c.channels_for(n);
+    let version = u32::try_from(inv.policy_version).unwrap_or(0);
+    let (state, reason, channel, id) = match usable.split_first() {
+        Some((&first, rest)) => {
+            let id = DispatchCommand::id_for(&inv.tenant, &inv.invoice_id, "on_paid", version);
+            let planned = model::plan_for(policy, &inv.state, customer, tenant);
+            let cmd = DispatchCommand {
+                command_id: id.clone(),
+                kind: CommandKind::Thanks,
+                tenant: inv.tenant.clone(),
+                creditor: tenant.creditor.clone(),
+                recipient: recipient(c),
+                channel: model::wire_channel(first),
+                fallback: rest.iter().map(|c| model::wire_channel(*c)).collect(),
+                template: n.template.clone(),
+                step: "on_paid".into(),
+                policy: inv.policy.clone(),
+                policy_version: version,
+                invoices: vec![command_invoice(inv, &planned.plan)],
+                scheduled_for: now,
+                not_after: window_close(policy, cal, tz, now),
+            };
+            span.record("regua.step", "on_paid");
+            span.record("regua.channel", first.as_str());
+            out.commands.push((cmd, telemetry::traceparent(span)));
+            ("sent", None, Some(first.as_str()), Some(id))
+        }
+        None => ("skipped", Some("no_usable_channel".to_owned()), None, None),
+    };
+    out.log.push(LogRow {
+        tenant: inv.tenant.clone(),
+        invoice_id: inv.invoice_id.clone(),
+        step: "on_paid".into(),
+        policy_version: inv.policy_version,
+        state,
+        reason,
+        planned_at: None,
+        at: now,
+        channel,
+        command_id: id,
+    });
+    Ok(())
+}
+
+fn recipient(c: &Customer) -> Recipient {
+    Recipient {
+        customer_id: c.state.customer_id.clone(),
+        name: c.state.name.clone(),
+        email: c.state.email.clone(),
+        phone: c.state.phone.clone(),
+        whatsapp_opt_in: c.state.whatsapp_opt_in,
+        locale: c.state.locale.clone(),
+        timezone: c.state.timezone.clone(),
+    }
+}
+
+fn command_invoice(inv: &Invoice, plan: &schedule::BasePlan) -> CommandInvoice {
+    CommandInvoice {
+        invoice_id: inv.invoice_id.clone(),
+        amount_cents: inv.state.amount_cents,
+        currency: inv.state.currency.clone(),
+        due_date: inv.state.due_date,
+        effective_due_date: plan.effective_due_date,
+        description: inv.state.description.clone(),
+        payment: inv.state.payment.clone(),
+        late_fee: inv.state.late_fee,
+    }
+}
+
+/// When the window that `now` is in closes (that local day's closing time).
+fn window_close(
+    policy: &Policy,
+    cal: &regua_domain::calendar::Calendar,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let day = now.with_timezone(&tz).date_naive();
+    policy
+        .send_window
+        .hours(day, cal)
+        .map_or(now, |h| local_to_utc(tz, day.and_time(h.to)))
+}
+
+async fn load_ledgers(
+    conn: &mut PgConnection,
+    keys: &[(String, String)],
+    since: DateTime<Utc>,
+) -> Result<HashMap<(String, String), Ledger>, sqlx::Error> {
+    let (tenants, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(t, c)| (t.as_str(), c.as_str())).unzip();
+    let rows = sqlx::query(
+        "SELECT c.tenant, c.customer_id, c.at, c.template FROM scheduler.contacts c \
+         JOIN UNNEST($1::text[], $2::text[]) AS k(tenant, customer_id) USING (tenant, customer_id) WHERE c.at > $3",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .bind(since)
+    .fetch_all(conn)
+    .await?;
+    let mut contacts: HashMap<(String, String), Vec<Contact>> = HashMap::new();
+    for r in rows {
+        contacts
+            .entry((r.try_get("tenant")?, r.try_get("customer_id")?))
+            .or_default()
+            .push(Contact {
+                at: r.try_get("at")?,
+                template: r.try_get("template")?,
+            });
+    }
+    Ok(contacts
+        .into_iter()
+        .map(|(k, v)| (k, Ledger::new(v)))
+        .collect())
+}
+
+async fn write_contacts(
+    conn: &mut PgConnection,
+    rows: &[(String, String, DateTime<Utc>, String, String)],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut t = Vec::new();
+    let mut c = Vec::new();
+    let mut at = Vec::new();
+    let mut tpl = Vec::new();
+    let mut id = Vec::new();
+    for r in rows {
+        t.push(r.0.as_str());
+        c.push(r.1.as_str());
+        at.push(r.2);
+        tpl.push(r.3.as_str());
+        id.push(r.4.as_str());
+    }
+    sqlx::query(
+        "INSERT INTO scheduler.contacts (tenant, customer_id, at, template, command_id) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])",
+    )
+    .bind(&t)
+    .bind(&c)
+    .bind(&at)
+    .bind(&tpl)
+    .bind(&id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

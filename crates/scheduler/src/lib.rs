@@ -1,0 +1,143 @@
+//! The scheduler: regua's régua engine.
+//!
+//! What happens to an invoice here:
+//! 1. [`events`] consumes domain events from `regua.v1.evt.>` in order (a durable
+//!    consumer with one batch in flight across all replicas). `tenant.created` installs
+//!    the starter policy `padrao`; `customer.upserted` keeps contacts and the time zone;
+//!    `invoice.opened` picks the invoice's policy ([`policies`]), places its steps in
+//!    time ([`regua_domain::schedule::base_plan`]) and stores only its *next* step.
+//!    `invoice.paid`, `invoice.canceled` and `customer.opted_out` stop or adjust pending
+//!    steps in the same transaction.
+//! 2. [`fire`] claims due invoices with `FOR UPDATE SKIP LOCKED` (any number of
+//!    replicas), decides each due step ([`regua_domain::schedule::fire`]: supersede stale
+//!    steps, window, caps, same-day merge, the negativação notice rule), and writes the
+//!    decision, the contact ledger and the dispatch command (to the outbox) in one
+//!    transaction. The relay publishes commands on `regua.v1.cmd.<tenant>.dispatch.<channel>`.
+//! 3. Tenants on a test clock ([`clock`]) live on simulated time: an advance fires, in
+//!    time order, every step up to the target instant, exactly as real time would.
+//! 4. [`http`] serves policies, the plan preview, simulation and the test clock.
+
+pub mod clock;
+pub mod events;
+pub mod fire;
+pub mod http;
+pub mod model;
+pub mod policies;
+pub mod preview;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use regua_platform::outbox::{Outbox, Relay};
+use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, nats};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+/// The scheduler's schema in Postgres.
+pub const SCHEMA: &str = "scheduler";
+/// The scheduler's outbox: dispatch commands and `invoice.escalated`.
+pub const OUTBOX: Outbox = Outbox::new("scheduler.outbox");
+
+/// Errors of the scheduler.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("serializing: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("stored policy {tenant}/{name} v{version} is invalid: {reason}")]
+    BadPolicy {
+        tenant: String,
+        name: String,
+        version: i32,
+        reason: String,
+    },
+}
+
+/// The scheduler service: its connections and shared state.
+pub struct Scheduler {
+    pub config: Config,
+    pub pool: PgPool,
+    pub js: jetstream::Context,
+    pub clock: SharedClock,
+    pub policies: policies::Cache,
+    pub outbox_wake: Arc<Notify>,
+    /// Woken when there may be due work (an advance, a new plan).
+    pub fire_wake: Arc<Notify>,
+}
+
+impl Scheduler {
+    /// Builds the scheduler over connections the caller made (tests inject their own).
+    pub fn from_parts(
+        config: Config,
+        pool: PgPool,
+        client: async_nats::Client,
+        clock: SharedClock,
+    ) -> Arc<Scheduler> {
+        Arc::new(Scheduler {
+            config,
+            pool,
+            js: nats::jetstream(client),
+            clock,
+            policies: policies::Cache::default(),
+            outbox_wake: Arc::new(Notify::new()),
+            fire_wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Runs the scheduler's migrations.
+    pub async fn migrate(pool: &PgPool) -> Result<(), SchedulerError> {
+        db::migrate(pool, sqlx::migrate!("./migrations"), SCHEMA).await?;
+        Ok(())
+    }
+
+    /// Makes sure its schema, the streams and its consumer exist, then starts the event
+    /// consumer, the due-step poller and the test-clock driver (work), and the outbox
+    /// relay (a flusher, stopped after them).
+    pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), SchedulerError> {
+        Scheduler::migrate(&self.pool).await?;
+        nats::ensure_streams(&self.js).await?;
+        let consumer = nats::ensure_pull_consumer(
+            &self.js,
+            regua_contract::subjects::STREAM_EVENTS,
+            events::consumer_config(self.config.scheduler_batch_size),
+        )
+        .await?;
+        shutdown.spawn(events::run(
+            Arc::clone(self),
+            consumer.clone(),
+            shutdown.token(),
+        ));
+        shutdown.spawn(fire::run(Arc::clone(self), shutdown.token()));
+        shutdown.spawn(clock::run(Arc::clone(self), consumer, shutdown.token()));
+        let relay = Relay::new(
+            OUTBOX,
+            self.pool.clone(),
+            self.js.clone(),
+            Arc::clone(&self.outbox_wake),
+        );
+        shutdown.spawn_flusher(relay.run(shutdown.flush_token()));
+        Ok(())
+    }
+
+    /// The scheduler's HTTP routes (tenant routes expect an API-key layer around them).
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        http::router(Arc::clone(self))
+    }
+
+    /// Sleeps for the poll interval or until woken, whichever comes first.
+    async fn idle(&self, wake: &Notify) {
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(self.config.scheduler_poll) => {}
+        }
+    }
+}
+
+/// How long a failing loop waits before retrying, doubled up to a cap.
+fn next_backoff(d: Duration) -> Duration {
+    (d * 2).min(Duration::from_secs(5))
+}

@@ -1,0 +1,463 @@
+//! The scheduler's own copy of tenants, customers and invoices, loaded per batch, and
+//! the bridge from those rows to the pure schedule decisions.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use regua_contract::commands::Creditor;
+use regua_contract::events::{CustomerState, InvoiceState};
+use regua_contract::inbound::Channel as WireChannel;
+use regua_domain::policy::{Channel, InvoiceFacts, Notify, PaymentHistory, Policy, RiskClass};
+use regua_domain::schedule::{BasePlan, Progress, base_plan};
+use sqlx::{PgConnection, Row};
+
+/// Where São Paulo is the fallback for a zone nobody gave.
+pub const DEFAULT_TZ: Tz = chrono_tz::America::Sao_Paulo;
+
+/// Parses an IANA zone, falling back to `fallback`.
+pub fn zone(name: Option<&str>, fallback: Tz) -> Tz {
+    name.and_then(|n| Tz::from_str(n).ok()).unwrap_or(fallback)
+}
+
+/// A tenant as the scheduler knows it.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub creditor: Creditor,
+    pub timezone: Tz,
+    pub test_clock: bool,
+    pub clock_now: Option<DateTime<Utc>>,
+    pub clock_target: Option<DateTime<Utc>>,
+}
+
+impl Tenant {
+    /// The tenant's current instant: its test clock, or the real one.
+    pub fn now(&self, real: DateTime<Utc>) -> DateTime<Utc> {
+        if self.test_clock {
+            self.clock_now.unwrap_or(real)
+        } else {
+            real
+        }
+    }
+}
+
+/// Loads tenants by id.
+pub async fn load_tenants(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<HashMap<String, Tenant>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, legal_name, cnpj, address, contact, timezone, test_clock, clock_now, clock_target \
+         FROM scheduler.tenants WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let tz: String = r.try_get("timezone")?;
+        let t = Tenant {
+            id: r.try_get("id")?,
+            creditor: Creditor {
+                legal_name: r.try_get("legal_name")?,
+                cnpj: r.try_get("cnpj")?,
+                address: r.try_get("address")?,
+                contact: r.try_get("contact")?,
+            },
+            timezone: zone(Some(&tz), DEFAULT_TZ),
+            test_clock: r.try_get("test_clock")?,
+            clock_now: r.try_get("clock_now")?,
+            clock_target: r.try_get("clock_target")?,
+        };
+        out.insert(t.id.clone(), t);
+    }
+    Ok(out)
+}
+
+/// A customer: contacts, zone, opt-outs and payment history.
+#[derive(Debug, Clone)]
+pub struct Customer {
+    pub state: CustomerState,
+    pub opted_out: Vec<Channel>,
+    pub history: PaymentHistory,
+}
+
+impl Customer {
+    pub fn tz(&self, tenant: &Tenant) -> Tz {
+        zone(Some(&self.state.timezone), tenant.timezone)
+    }
+
+    /// Whether `channel` can reach this customer now.
+    pub fn usable(&self, channel: Channel) -> bool {
+        if self.opted_out.contains(&channel) {
+            return false;
+        }
+        match channel {
+            Channel::Email => self.state.email.is_some(),
+            Channel::Sms => self.state.phone.is_some(),
+            Channel::Whatsapp => self.state.phone.is_some() && self.state.whatsapp_opt_in,
+        }
+    }
+
+    /// The usable channels of a notify step, in the step's order.
+    pub fn channels_for(&self, n: &Notify) -> Vec<Channel> {
+        n.channels
+            .iter()
+            .copied()
+            .filter(|c| self.usable(*c))
+            .collect()
+    }
+}
+
+/// Parses a stored opt-out list.
+pub fn channels_from(names: &[String]) -> Vec<Channel> {
+    names
+        .iter()
+        .filter_map(|n| match n.as_str() {
+            "email" => Some(Channel::Email),
+            "sms" => Some(Channel::Sms),
+            "whatsapp" => Some(Channel::Whatsapp),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn wire_channel(c: Channel) -> WireChannel {
+    match c {
+        Channel::Email => WireChannel::Email,
+        Channel::Sms => WireChannel::Sms,
+        Channel::Whatsapp => WireChannel::Whatsapp,
+    }
+}
+
+pub fn domain_channel(c: WireChannel) -> Channel {
+    match c {
+        WireChannel::Email => Channel::Email,
+        WireChannel::Sms => Channel::Sms,
+        WireChannel::Whatsapp => Channel::Whatsapp,
+    }
+}
+
+/// Loads customers by (tenant, customer_id).
+pub async fn load_customers(
+    conn: &mut PgConnection,
+    keys: &[(String, String)],
+) -> Result<HashMap<(String, String), Customer>, sqlx::Error> {
+    let (tenants, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(t, c)| (t.as_str(), c.as_str())).unzip();
+    let rows = sqlx::query(
+        "SELECT c.tenant, c.customer_id, c.state, c.opted_out, c.paid, c.paid_late, c.max_days_late \
+         FROM scheduler.customers c JOIN UNNEST($1::text[], $2::text[]) AS k(tenant, customer_id) \
+         USING (tenant, customer_id)",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let state: sqlx::types::Json<CustomerState> = r.try_get("state")?;
+        let opted: Vec<String> = r.try_get("opted_out")?;
+        let history = PaymentHistory {
+            paid: u32::try_from(r.try_get::<i32, _>("paid")?).unwrap_or(0),
+            paid_late: u32::try_from(r.try_get::<i32, _>("paid_late")?).unwrap_or(0),
+            max_days_late: u32::try_from(r.try_get::<i32, _>("max_days_late")?).unwrap_or(0),
+        };
+        out.insert(
+            (r.try_get("tenant")?, r.try_get("customer_id")?),
+            Customer {
+                state: state.0,
+                opted_out: channels_from(&opted),
+                history,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// An invoice's lifecycle in the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Open,
+    Paid,
+    Canceled,
+    /// Still open, but its régua has no step left.
+    Done,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Paid => "paid",
+            Status::Canceled => "canceled",
+            Status::Done => "done",
+        }
+    }
+
+    pub fn parse(s: &str) -> Status {
+        match s {
+            "paid" => Status::Paid,
+            "canceled" => Status::Canceled,
+            "done" => Status::Done,
+            _ => Status::Open,
+        }
+    }
+}
+
+/// One row of the schedule.
+#[derive(Debug, Clone)]
+pub struct Invoice {
+    pub tenant: String,
+    pub invoice_id: String,
+    pub customer_id: String,
+    pub state: InvoiceState,
+    pub status: Status,
+    pub test_clock: bool,
+    pub policy: String,
+    pub policy_version: i32,
+    pub progress: Progress,
+    pub thanks_pending: bool,
+    pub next_at: Option<DateTime<Utc>>,
+    pub traceparent: Option<String>,
+    pub opened_at: DateTime<Utc>,
+}
+
+pub const INVOICE_COLUMNS: &str = "tenant, invoice_id, customer_id, state, status, test_clock, policy, policy_version, \
+     next_step, deferred_to, notice_sent_at, thanks_pending, next_at, traceparent, opened_at";
+
+impl Invoice {
+    pub fn from_row(r: &sqlx::postgres::PgRow) -> Result<Invoice, sqlx::Error> {
+        let state: sqlx::types::Json<InvoiceState> = r.try_get("state")?;
+        let status: String = r.try_get("status")?;
+        Ok(Invoice {
+            tenant: r.try_get("tenant")?,
+            invoice_id: r.try_get("invoice_id")?,
+            customer_id: r.try_get("customer_id")?,
+            state: state.0,
+            status: Status::parse(&status),
+            test_clock: r.try_get("test_clock")?,
+            policy: r.try_get("policy")?,
+            policy_version: r.try_get("policy_version")?,
+            progress: Progress {
+                next: usize::try_from(r.try_get::<i32, _>("next_step")?).unwrap_or(0),
+                deferred_to: r.try_get("deferred_to")?,
+                notice_sent_at: r.try_get("notice_sent_at")?,
+            },
+            thanks_pending: r.try_get("thanks_pending")?,
+            next_at: r.try_get("next_at")?,
+            traceparent: r.try_get("traceparent")?,
+            opened_at: r.try_get("opened_at")?,
+        })
+    }
+
+    /// What policy selection looks at.
+    pub fn facts<'a>(
+        &'a self,
+        customer: Option<&'a Customer>,
+        risk: RiskClass,
+    ) -> InvoiceFacts<'a> {
+        InvoiceFacts {
+            segment: customer.and_then(|c| c.state.segment.as_deref()),
+            tags: &self.state.tags,
+            risk,
+            amount_cents: self.state.amount_cents,
+        }
+    }
+}
+
+/// Loads invoices by (tenant, invoice_id).
+pub async fn load_invoices(
+    conn: &mut PgConnection,
+    keys: &[(String, String)],
+) -> Result<HashMap<(String, String), Invoice>, sqlx::Error> {
+    let (tenants, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(t, c)| (t.as_str(), c.as_str())).unzip();
+    let sql = format!(
+        "SELECT {INVOICE_COLUMNS} FROM scheduler.invoices i \
+         JOIN UNNEST($1::text[], $2::text[]) AS k(tenant, invoice_id) USING (tenant, invoice_id)"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&tenants)
+        .bind(&ids)
+        .fetch_all(conn)
+        .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let i = Invoice::from_row(r)?;
+        out.insert((i.tenant.clone(), i.invoice_id.clone()), i);
+    }
+    Ok(out)
+}
+
+/// Writes invoices back (insert or full update), in one statement.
+pub async fn save_invoices(
+    conn: &mut PgConnection,
+    invoices: &[&Invoice],
+) -> Result<(), sqlx::Error> {
+    if invoices.is_empty() {
+        return Ok(());
+    }
+    let mut c = InvoiceColumns::default();
+    for i in invoices {
+        c.push(i);
+    }
+    sqlx::query(
+        "INSERT INTO scheduler.invoices (tenant, invoice_id, customer_id, state, status, test_clock, policy, \
+         policy_version, next_step, deferred_to, notice_sent_at, thanks_pending, next_at, traceparent, opened_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::bool[], $7::text[], \
+         $8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[], $12::bool[], $13::timestamptz[], $14::text[], \
+         $15::timestamptz[]) \
+         ON CONFLICT (tenant, invoice_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, state = EXCLUDED.state, \
+         status = EXCLUDED.status, policy = EXCLUDED.policy, policy_version = EXCLUDED.policy_version, \
+         next_step = EXCLUDED.next_step, deferred_to = EXCLUDED.deferred_to, notice_sent_at = EXCLUDED.notice_sent_at, \
+         thanks_pending = EXCLUDED.thanks_pending, next_at = EXCLUDED.next_at, traceparent = EXCLUDED.traceparent",
+    )
+    .bind(&c.tenant)
+    .bind(&c.invoice_id)
+    .bind(&c.customer_id)
+    .bind(&c.state)
+    .bind(&c.status)
+    .bind(&c.test_clock)
+    .bind(&c.policy)
+    .bind(&c.policy_version)
+    .bind(&c.next_step)
+    .bind(&c.deferred_to)
+    .bind(&c.notice_sent_at)
+    .bind(&c.thanks_pending)
+    .bind(&c.next_at)
+    .bind(&c.traceparent)
+    .bind(&c.opened_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct InvoiceColumns {
+    tenant: Vec<String>,
+    invoice_id: Vec<String>,
+    customer_id: Vec<String>,
+    state: Vec<serde_json::Value>,
+    status: Vec<&'static str>,
+    test_clock: Vec<bool>,
+    policy: Vec<String>,
+    policy_version: Vec<i32>,
+    next_step: Vec<i32>,
+    deferred_to: Vec<Option<DateTime<Utc>>>,
+    notice_sent_at: Vec<Option<DateTime<Utc>>>,
+    thanks_pending: Vec<bool>,
+    next_at: Vec<Option<DateTime<Utc>>>,
+    traceparent: Vec<Option<String>>,
+    opened_at: Vec<DateTime<Utc>>,
+}
+
+impl InvoiceColumns {
+    fn push(&mut self, i: &Invoice) {
+        self.tenant.push(i.tenant.clone());
+        self.invoice_id.push(i.invoice_id.clone());
+        self.customer_id.push(i.customer_id.clone());
+        self.state
+            .push(serde_json::to_value(&i.state).unwrap_or(serde_json::Value::Null));
+        self.status.push(i.status.as_str());
+        self.test_clock.push(i.test_clock);
+        self.policy.push(i.policy.clone());
+        self.policy_version.push(i.policy_version);
+        self.next_step
+            .push(i32::try_from(i.progress.next).unwrap_or(i32::MAX));
+        self.deferred_to.push(i.progress.deferred_to);
+        self.notice_sent_at.push(i.progress.notice_sent_at);
+        self.thanks_pending.push(i.thanks_pending);
+        self.next_at.push(i.next_at);
+        self.traceparent.push(i.traceparent.clone());
+        self.opened_at.push(i.opened_at);
+    }
+}
+
+/// One decision about a step, for `scheduler.step_log`.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub tenant: String,
+    pub invoice_id: String,
+    pub step: String,
+    pub policy_version: i32,
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub planned_at: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
+    pub channel: Option<&'static str>,
+    pub command_id: Option<String>,
+}
+
+/// Appends step decisions, in order.
+pub async fn write_log(conn: &mut PgConnection, rows: &[LogRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut tenant = Vec::new();
+    let mut invoice = Vec::new();
+    let mut step = Vec::new();
+    let mut version = Vec::new();
+    let mut state = Vec::new();
+    let mut reason = Vec::new();
+    let mut planned = Vec::new();
+    let mut at = Vec::new();
+    let mut channel = Vec::new();
+    let mut command = Vec::new();
+    for r in rows {
+        tenant.push(r.tenant.as_str());
+        invoice.push(r.invoice_id.as_str());
+        step.push(r.step.as_str());
+        version.push(r.policy_version);
+        state.push(r.state);
+        reason.push(r.reason.as_deref());
+        planned.push(r.planned_at);
+        at.push(r.at);
+        channel.push(r.channel);
+        command.push(r.command_id.as_deref());
+    }
+    sqlx::query(
+        "INSERT INTO scheduler.step_log (tenant, invoice_id, step, policy_version, state, reason, planned_at, at, channel, command_id) \
+         SELECT t, i, s, v, st, r, p, a, c, cmd FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], \
+         $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[]) WITH ORDINALITY \
+         AS x(t, i, s, v, st, r, p, a, c, cmd, n) ORDER BY n",
+    )
+    .bind(&tenant)
+    .bind(&invoice)
+    .bind(&step)
+    .bind(&version)
+    .bind(&state)
+    .bind(&reason)
+    .bind(&planned)
+    .bind(&at)
+    .bind(&channel)
+    .bind(&command)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Everything needed to decide an invoice's steps.
+pub struct Planned {
+    pub tz: Tz,
+    pub risk: RiskClass,
+    pub plan: BasePlan,
+}
+
+/// Places `policy`'s steps for `invoice`.
+pub fn plan_for(
+    policy: &Policy,
+    invoice: &InvoiceState,
+    customer: Option<&Customer>,
+    tenant: &Tenant,
+) -> Planned {
+    let tz = customer.map_or(tenant.timezone, |c| c.tz(tenant));
+    let risk = customer.map_or(RiskClass::Regular, |c| {
+        policy.risk_rules.classify(&c.history)
+    });
+    let cal = policy.calendar.calendar();
+    let plan = base_plan(policy, &cal, tz, invoice.due_date, risk);
+    Planned { tz, risk, plan }
+}
