@@ -1,5 +1,7 @@
-//! `regua demo`: creates a demo tenant and loads a realistic portfolio through the
-//! public NATS subjects, exactly as an integrator would, then reports the outcomes.
+//! `regua demo`: creates a demo tenant on a test clock and loads a realistic portfolio
+//! through the public NATS subjects, exactly as an integrator would, reports intake's
+//! outcomes, then advances the tenant's clock day by day over two months and prints
+//! what the régua decided and sent per day and channel.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::message::PublishMessage;
-use chrono::{Days, NaiveDate};
+use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use regua_contract::{InboundKind, TenantId, subjects};
@@ -32,6 +34,9 @@ pub struct DemoArgs {
     /// How long to wait for every outcome.
     #[arg(long, default_value_t = 120)]
     wait_secs: u64,
+    /// Days to advance the tenant's test clock.
+    #[arg(long, default_value_t = 60)]
+    days: u32,
 }
 
 const FIRST: &[&str] = &[
@@ -178,7 +183,16 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     db::ensure_database(config.database_url.expose()).await?;
     let pool = db::connect(config.database_url.expose(), 4).await?;
     Intake::migrate(&pool).await?;
-    let now = SystemClock.now();
+    regua_scheduler::Scheduler::migrate(&pool).await?;
+    // The demo tenant lives on a test clock that starts at local midnight today; a
+    // second run continues from wherever the clock is.
+    let midnight = SystemClock.now().date_naive().and_hms_opt(3, 0, 0).unwrap_or_default().and_utc();
+    let clock_now: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT clock_now FROM scheduler.tenants WHERE id = $1")
+        .bind(tenant.as_str())
+        .fetch_optional(&pool)
+        .await?
+        .flatten();
+    let now = clock_now.unwrap_or(midnight);
 
     let body = json!({
         "id": tenant.as_str(),
@@ -186,6 +200,8 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         "cnpj": "11.222.333/0001-81",
         "address": "Av. Paulista, 1000, Bela Vista, São Paulo - SP, 01310-100",
         "contact": "0800 000 0000 · cobranca@demo.example.com",
+        "test_clock": true,
+        "now": now.to_rfc3339(),
     });
     let new = tenants::validate_new_tenant(&body)
         .map_err(|i| anyhow::anyhow!("demo tenant: {:?}", i.errors))?;
@@ -325,10 +341,116 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&s["data"]["errors"])?
         ));
     }
+    let accepted: Vec<String> = messages
+        .iter()
+        .filter_map(|(_, b)| b["invoice_id"].as_str().map(str::to_owned))
+        .filter(|id| !id.starts_with("DEMO-9"))
+        .collect();
+    regua_run(&pool, &tenant, &accepted, now, args.days, args.wait_secs).await?;
     say(&format!(
-        "try: curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/v1/tenants/{tenant}/invoices/DEMO-000001",
-        args.key_file.display(),
-        config.http_addr
+        "try: curl -s -H \"Authorization: Bearer $(cat {key})\" http://{addr}/v1/tenants/{tenant}/invoices/DEMO-000001/plan",
+        key = args.key_file.display(),
+        addr = config.http_addr
+    ));
+    Ok(())
+}
+
+/// Waits until the scheduler has planned the invoices, advances the test clock one day
+/// at a time, and prints the régua's decisions per local day and channel.
+async fn regua_run(
+    pool: &sqlx::PgPool,
+    tenant: &TenantId,
+    invoice_ids: &[String],
+    start: DateTime<Utc>,
+    days: u32,
+    wait_secs: u64,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs);
+    loop {
+        let planned: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM scheduler.invoices WHERE tenant = $1 AND invoice_id = ANY($2)",
+        )
+        .bind(tenant.as_str())
+        .bind(invoice_ids)
+        .fetch_one(pool)
+        .await?;
+        if usize::try_from(planned).unwrap_or(0) >= invoice_ids.len() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the scheduler planned only {planned} of {} invoices", invoice_ids.len());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let policy: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT policy || ' v' || policy_version, count(*) FROM scheduler.invoices WHERE tenant = $1 AND invoice_id = ANY($2) GROUP BY 1",
+    )
+    .bind(tenant.as_str())
+    .bind(invoice_ids)
+    .fetch_all(pool)
+    .await?;
+    let policy: Vec<String> = policy.iter().map(|(p, n)| format!("{p}: {n}")).collect();
+    say(&format!("planned by the scheduler ({})", policy.join(", ")));
+    say(&format!(
+        "advancing {tenant}'s test clock {days} days from {} (times are São Paulo's):",
+        start.format("%Y-%m-%d")
+    ));
+    say("  day              sent: whatsapp   sms  email | deferred skipped escalated");
+    let mut at = start;
+    for _ in 0..days {
+        let to = at + TimeDelta::days(1);
+        regua_scheduler::clock::advance(pool, tenant.as_str(), to)
+            .await
+            .map_err(|e| anyhow::anyhow!("advancing the clock: {e}"))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs);
+        loop {
+            let status = regua_scheduler::clock::status(pool, tenant.as_str()).await?;
+            if status.is_some_and(|s| s.status == "ready" && s.now == to) {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("the clock did not reach {to}: is `regua all` running?");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT state, channel, count(*) FROM scheduler.step_log WHERE tenant = $1 AND at >= $2 AND at < $3 GROUP BY 1, 2",
+        )
+        .bind(tenant.as_str())
+        .bind(at)
+        .bind(to)
+        .fetch_all(pool)
+        .await?;
+        let count = |state: &str, channel: Option<&str>| -> i64 {
+            rows.iter()
+                .filter(|(s, c, _)| s == state && (channel.is_none() || c.as_deref() == channel))
+                .map(|(_, _, n)| n)
+                .sum()
+        };
+        let day = at.with_timezone(&chrono_tz::America::Sao_Paulo).format("%Y-%m-%d %a");
+        if rows.is_empty() {
+            say(&format!("  {day}   (nothing due)"));
+        } else {
+            say(&format!(
+                "  {day}   {:>13} {:>5} {:>6} | {:>8} {:>7} {:>9}",
+                count("sent", Some("whatsapp")),
+                count("sent", Some("sms")),
+                count("sent", Some("email")),
+                count("deferred", None),
+                count("skipped", None),
+                count("escalated", None),
+            ));
+        }
+        at = to;
+    }
+    let commands: i64 = sqlx::query_scalar("SELECT count(DISTINCT command_id) FROM scheduler.step_log WHERE tenant = $1 AND command_id IS NOT NULL")
+        .bind(tenant.as_str())
+        .fetch_one(pool)
+        .await?;
+    say(&format!(
+        "{commands} dispatch commands are on {} (regua.v1.cmd.{tenant}.dispatch.<channel>); \
+         the channel dispatchers that send them come next",
+        subjects::STREAM_COMMANDS
     ));
     Ok(())
 }
