@@ -740,3 +740,26 @@ caps: {per_day: 4, per_7_days: 3}
         assert!(!a.matches(&InvoiceFacts { segment: None, ..f }));
     }
 }
+
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    /// The policy example in the README is a valid policy.
+    #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("## The régua: policies").unwrap();
+        let block = &readme[start..];
+        let yaml = block
+            .split("```yaml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        let p = Policy::parse(yaml).unwrap();
+        assert_eq!(p.steps.len(), 5);
+        assert!(p.steps.iter().any(|s| s.offer.is_some()));
+    }
+}

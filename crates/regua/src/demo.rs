@@ -186,12 +186,18 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     regua_scheduler::Scheduler::migrate(&pool).await?;
     // The demo tenant lives on a test clock that starts at local midnight today; a
     // second run continues from wherever the clock is.
-    let midnight = SystemClock.now().date_naive().and_hms_opt(3, 0, 0).unwrap_or_default().and_utc();
-    let clock_now: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT clock_now FROM scheduler.tenants WHERE id = $1")
-        .bind(tenant.as_str())
-        .fetch_optional(&pool)
-        .await?
-        .flatten();
+    let midnight = SystemClock
+        .now()
+        .date_naive()
+        .and_hms_opt(3, 0, 0)
+        .unwrap_or_default()
+        .and_utc();
+    let clock_now: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT clock_now FROM scheduler.tenants WHERE id = $1")
+            .bind(tenant.as_str())
+            .fetch_optional(&pool)
+            .await?
+            .flatten();
     let now = clock_now.unwrap_or(midnight);
 
     let body = json!({
@@ -378,7 +384,10 @@ async fn regua_run(
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("the scheduler planned only {planned} of {} invoices", invoice_ids.len());
+            anyhow::bail!(
+                "the scheduler planned only {planned} of {} invoices",
+                invoice_ids.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -427,7 +436,9 @@ async fn regua_run(
                 .map(|(_, _, n)| n)
                 .sum()
         };
-        let day = at.with_timezone(&chrono_tz::America::Sao_Paulo).format("%Y-%m-%d %a");
+        let day = at
+            .with_timezone(&chrono_tz::America::Sao_Paulo)
+            .format("%Y-%m-%d %a");
         if rows.is_empty() {
             say(&format!("  {day}   (nothing due)"));
         } else {
