@@ -139,13 +139,24 @@ impl Calendar {
     }
 
     pub fn is_holiday(&self, date: NaiveDate) -> bool {
+        // Called for every candidate day of every step: no allocation here.
         if self.config.extra_holidays.contains(&date) {
             return true;
         }
-        self.config
-            .national_holidays(date.year())
+        let (year, month, day) = (date.year(), date.month(), date.day());
+        if FIXED
             .iter()
-            .any(|h| h.date == date)
+            .any(|(m, d, _)| *m == month && *d == day && !(month == 11 && day == 20 && year < 2024))
+        {
+            return true;
+        }
+        let Some(e) = easter(year) else { return false };
+        match (date - e).num_days() {
+            -2 => true,
+            -48 | -47 => self.config.carnaval,
+            60 => self.config.corpus_christi,
+            _ => false,
+        }
     }
 
     /// Monday to Friday and not a holiday.
@@ -257,6 +268,32 @@ mod tests {
         // 20 November became national in 2024.
         assert!(!dates(2023).contains(&d(2023, 11, 20)));
         assert!(dates(2024).contains(&d(2024, 11, 20)));
+    }
+
+    #[test]
+    fn is_holiday_agrees_with_the_holiday_list() {
+        for config in [
+            CalendarConfig::default(),
+            CalendarConfig {
+                carnaval: false,
+                corpus_christi: false,
+                extra_holidays: BTreeSet::new(),
+            },
+        ] {
+            let cal = config.calendar();
+            for year in [2023, 2024, 2026, 2027, 2030] {
+                let listed: Vec<NaiveDate> = config
+                    .national_holidays(year)
+                    .into_iter()
+                    .map(|h| h.date)
+                    .collect();
+                let mut d = NaiveDate::from_ymd_opt(year, 1, 1).unwrap();
+                while d.year() == year {
+                    assert_eq!(cal.is_holiday(d), listed.contains(&d), "{d}");
+                    d = d.succ_opt().unwrap();
+                }
+            }
+        }
     }
 
     #[test]

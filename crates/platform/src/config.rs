@@ -16,6 +16,7 @@
 //! | `intake_workers` | `REGUA_INTAKE_WORKERS` | `2` (concurrent batches per process) |
 //! | `intake_ack_wait_secs` | `REGUA_INTAKE_ACK_WAIT_SECS` | `60` (redelivery after a crashed worker) |
 //! | `scheduler_batch_size` | `REGUA_SCHEDULER_BATCH_SIZE` | `500` (events per batch, steps per claim) |
+//! | `scheduler_workers` | `REGUA_SCHEDULER_WORKERS` | `2` (concurrent claims per process) |
 //! | `scheduler_poll_ms` | `REGUA_SCHEDULER_POLL_MS` | `250` (how often due steps are claimed when idle) |
 //! | `http_outcome_wait_ms` | `REGUA_HTTP_OUTCOME_WAIT_MS` | `5000` |
 //! | `drain_timeout_secs` | `REGUA_DRAIN_TIMEOUT_SECS` | `20` |
@@ -69,6 +70,7 @@ pub struct Config {
     pub intake_ack_wait: Duration,
     pub scheduler_batch_size: usize,
     pub scheduler_poll: Duration,
+    pub scheduler_workers: usize,
     pub http_outcome_wait: Duration,
     pub drain_timeout: Duration,
     /// Whether `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set: the
@@ -108,6 +110,7 @@ const KEYS: &[(&str, &str)] = &[
     ("intake_ack_wait_secs", "60"),
     ("scheduler_batch_size", "500"),
     ("scheduler_poll_ms", "250"),
+    ("scheduler_workers", "2"),
     ("http_outcome_wait_ms", "5000"),
     ("drain_timeout_secs", "20"),
 ];
@@ -258,6 +261,7 @@ impl Config {
             scheduler_batch_size: usize::try_from(number("scheduler_batch_size", 1, 5000)?)
                 .unwrap_or(500),
             scheduler_poll: Duration::from_millis(number("scheduler_poll_ms", 10, 60_000)?),
+            scheduler_workers: usize::try_from(number("scheduler_workers", 1, 16)?).unwrap_or(2),
             http_outcome_wait: Duration::from_millis(number("http_outcome_wait_ms", 0, 60_000)?),
             drain_timeout: Duration::from_secs(number("drain_timeout_secs", 1, 3600)?),
             otlp_export: false,

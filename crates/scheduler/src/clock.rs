@@ -181,10 +181,36 @@ async fn drive(
     Ok(true)
 }
 
-/// Moves one tenant's clock to its next due instant (or the target) and fires one
-/// batch there, in one transaction guarded by a per-tenant lock. False when the
-/// tenant reached its target.
+/// Moves one tenant's clock to its next due instant (or the target), then fires
+/// everything due at that instant with the configured number of concurrent claims.
+/// False when the tenant reached its target.
 async fn step(s: &Scheduler, tenant: &str) -> Result<bool, SchedulerError> {
+    let Some(at) = move_clock(s, tenant).await? else {
+        return Ok(false);
+    };
+    // Claims at one instant are independent (SKIP LOCKED, customers locked in key
+    // order), so they run side by side; the clock moves on only when none is left.
+    let claims = (0..s.config.scheduler_workers.max(1)).map(|_| async {
+        let mut fired = 0;
+        loop {
+            let n = fire::fire_once(s, Scope::TestClock(tenant), at).await?;
+            if n == 0 {
+                return Ok::<usize, SchedulerError>(fired);
+            }
+            fired += n;
+        }
+    });
+    for r in futures::future::join_all(claims).await {
+        r?;
+    }
+    Ok(true)
+}
+
+/// In one transaction under a per-tenant lock: reads the clock and the earliest due
+/// step and moves the clock there (or to the target when nothing is due before it).
+/// Returns the instant to fire at, or `None` when the target is reached (or another
+/// replica holds the lock).
+async fn move_clock(s: &Scheduler, tenant: &str) -> Result<Option<DateTime<Utc>>, SchedulerError> {
     let mut tx = s.pool.begin().await?;
     let locked: bool =
         sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 11))")
@@ -192,7 +218,7 @@ async fn step(s: &Scheduler, tenant: &str) -> Result<bool, SchedulerError> {
             .fetch_one(&mut *tx)
             .await?;
     if !locked {
-        return Ok(false);
+        return Ok(None);
     }
     let row = sqlx::query("SELECT clock_now, clock_target FROM scheduler.tenants WHERE id = $1")
         .bind(tenant)
@@ -202,7 +228,7 @@ async fn step(s: &Scheduler, tenant: &str) -> Result<bool, SchedulerError> {
         row.try_get::<Option<DateTime<Utc>>, _>("clock_now")?,
         row.try_get::<Option<DateTime<Utc>>, _>("clock_target")?,
     ) else {
-        return Ok(false);
+        return Ok(None);
     };
     let next: Option<DateTime<Utc>> = sqlx::query_scalar(
         "SELECT MIN(next_at) FROM scheduler.invoices WHERE tenant = $1 AND next_at IS NOT NULL",
@@ -210,7 +236,7 @@ async fn step(s: &Scheduler, tenant: &str) -> Result<bool, SchedulerError> {
     .bind(tenant)
     .fetch_one(&mut *tx)
     .await?;
-    let (at, more) = match next {
+    let (at, due) = match next {
         Some(n) if n <= target => (n.max(now), true),
         _ => (target.max(now), false),
     };
@@ -221,14 +247,6 @@ async fn step(s: &Scheduler, tenant: &str) -> Result<bool, SchedulerError> {
             .execute(&mut *tx)
             .await?;
     }
-    let fired = if more {
-        fire::fire_batch(s, &mut tx, Scope::TestClock(tenant), at).await?
-    } else {
-        0
-    };
     tx.commit().await?;
-    if fired > 0 {
-        s.outbox_wake.notify_one();
-    }
-    Ok(more)
+    Ok(due.then_some(at))
 }

@@ -20,6 +20,7 @@ use regua_contract::events::{
 use regua_contract::{Envelope, EventType, subjects};
 use regua_platform::{nats, telemetry};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -130,9 +131,24 @@ async fn process(s: &Scheduler, msgs: Vec<jetstream::Message>) {
 
 /// A decoded event with what processing needs.
 struct Item {
-    envelope: Envelope<Value>,
+    envelope: Envelope<Data>,
     traceparent: Option<String>,
     span: tracing::Span,
+}
+
+/// The payloads the scheduler acts on, decoded once.
+enum Data {
+    TenantCreated(TenantCreated),
+    CustomerUpserted(CustomerUpserted),
+    InvoiceChanged(InvoiceChanged),
+    InvoiceCanceled(InvoiceCanceled),
+    InvoicePaid(InvoicePaid),
+    CustomerOptedOut(CustomerOptedOut),
+}
+
+fn typed<T: serde::de::DeserializeOwned>(kind: EventType, raw: &RawValue) -> Result<T, EventError> {
+    serde_json::from_str(raw.get())
+        .map_err(|e| EventError::Malformed(format!("{}: {e}", kind.as_str())))
 }
 
 /// Why a single event could not be applied.
@@ -151,20 +167,30 @@ impl From<sqlx::Error> for EventError {
 }
 
 fn decode(msg: &jetstream::Message) -> Result<Option<Item>, EventError> {
-    let envelope: Envelope<Value> =
+    let raw: Envelope<&RawValue> =
         serde_json::from_slice(&msg.payload).map_err(|e| EventError::Malformed(e.to_string()))?;
-    if !matches!(
-        envelope.event_type,
-        EventType::TenantCreated
-            | EventType::CustomerUpserted
-            | EventType::InvoiceOpened
-            | EventType::InvoiceUpdated
-            | EventType::InvoiceCanceled
-            | EventType::InvoicePaid
-            | EventType::CustomerOptedOut
-    ) {
-        return Ok(None);
-    }
+    let kind = raw.event_type;
+    let data = match kind {
+        EventType::TenantCreated => Data::TenantCreated(typed(kind, raw.data)?),
+        EventType::CustomerUpserted => Data::CustomerUpserted(typed(kind, raw.data)?),
+        EventType::InvoiceOpened | EventType::InvoiceUpdated => {
+            Data::InvoiceChanged(typed(kind, raw.data)?)
+        }
+        EventType::InvoiceCanceled => Data::InvoiceCanceled(typed(kind, raw.data)?),
+        EventType::InvoicePaid => Data::InvoicePaid(typed(kind, raw.data)?),
+        EventType::CustomerOptedOut => Data::CustomerOptedOut(typed(kind, raw.data)?),
+        _ => return Ok(None),
+    };
+    let envelope = Envelope {
+        id: raw.id,
+        event_type: kind,
+        version: raw.version,
+        occurred_at: raw.occurred_at,
+        tenant: raw.tenant,
+        correlation_id: raw.correlation_id,
+        causation_id: raw.causation_id,
+        data,
+    };
     let id = envelope.id.to_string();
     let span = nats::process_span(
         &msg.subject,
@@ -179,11 +205,6 @@ fn decode(msg: &jetstream::Message) -> Result<Option<Item>, EventError> {
         traceparent,
         span,
     }))
-}
-
-fn data<T: serde::de::DeserializeOwned>(item: &Item) -> Result<T, EventError> {
-    serde_json::from_value(item.envelope.data.clone())
-        .map_err(|e| EventError::Malformed(format!("{}: {e}", item.envelope.event_type.as_str())))
 }
 
 /// The state a batch reads and writes.
@@ -223,12 +244,10 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
         tx.commit().await?;
         return Ok(());
     }
-    for item in items
-        .iter()
-        .filter(|i| i.envelope.event_type == EventType::TenantCreated)
-    {
-        let t: TenantCreated = data(item)?;
-        tenant_created(&mut tx, &t, item.envelope.occurred_at).await?;
+    for item in &items {
+        if let Data::TenantCreated(t) = &item.envelope.data {
+            tenant_created(&mut tx, t, item.envelope.occurred_at).await?;
+        }
     }
     let mut tenant_ids: Vec<String> = items.iter().map(|i| i.envelope.tenant.clone()).collect();
     tenant_ids.sort();
@@ -237,27 +256,19 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
     let mut invoice_keys = Vec::new();
     for i in &items {
         let t = i.envelope.tenant.clone();
-        match i.envelope.event_type {
-            EventType::CustomerUpserted => {
-                customer_keys.push((t, data::<CustomerUpserted>(i)?.customer.customer_id))
+        match &i.envelope.data {
+            Data::CustomerUpserted(c) => customer_keys.push((t, c.customer.customer_id.clone())),
+            Data::CustomerOptedOut(o) => customer_keys.push((t, o.customer_id.clone())),
+            Data::InvoiceChanged(c) => {
+                customer_keys.push((t.clone(), c.invoice.customer_id.clone()));
+                invoice_keys.push((t, c.invoice.invoice_id.clone()));
             }
-            EventType::CustomerOptedOut => {
-                customer_keys.push((t, data::<CustomerOptedOut>(i)?.customer_id))
+            Data::InvoiceCanceled(c) => invoice_keys.push((t, c.invoice_id.clone())),
+            Data::InvoicePaid(p) => {
+                customer_keys.push((t.clone(), p.customer_id.clone()));
+                invoice_keys.push((t, p.invoice_id.clone()));
             }
-            EventType::InvoiceOpened | EventType::InvoiceUpdated => {
-                let inv = data::<InvoiceChanged>(i)?.invoice;
-                customer_keys.push((t.clone(), inv.customer_id));
-                invoice_keys.push((t, inv.invoice_id));
-            }
-            EventType::InvoiceCanceled => {
-                invoice_keys.push((t, data::<InvoiceCanceled>(i)?.invoice_id))
-            }
-            EventType::InvoicePaid => {
-                let p = data::<InvoicePaid>(i)?;
-                customer_keys.push((t.clone(), p.customer_id));
-                invoice_keys.push((t, p.invoice_id));
-            }
-            _ => {}
+            Data::TenantCreated(_) => {}
         }
     }
     let mut w = Work {
@@ -359,9 +370,9 @@ fn apply(
         return Ok(());
     };
     let now = t.now(real_now);
-    match item.envelope.event_type {
-        EventType::CustomerUpserted => {
-            let c = data::<CustomerUpserted>(item)?.customer;
+    match &item.envelope.data {
+        Data::CustomerUpserted(c) => {
+            let c = c.customer.clone();
             let key = (tenant, c.customer_id.clone());
             match w.customers.get_mut(&key) {
                 Some(existing) => existing.state = c,
@@ -378,9 +389,8 @@ fn apply(
             }
             w.dirty_customers.insert(key);
         }
-        EventType::CustomerOptedOut => {
-            let o = data::<CustomerOptedOut>(item)?;
-            let key = (tenant, o.customer_id);
+        Data::CustomerOptedOut(o) => {
+            let key = (tenant, o.customer_id.clone());
             if let Some(c) = w.customers.get_mut(&key) {
                 let ch = model::domain_channel(o.channel);
                 if !c.opted_out.contains(&ch) {
@@ -389,8 +399,8 @@ fn apply(
                 w.dirty_customers.insert(key);
             }
         }
-        EventType::InvoiceOpened | EventType::InvoiceUpdated => {
-            let state = data::<InvoiceChanged>(item)?.invoice;
+        Data::InvoiceChanged(c) => {
+            let state = c.invoice.clone();
             let key = (tenant.clone(), state.invoice_id.clone());
             match w.invoices.get_mut(&key) {
                 Some(inv) if matches!(inv.status, Status::Open | Status::Done) => {
@@ -425,19 +435,17 @@ fn apply(
                 }
             }
         }
-        EventType::InvoiceCanceled => {
-            let c = data::<InvoiceCanceled>(item)?;
-            let key = (tenant, c.invoice_id);
+        Data::InvoiceCanceled(c) => {
+            let key = (tenant, c.invoice_id.clone());
             if let Some(inv) = w.invoices.get_mut(&key)
                 && matches!(inv.status, Status::Open | Status::Done)
             {
                 stop(w, &key, Status::Canceled, "invoice canceled", now, s)?;
             }
         }
-        EventType::InvoicePaid => {
-            let p = data::<InvoicePaid>(item)?;
+        Data::InvoicePaid(p) => {
             let ckey = (tenant.clone(), p.customer_id.clone());
-            let key = (tenant, p.invoice_id);
+            let key = (tenant, p.invoice_id.clone());
             let open = w
                 .invoices
                 .get(&key)

@@ -103,37 +103,74 @@ pub async fn fire_batch(
         Scope::RealTime => "NOT test_clock",
         Scope::TestClock(_) => "tenant = $3",
     };
+    // A customer's invoices due at one instant are decided in invoice id order (byte
+    // order, as the preview's simulation does).
+    //
+    // The customer is the unit of a claim: caps and same-instant merges look at all of
+    // a customer's due invoices at once, and no other claim (replica or worker) can
+    // take any of them meanwhile. Candidates in due order; each customer is try-locked
+    // (a customer another claim holds is skipped, as SKIP LOCKED would); then every due
+    // invoice of the locked customers is taken.
     let sql = format!(
-        "SELECT {} FROM scheduler.invoices WHERE next_at <= $1 AND {filter} \
-         ORDER BY next_at, tenant, customer_id, invoice_id LIMIT $2 FOR UPDATE SKIP LOCKED",
-        model::INVOICE_COLUMNS
+        "SELECT tenant, customer_id FROM scheduler.invoices WHERE next_at <= $1 AND {filter} \
+         ORDER BY next_at, tenant, customer_id, invoice_id LIMIT $2"
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(limit);
     if let Scope::TestClock(t) = scope {
         q = q.bind(t);
     }
-    let rows = q.fetch_all(&mut *conn).await?;
-    if rows.is_empty() {
+    let mut candidates: Vec<(String, String)> = Vec::new();
+    for r in q.fetch_all(&mut *conn).await? {
+        let key: (String, String) = (r.try_get("tenant")?, r.try_get("customer_id")?);
+        if !candidates.contains(&key) {
+            candidates.push(key);
+        }
+    }
+    if candidates.is_empty() {
         return Ok(0);
     }
+    let lock_keys: Vec<String> = candidates
+        .iter()
+        .map(|(t, c)| format!("customer/{t}/{c}"))
+        .collect();
+    let locked: Vec<String> = sqlx::query_scalar(
+        "SELECT k FROM UNNEST($1::text[]) AS k WHERE pg_try_advisory_xact_lock(hashtextextended(k, 11))",
+    )
+    .bind(&lock_keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    let customer_keys: Vec<(String, String)> = candidates
+        .into_iter()
+        .zip(lock_keys)
+        .filter(|(_, k)| locked.contains(k))
+        .map(|(c, _)| c)
+        .collect();
+    if customer_keys.is_empty() {
+        return Ok(0);
+    }
+    let (ts, cs): (Vec<&str>, Vec<&str>) = customer_keys
+        .iter()
+        .map(|(t, c)| (t.as_str(), c.as_str()))
+        .unzip();
+    let sql = format!(
+        "SELECT {} FROM scheduler.invoices i JOIN UNNEST($2::text[], $3::text[]) AS k(tenant, customer_id) \
+         USING (tenant, customer_id) WHERE i.next_at <= $1 \
+         ORDER BY i.next_at, i.tenant, i.customer_id, i.invoice_id COLLATE \"C\" FOR UPDATE OF i",
+        model::INVOICE_COLUMNS.replace(
+            "tenant, invoice_id, customer_id,",
+            "i.tenant, i.invoice_id, i.customer_id,"
+        )
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(now)
+        .bind(&ts)
+        .bind(&cs)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut invoices = Vec::with_capacity(rows.len());
     for r in &rows {
         invoices.push(Invoice::from_row(r)?);
     }
-    let mut customer_keys: Vec<(String, String)> = invoices
-        .iter()
-        .map(|i| (i.tenant.clone(), i.customer_id.clone()))
-        .collect();
-    customer_keys.sort();
-    customer_keys.dedup();
-    let lock_keys: Vec<String> = customer_keys
-        .iter()
-        .map(|(t, c)| format!("customer/{t}/{c}"))
-        .collect();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(k, 11)) FROM UNNEST($1::text[]) AS k ORDER BY hashtextextended(k, 11)")
-        .bind(&lock_keys)
-        .execute(&mut *conn)
-        .await?;
     let mut tenant_ids: Vec<String> = invoices.iter().map(|i| i.tenant.clone()).collect();
     tenant_ids.sort();
     tenant_ids.dedup();
@@ -160,7 +197,7 @@ pub async fn fire_batch(
         decide(inv, tenant, &policy, customer, ledger, now, &mut out)?;
     }
     let refs: Vec<&Invoice> = invoices.iter().collect();
-    model::save_invoices(conn, &refs).await?;
+    model::save_progress(conn, &refs).await?;
     model::write_log(conn, &out.log).await?;
     write_contacts(conn, &out.contacts).await?;
     let mut messages = Vec::with_capacity(out.commands.len() + out.events.len());

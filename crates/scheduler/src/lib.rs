@@ -111,7 +111,9 @@ impl Scheduler {
             consumer.clone(),
             shutdown.token(),
         ));
-        shutdown.spawn(fire::run(Arc::clone(self), shutdown.token()));
+        for _ in 0..self.config.scheduler_workers {
+            shutdown.spawn(fire::run(Arc::clone(self), shutdown.token()));
+        }
         shutdown.spawn(clock::run(Arc::clone(self), consumer, shutdown.token()));
         let relay = Relay::new(
             OUTBOX,

@@ -335,6 +335,39 @@ pub async fn save_invoices(
     Ok(())
 }
 
+/// Writes back only the schedule columns of existing invoices (what firing changes).
+pub async fn save_progress(
+    conn: &mut PgConnection,
+    invoices: &[&Invoice],
+) -> Result<(), sqlx::Error> {
+    if invoices.is_empty() {
+        return Ok(());
+    }
+    let mut c = InvoiceColumns::default();
+    for i in invoices {
+        c.push_progress(i);
+    }
+    sqlx::query(
+        "UPDATE scheduler.invoices AS i SET status = u.status, policy_version = u.policy_version, next_step = u.next_step, \
+         deferred_to = u.deferred_to, notice_sent_at = u.notice_sent_at, thanks_pending = u.thanks_pending, next_at = u.next_at \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::bool[], \
+         $9::timestamptz[]) AS u(tenant, invoice_id, status, policy_version, next_step, deferred_to, notice_sent_at, thanks_pending, next_at) \
+         WHERE i.tenant = u.tenant AND i.invoice_id = u.invoice_id",
+    )
+    .bind(&c.tenant)
+    .bind(&c.invoice_id)
+    .bind(&c.status)
+    .bind(&c.policy_version)
+    .bind(&c.next_step)
+    .bind(&c.deferred_to)
+    .bind(&c.notice_sent_at)
+    .bind(&c.thanks_pending)
+    .bind(&c.next_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[derive(Default)]
 struct InvoiceColumns {
     tenant: Vec<String>,
@@ -355,6 +388,19 @@ struct InvoiceColumns {
 }
 
 impl InvoiceColumns {
+    fn push_progress(&mut self, i: &Invoice) {
+        self.tenant.push(i.tenant.clone());
+        self.invoice_id.push(i.invoice_id.clone());
+        self.status.push(i.status.as_str());
+        self.policy_version.push(i.policy_version);
+        self.next_step
+            .push(i32::try_from(i.progress.next).unwrap_or(i32::MAX));
+        self.deferred_to.push(i.progress.deferred_to);
+        self.notice_sent_at.push(i.progress.notice_sent_at);
+        self.thanks_pending.push(i.thanks_pending);
+        self.next_at.push(i.next_at);
+    }
+
     fn push(&mut self, i: &Invoice) {
         self.tenant.push(i.tenant.clone());
         self.invoice_id.push(i.invoice_id.clone());

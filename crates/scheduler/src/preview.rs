@@ -186,12 +186,9 @@ pub async fn plan(
     for r in &rows {
         all.push(Invoice::from_row(r)?);
     }
-    // Same order as a claim: by next instant, then invoice id.
-    all.sort_by(|a, b| {
-        a.next_at
-            .cmp(&b.next_at)
-            .then(a.invoice_id.cmp(&b.invoice_id))
-    });
+    // A claim decides a customer's invoices due at the same instant in invoice id
+    // order (byte order); the simulation fires same-instant invoices in slice order.
+    all.sort_by(|a, b| a.invoice_id.cmp(&b.invoice_id));
     let mut prepared = Vec::with_capacity(all.len());
     for inv in all {
         let Some(policy) = s

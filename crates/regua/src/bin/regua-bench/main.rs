@@ -1,3 +1,5 @@
+//! `regua-bench intake` and `regua-bench scheduler` ([`scheduler`]).
+//!
 //! `regua-bench intake`: intake throughput against the machine's own ceilings, measured
 //! in the same run, because these machines are small and noisy.
 //!
@@ -10,6 +12,8 @@
 //!
 //! Everything runs on a private nats-server child (temp store) and a fresh database on
 //! the local Postgres, both removed afterwards.
+
+mod scheduler;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -51,6 +55,23 @@ enum Bench {
         /// Concurrent batches in the intake process (REGUA_INTAKE_WORKERS).
         #[arg(long, default_value_t = 2)]
         workers: usize,
+    },
+    /// Scheduler planning, firing, lateness and memory.
+    Scheduler {
+        /// Invoices to plan and steps to fire (the headline figure uses 1,000,000).
+        #[arg(long, default_value_t = 1_000_000)]
+        invoices: usize,
+        #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
+        postgres: String,
+        /// REGUA_SCHEDULER_BATCH_SIZE of the scheduler process.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Steps per second for the lateness run.
+        #[arg(long, default_value_t = 5000)]
+        rate: usize,
+        /// Length of the lateness run.
+        #[arg(long, default_value_t = 60)]
+        lateness_secs: u64,
     },
 }
 
@@ -133,18 +154,8 @@ async fn opened_count(
     Ok(total)
 }
 
-async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism()
-        .map(|c| c.get())
-        .unwrap_or(1);
-    say(&format!(
-        "regua-bench intake: N = {n}, {cores} cores, intake batch {batch}, {workers} workers"
-    ));
-    let mut server = regua_testkit::NatsServer::start().await;
-    let client = nats::connect(&server.url(), "bench").await?;
-    let js = nats::jetstream(client.clone());
-
-    // Ceiling 1: raw JetStream publish.
+/// Ceiling: raw JetStream publish of `n` invoice-sized messages to a file stream.
+async fn jetstream_ceiling(js: &async_nats::jetstream::Context, n: usize) -> anyhow::Result<f64> {
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "BENCH_RAW".into(),
         subjects: vec!["bench.raw.>".into()],
@@ -154,7 +165,7 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
     .await?;
     let t = Instant::now();
     publish(
-        &js,
+        js,
         n,
         |_| "bench.raw.invoice".into(),
         payload,
@@ -167,21 +178,16 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
     ));
     js.delete_stream("BENCH_RAW").await?;
 
-    // A throwaway database.
-    let db_name = format!("regua_bench_{}", std::process::id());
-    let db_url = format!("{postgres}/{db_name}");
-    db::ensure_database(&db_url).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&db_url)
-        .await?;
+    Ok(js_rate)
+}
 
-    // Ceiling 2: raw Postgres multi-row insert of invoice-shaped rows.
+/// Ceiling: raw Postgres multi-row insert of `n` invoice-shaped rows.
+async fn postgres_ceiling(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<f64> {
     sqlx::query(
         "CREATE TABLE bench_raw (tenant TEXT, invoice_id TEXT, status TEXT, revision BIGINT, customer_id TEXT, \
          content_hash BYTEA, state JSONB, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, PRIMARY KEY (tenant, invoice_id))",
     )
-    .execute(&pool)
+    .execute(pool)
     .await?;
     let now = SystemClock.now();
     let t = Instant::now();
@@ -205,14 +211,41 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
         .bind(&hashes)
         .bind(&states)
         .bind(now)
-        .execute(&pool)
+        .execute(pool)
         .await?;
     }
     let pg_rate = n as f64 / t.elapsed().as_secs_f64();
     say(&format!(
         "ceiling  postgres multi-row insert {pg_rate:>10.0} rows/s"
     ));
-    sqlx::query("DROP TABLE bench_raw").execute(&pool).await?;
+    sqlx::query("DROP TABLE bench_raw").execute(pool).await?;
+
+    Ok(pg_rate)
+}
+
+async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
+    say(&format!(
+        "regua-bench intake: N = {n}, {cores} cores, intake batch {batch}, {workers} workers"
+    ));
+    let mut server = regua_testkit::NatsServer::start().await;
+    let client = nats::connect(&server.url(), "bench").await?;
+    let js = nats::jetstream(client.clone());
+
+    let js_rate = jetstream_ceiling(&js, n).await?;
+
+    // A throwaway database.
+    let db_name = format!("regua_bench_{}", std::process::id());
+    let db_url = format!("{postgres}/{db_name}");
+    db::ensure_database(&db_url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db_url)
+        .await?;
+
+    let pg_rate = postgres_ceiling(&pool, n).await?;
 
     // Intake, as its own process.
     regua_intake::Intake::migrate(&pool).await?;
@@ -220,7 +253,7 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
     let tenant = TenantId::parse("bench").map_err(|e| anyhow::anyhow!("{e}"))?;
     let new = regua_intake::tenants::validate_new_tenant(&regua_testkit::tenant("bench"))
         .map_err(|e| anyhow::anyhow!("tenant: {:?}", e.errors))?;
-    regua_intake::tenants::create_tenant(&pool, now, new, None).await?;
+    regua_intake::tenants::create_tenant(&pool, SystemClock.now(), new, None).await?;
     let exe: PathBuf = std::env::current_exe()?.with_file_name("regua");
     let mut child = tokio::process::Command::new(&exe)
         .arg("intake")
@@ -325,5 +358,12 @@ async fn main() -> anyhow::Result<()> {
             batch,
             workers,
         } => intake(invoices, &postgres, batch, workers).await,
+        Bench::Scheduler {
+            invoices,
+            postgres,
+            batch,
+            rate,
+            lateness_secs,
+        } => scheduler::run(invoices, &postgres, batch, rate, lateness_secs).await,
     }
 }

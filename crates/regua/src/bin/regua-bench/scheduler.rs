@@ -1,0 +1,467 @@
+//! `regua-bench scheduler`: the scheduler against the machine's ceilings, measured in
+//! the same run.
+//!
+//! 1. Ceilings: raw JetStream publish and raw Postgres multi-row insert, N each.
+//! 2. Planning: a `regua scheduler` process consumes N `customer.upserted` and N
+//!    `invoice.opened` events (one customer per invoice, all due the same day, tenant on
+//!    a test clock); timed from the first publish until its consumer has applied all.
+//! 3. Firing: the test clock crosses the first step's instant, so N steps fall due at
+//!    once; timed from the advance until the N-th dispatch command is in `REGUA_CMD`.
+//!    The scheduler's RSS is sampled every 100 ms throughout.
+//! 4. Lateness: a real-time tenant with steps due at a steady rate (default 5,000/s for
+//!    60 s, written straight into the schedule); each command's arrival on its subject
+//!    is compared with its due instant.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_nats::jetstream::message::PublishMessage;
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt;
+use regua_contract::commands::DispatchCommand;
+use regua_contract::events::{
+    CustomerState, CustomerUpserted, InvoiceChanged, InvoiceState, TenantCreated,
+};
+use regua_contract::{Envelope, EventType, subjects};
+use regua_platform::{Clock, SystemClock, db, nats};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+use crate::{jetstream_ceiling, postgres_ceiling, rss_kib, say};
+
+const TEST_CLOCK_START: &str = "2026-12-01T03:00:00Z";
+/// All bench invoices are due 2026-12-10 (Thursday); padrao's first step (D-3, 10:00 in
+/// São Paulo) is Monday 2026-12-07 13:00 UTC.
+const FIRST_STEP: &str = "2026-12-07T13:00:00Z";
+
+fn envelope<T: serde::Serialize>(
+    tenant: &str,
+    kind: EventType,
+    data: T,
+) -> anyhow::Result<(String, Vec<u8>, String)> {
+    let id = Uuid::now_v7();
+    let e = Envelope {
+        id,
+        event_type: kind,
+        version: 1,
+        occurred_at: SystemClock.now(),
+        tenant: tenant.to_owned(),
+        correlation_id: id.to_string(),
+        causation_id: id.to_string(),
+        data,
+    };
+    Ok((
+        subjects::event(tenant, kind),
+        serde_json::to_vec(&e)?,
+        id.to_string(),
+    ))
+}
+
+fn customer(i: usize, timezone: &str) -> CustomerState {
+    CustomerState {
+        customer_id: format!("C-{i:08}"),
+        name: format!("Cliente {i}"),
+        document: None,
+        document_kind: None,
+        email: Some(format!("cliente{i}@example.com")),
+        phone: Some("+5511987654321".into()),
+        whatsapp_opt_in: true,
+        preferred_channel: None,
+        timezone: timezone.into(),
+        locale: "pt-BR".into(),
+        segment: Some("varejo".into()),
+    }
+}
+
+fn invoice(i: usize, due: chrono::NaiveDate) -> InvoiceState {
+    InvoiceState {
+        invoice_id: format!("INV-{i:08}"),
+        revision: Some(1),
+        customer_id: format!("C-{i:08}"),
+        debtor_kind: None,
+        amount_cents: 10_000 + (i % 90_000) as i64,
+        currency: "BRL".into(),
+        issued_on: due - TimeDelta::days(30),
+        due_date: due,
+        description: Some("Mensalidade".into()),
+        payment: None,
+        late_fee: None,
+        tags: vec![],
+        metadata: Default::default(),
+    }
+}
+
+fn tenant(id: &str, test_clock: bool, now: Option<DateTime<Utc>>) -> TenantCreated {
+    TenantCreated {
+        id: id.into(),
+        legal_name: "Bench Ltda".into(),
+        cnpj: "11222333000181".into(),
+        address: "Av. Paulista, 1000".into(),
+        contact: "0800 000 0000".into(),
+        timezone: "America/Sao_Paulo".into(),
+        test_clock,
+        now,
+    }
+}
+
+async fn publish_all(
+    js: &async_nats::jetstream::Context,
+    messages: Vec<(String, Vec<u8>, String)>,
+) -> anyhow::Result<()> {
+    let publishes = messages.into_iter().map(|(subject, body, id)| {
+        (
+            subject,
+            PublishMessage::build().message_id(id).payload(body.into()),
+        )
+    });
+    nats::publish_windowed(js, publishes).await?;
+    Ok(())
+}
+
+/// Samples a process's RSS peak while `done` polls false.
+struct Rss {
+    pid: u32,
+    peak: u64,
+}
+
+impl Rss {
+    fn sample(&mut self) -> anyhow::Result<()> {
+        match rss_kib(self.pid) {
+            Some(k) => {
+                self.peak = self.peak.max(k);
+                Ok(())
+            }
+            None => bail!("the scheduler exited during the run"),
+        }
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+pub async fn run(
+    n: usize,
+    postgres: &str,
+    batch: usize,
+    rate: usize,
+    lateness_secs: u64,
+) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
+    say(&format!(
+        "regua-bench scheduler: N = {n}, {cores} cores, scheduler batch {batch}; lateness at {rate}/s for {lateness_secs}s"
+    ));
+    let mut server = regua_testkit::NatsServer::start().await;
+    let client = nats::connect(&server.url(), "bench").await?;
+    let js = nats::jetstream(client.clone());
+    let js_rate = jetstream_ceiling(&js, n).await?;
+    let db_name = format!("regua_bench_{}", std::process::id());
+    let db_url = format!("{postgres}/{db_name}");
+    db::ensure_database(&db_url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db_url)
+        .await?;
+    let pg_rate = postgres_ceiling(&pool, n).await?;
+
+    regua_intake::Intake::migrate(&pool).await?;
+    regua_scheduler::Scheduler::migrate(&pool).await?;
+    nats::ensure_streams(&js).await?;
+    let exe: PathBuf = std::env::current_exe()?.with_file_name("regua");
+    let mut child = tokio::process::Command::new(&exe)
+        .arg("scheduler")
+        .env("REGUA_NATS_URL", server.url())
+        .env("REGUA_DATABASE_URL", &db_url)
+        .env("REGUA_HTTP_ADDR", "127.0.0.1:0")
+        .env("REGUA_LOG", "warn")
+        .env("REGUA_SCHEDULER_BATCH_SIZE", batch.to_string())
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it: cargo build --release -p regua)",
+                exe.display()
+            )
+        })?;
+    let pid = child.id().context("scheduler pid")?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut rss = Rss { pid, peak: 0 };
+    rss.sample()?;
+    let idle_rss = rss.peak;
+
+    // Lateness first, on an otherwise idle scheduler.
+    let lateness = lateness(&pool, &client, rate, lateness_secs, &mut rss).await?;
+
+    // Planning.
+    let start: DateTime<Utc> = TEST_CLOCK_START.parse()?;
+    let due = chrono::NaiveDate::from_ymd_opt(2026, 12, 10).context("date")?;
+    publish_all(
+        &js,
+        vec![envelope(
+            "bench",
+            EventType::TenantCreated,
+            tenant("bench", true, Some(start)),
+        )?],
+    )
+    .await?;
+    let consumer = js
+        .get_stream(subjects::STREAM_EVENTS)
+        .await?
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(subjects::CONSUMER_SCHEDULER)
+        .await
+        .map_err(|e| anyhow::anyhow!("scheduler consumer: {e}"))?;
+    let t = Instant::now();
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+                let mut messages = Vec::with_capacity(chunk.len() * 2);
+                for &i in chunk {
+                    messages.push(envelope(
+                        "bench",
+                        EventType::CustomerUpserted,
+                        CustomerUpserted {
+                            customer: customer(i, "America/Sao_Paulo"),
+                        },
+                    )?);
+                    messages.push(envelope(
+                        "bench",
+                        EventType::InvoiceOpened,
+                        InvoiceChanged {
+                            invoice: invoice(i, due),
+                        },
+                    )?);
+                }
+                publish_all(&js, messages).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut consumer = consumer;
+    loop {
+        rss.sample()?;
+        if publisher.is_finished() {
+            let info = consumer.info().await?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                break;
+            }
+        }
+        if t.elapsed() > Duration::from_secs(3600) {
+            bail!("planning did not finish within an hour");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let plan_secs = t.elapsed().as_secs_f64();
+    publisher.await??;
+    let planned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM scheduler.invoices WHERE tenant = 'bench' AND next_at IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await?;
+    if usize::try_from(planned).unwrap_or(0) != n {
+        bail!("planned {planned} of {n}");
+    }
+    let plan_rss = rss.peak;
+    say(&format!(
+        "planning {n} invoices (+{n} customers) in {plan_secs:.1} s = {:.0} invoices/s (target ≤ 120 s)",
+        n as f64 / plan_secs
+    ));
+
+    // Firing: the clock crosses the first step.
+    let mut cmd_stream = js.get_stream(subjects::STREAM_COMMANDS).await?;
+    let before = cmd_stream.info().await?.state.messages;
+    let to: DateTime<Utc> = FIRST_STEP.parse::<DateTime<Utc>>()? + TimeDelta::minutes(1);
+    let t = Instant::now();
+    regua_scheduler::clock::advance(&pool, "bench", to)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut last_report = Instant::now();
+    let mut decided_secs = None;
+    loop {
+        rss.sample()?;
+        if decided_secs.is_none() {
+            let pending: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM scheduler.invoices WHERE next_at <= $1 AND tenant = 'bench')")
+                .bind(to)
+                .fetch_one(&pool)
+                .await?;
+            if !pending {
+                decided_secs = Some(t.elapsed().as_secs_f64());
+            }
+        }
+        let now_in = cmd_stream.info().await?.state.messages - before;
+        if now_in >= n as u64 {
+            break;
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            say(&format!(
+                "  … {now_in} commands after {:.0}s",
+                t.elapsed().as_secs_f64()
+            ));
+            last_report = Instant::now();
+        }
+        if t.elapsed() > Duration::from_secs(3600) {
+            bail!("firing did not finish within an hour ({now_in} of {n})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fire_secs = t.elapsed().as_secs_f64();
+    let fire_rate = n as f64 / fire_secs;
+    child.kill().await.ok();
+    say(&format!(
+        "firing   {n} due steps → commands in REGUA_CMD in {fire_secs:.1} s = {fire_rate:.0} steps/s (target ≥ 26,000)"
+    ));
+    say(&format!(
+        "         (every step decided and committed after {:.1} s; the rest is the outbox relay publishing)",
+        decided_secs.unwrap_or(fire_secs)
+    ));
+    say(&format!(
+        "ratio    firing / postgres ceiling = {:.2}; firing / jetstream ceiling = {:.2}",
+        fire_rate / pg_rate,
+        fire_rate / js_rate
+    ));
+    say(&format!(
+        "rss      scheduler idle {} MiB, peak while planning {} MiB, peak overall {} MiB (target < 150 MiB)",
+        idle_rss / 1024,
+        plan_rss / 1024,
+        rss.peak / 1024
+    ));
+    say(&lateness);
+
+    pool.close().await;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{postgres}/postgres"))
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {db_name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await?;
+    server.kill().await;
+    Ok(())
+}
+
+/// Steps due at `rate` per second for `secs` seconds on a real-time tenant; returns the
+/// report line. Rows go straight into the schedule (a policy whose only step is due at
+/// the deferral instant) so the due instants are exact.
+async fn lateness(
+    pool: &sqlx::PgPool,
+    client: &async_nats::Client,
+    rate: usize,
+    secs: u64,
+    rss: &mut Rss,
+) -> anyhow::Result<String> {
+    let total = rate * usize::try_from(secs).unwrap_or(0);
+    let now = SystemClock.now();
+    sqlx::query(
+        "INSERT INTO scheduler.tenants (id, legal_name, cnpj, address, contact, timezone, test_clock, created_at) \
+         VALUES ('live', 'Bench Ltda', '11222333000181', 'Av. Paulista, 1000', '0800', 'UTC', false, $1)",
+    )
+    .bind(now)
+    .execute(pool)
+    .await?;
+    // Open all week, all day, no caps that matter: lateness is about the timer.
+    let policy = json!({
+        "applies_to": {"default": true},
+        "steps": [{"name": "agora", "at": "D0", "notify": {"channels": ["email"], "template": "vence_hoje"}}],
+        "send_window": {"weekdays": {"from": "00:00", "to": "23:59"}, "saturday": {"from": "00:00", "to": "23:59"}, "sunday": {"from": "00:00", "to": "23:59"}},
+        "caps": {"per_day": 1000, "per_7_days": 1000},
+        "calendar": {"carnaval": false, "corpus_christi": false}
+    });
+    sqlx::query("INSERT INTO scheduler.policies (tenant, name, version, body, source, created_at) VALUES ('live', 'bench', 1, $1, '', $2)")
+        .bind(&policy)
+        .bind(now)
+        .execute(pool)
+        .await?;
+    let today = now.date_naive();
+    let base = now + TimeDelta::seconds(30);
+    let due_at =
+        |i: usize| base + TimeDelta::microseconds(i64::try_from(i * 1_000_000 / rate).unwrap_or(0));
+    for chunk in (0..total).collect::<Vec<_>>().chunks(5_000) {
+        let ids: Vec<String> = chunk.iter().map(|i| format!("L-{i:08}")).collect();
+        let customers: Vec<String> = chunk.iter().map(|i| format!("C-{i:08}")).collect();
+        let cstates: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|&i| serde_json::to_value(customer(i, "UTC")))
+            .collect::<Result<_, _>>()?;
+        let istates: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|&i| {
+                serde_json::to_value(InvoiceState {
+                    invoice_id: format!("L-{i:08}"),
+                    ..invoice(i, today)
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let due: Vec<DateTime<Utc>> = chunk.iter().map(|&i| due_at(i)).collect();
+        sqlx::query("INSERT INTO scheduler.customers (tenant, customer_id, state) SELECT 'live', c, s FROM UNNEST($1::text[], $2::jsonb[]) AS x(c, s)")
+            .bind(&customers)
+            .bind(&cstates)
+            .execute(pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO scheduler.invoices (tenant, invoice_id, customer_id, state, status, test_clock, policy, policy_version, next_step, deferred_to, next_at, opened_at) \
+             SELECT 'live', i, c, s, 'open', false, 'bench', 1, 0, d, d, $5 FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[]) AS x(i, c, s, d)",
+        )
+        .bind(&ids)
+        .bind(&customers)
+        .bind(&istates)
+        .bind(&due)
+        .bind(now)
+        .execute(pool)
+        .await?;
+    }
+    let ready = SystemClock.now();
+    if ready > base {
+        bail!("writing the schedule took longer than its 30 s head start");
+    }
+    // Each command's arrival on its subject (a core subscription sees the relay's
+    // JetStream publishes as they land).
+    let mut sub = client
+        .subscribe(format!("{}.v1.cmd.live.>", subjects::ROOT))
+        .await?;
+    let mut arrivals: HashMap<String, DateTime<Utc>> = HashMap::with_capacity(total);
+    let deadline = Instant::now() + Duration::from_secs(secs + 120);
+    while arrivals.len() < total {
+        rss.sample()?;
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await
+        else {
+            if Instant::now() > deadline {
+                bail!(
+                    "lateness: only {} of {total} commands arrived",
+                    arrivals.len()
+                );
+            }
+            continue;
+        };
+        let at = SystemClock.now();
+        let cmd: DispatchCommand = serde_json::from_slice(&msg.payload)?;
+        for inv in cmd.invoices {
+            arrivals.entry(inv.invoice_id).or_insert(at);
+        }
+    }
+    let mut late: Vec<i64> = arrivals
+        .iter()
+        .filter_map(|(id, at)| {
+            let i: usize = id.strip_prefix("L-")?.parse().ok()?;
+            Some((*at - due_at(i)).num_milliseconds())
+        })
+        .collect();
+    late.sort_unstable();
+    let pct = |p: f64| {
+        late.get(((late.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok(format!(
+        "lateness {total} steps due at {rate}/s, due → command on its subject: p50 {} ms, p99 {} ms, max {} ms (target p99 ≤ 1000 ms)",
+        pct(0.5),
+        pct(0.99),
+        late.last().copied().unwrap_or(0)
+    ))
+}
