@@ -491,6 +491,51 @@ async fn policy_versions_with_and_without_migrate_open(pool: PgPool) {
         .send(reqwest::Method::PUT, "policies/vip", CUSTOM_V1.into())
         .await;
     assert_eq!(status, 201, "{v1}");
+    // Simulation: the same plan shape, nothing stored.
+    let (status, sim) = w
+        .send(
+            reqwest::Method::POST,
+            "policies/vip:simulate",
+            json!({ "invoice": vip("SIM", 9, "2026-12-12") }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{sim}");
+    let sim_steps: Vec<(&str, &str)> = sim["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap(), s["send_at"].as_str().unwrap()))
+        .collect();
+    // Due Saturday 12th: D-2 is Thursday 10th at 10:00; D+2 counts from Monday 14th.
+    assert_eq!(
+        sim_steps,
+        vec![
+            ("antes", "2026-12-10T13:00:00Z"),
+            ("depois", "2026-12-16T13:00:00Z")
+        ]
+    );
+    assert_eq!(sim["effective_due_date"], "2026-12-14");
+    assert_eq!(
+        w.get("invoices/SIM/plan").await.0,
+        404,
+        "a simulation stores nothing"
+    );
+    let (status, bad) = w
+        .send(
+            reqwest::Method::POST,
+            "policies/vip:simulate",
+            json!({ "invoice": {"invoice_id": "X"} }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 422, "{bad}");
+    let (status, _) = w
+        .send(
+            reqwest::Method::POST,
+            "clock:advance",
+            json!({ "to": "2026-11-01T00:00:00Z" }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 422, "the clock never moves back");
     w.publish_invoices(&[vip("A", 1, "2026-12-10"), vip("B", 2, "2026-12-10")])
         .await;
     assert_eq!(w.plan("A").await["policy"], "vip");
@@ -601,6 +646,25 @@ async fn payment_stops_the_regua_and_thanks_once(pool: PgPool) {
         "causation_id": "pay-1",
         "data": {"invoice_id": "Q", "customer_id": "C-2", "paid_at": "2026-12-09T12:00:00Z", "amount_paid_cents": 15990, "currency": "BRL", "days_late": 0}
     });
+    // P's customer opts out of WhatsApp (the dispatchers' webhooks will emit this).
+    let opted_out = json!({
+        "id": "019ab2c3-d4e5-7f00-8000-0000000000bb",
+        "type": "customer.opted_out",
+        "version": 1,
+        "occurred_at": "2026-12-09T12:00:00Z",
+        "tenant": "pago",
+        "correlation_id": "optout-1",
+        "causation_id": "optout-1",
+        "data": {"customer_id": "C-1", "channel": "whatsapp"}
+    });
+    w.js.publish(
+        subjects::event("pago", regua_contract::EventType::CustomerOptedOut),
+        opted_out.to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     for _ in 0..2 {
         // Twice: the second has no effect.
         w.js.publish(
@@ -637,11 +701,26 @@ async fn payment_stops_the_regua_and_thanks_once(pool: PgPool) {
     );
     let thanks = commands.iter().find(|(_, c)| c.step == "on_paid").unwrap();
     assert_eq!(thanks.1.kind, regua_contract::commands::CommandKind::Thanks);
-    // P (padrao) is untouched by Q's payment.
+    // P (padrao) is untouched by Q's payment; after the opt-out its messages fall back
+    // from WhatsApp to the step's next channel.
     assert!(
         steps_of(&commands, "P").len() >= 3,
         "{:#?}",
         steps_of(&commands, "P")
+    );
+    let p_channels: Vec<(&str, &str)> = commands
+        .iter()
+        .filter(|(_, c)| c.invoices[0].invoice_id == "P")
+        .map(|(_, c)| (c.step.as_str(), c.channel.as_str()))
+        .collect();
+    assert_eq!(
+        p_channels[0],
+        ("lembrete", "whatsapp"),
+        "before the opt-out"
+    );
+    assert!(
+        p_channels[1..].iter().all(|(_, ch)| *ch != "whatsapp"),
+        "{p_channels:?}"
     );
     drop(w.running);
 }

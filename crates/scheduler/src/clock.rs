@@ -190,10 +190,11 @@ async fn step(s: &Scheduler, tenant: &str) -> Result<bool, SchedulerError> {
     };
     // Claims at one instant are independent (SKIP LOCKED, customers locked in key
     // order), so they run side by side; the clock moves on only when none is left.
-    let claims = (0..s.config.scheduler_workers.max(1)).map(|_| async {
+    let claims = fire::Part::all(s.config.scheduler_workers).map(|part| async move {
         let mut fired = 0;
+        let mut claimer = fire::Claimer::new(part);
         loop {
-            let n = fire::fire_once(s, Scope::TestClock(tenant), at).await?;
+            let n = claimer.claim(s, Scope::TestClock(tenant), at).await?;
             if n == 0 {
                 return Ok::<usize, SchedulerError>(fired);
             }

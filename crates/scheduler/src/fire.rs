@@ -36,12 +36,64 @@ pub enum Scope<'a> {
     TestClock(&'a str),
 }
 
-/// Claims and fires real-time due steps until `cancel`.
-pub async fn run(s: Arc<Scheduler>, cancel: CancellationToken) {
+/// One of `of` disjoint shares of the customers (by a hash of the customer key), so
+/// concurrent claims in one process never contend for the same customers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub index: u32,
+    pub of: u32,
+}
+
+impl Part {
+    /// The `workers` shares.
+    pub fn all(workers: usize) -> impl Iterator<Item = Part> {
+        let of = u32::try_from(workers.max(1)).unwrap_or(1);
+        (0..of).map(move |index| Part { index, of })
+    }
+}
+
+/// A position in the due order: (next_at, tenant, customer_id, invoice_id).
+pub type Key = (DateTime<Utc>, String, String, String);
+
+/// Successive claims of one share. Each claim starts after the last row the previous
+/// one saw, so it does not wade again through index entries of rows just decided
+/// (dead until vacuum); when a claim past the cursor finds nothing, it starts over
+/// from the beginning once, to pick up anything skipped.
+pub struct Claimer {
+    pub part: Part,
+    after: Option<Key>,
+}
+
+impl Claimer {
+    pub fn new(part: Part) -> Self {
+        Claimer { part, after: None }
+    }
+
+    /// One claim in its own transaction; how many invoices it decided.
+    pub async fn claim(
+        &mut self,
+        s: &Scheduler,
+        scope: Scope<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, SchedulerError> {
+        loop {
+            let from_start = self.after.is_none();
+            let (n, last) = fire_once(s, scope, self.part, self.after.as_ref(), now).await?;
+            self.after = last;
+            if n > 0 || from_start {
+                return Ok(n);
+            }
+        }
+    }
+}
+
+/// Claims and fires real-time due steps in `part` until `cancel`.
+pub async fn run(s: Arc<Scheduler>, part: Part, cancel: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
+    let mut claimer = Claimer::new(part);
     while !cancel.is_cancelled() {
         let now = s.clock.now();
-        match fire_once(&s, Scope::RealTime, now).await {
+        match claimer.claim(&s, Scope::RealTime, now).await {
             Ok(n) => {
                 backoff = Duration::from_millis(200);
                 if n >= s.config.scheduler_batch_size {
@@ -64,19 +116,22 @@ pub async fn run(s: Arc<Scheduler>, cancel: CancellationToken) {
     }
 }
 
-/// One claim in its own transaction. Returns how many invoices it decided.
+/// One claim in its own transaction. Returns how many invoices it decided and the
+/// last due-order position it looked at.
 pub async fn fire_once(
     s: &Scheduler,
     scope: Scope<'_>,
+    part: Part,
+    after: Option<&Key>,
     now: DateTime<Utc>,
-) -> Result<usize, SchedulerError> {
+) -> Result<(usize, Option<Key>), SchedulerError> {
     let mut tx = s.pool.begin().await?;
-    let n = fire_batch(s, &mut tx, scope, now).await?;
+    let out = fire_batch(s, &mut tx, scope, part, after, now).await?;
     tx.commit().await?;
-    if n > 0 {
+    if out.0 > 0 {
         s.outbox_wake.notify_one();
     }
-    Ok(n)
+    Ok(out)
 }
 
 /// What one claim produces, written at the end.
@@ -96,12 +151,14 @@ pub async fn fire_batch(
     s: &Scheduler,
     conn: &mut PgConnection,
     scope: Scope<'_>,
+    part: Part,
+    after: Option<&Key>,
     now: DateTime<Utc>,
-) -> Result<usize, SchedulerError> {
+) -> Result<(usize, Option<Key>), SchedulerError> {
     let limit = i64::try_from(s.config.scheduler_batch_size).unwrap_or(500);
-    let filter = match scope {
-        Scope::RealTime => "NOT test_clock",
-        Scope::TestClock(_) => "tenant = $3",
+    let tenant = match scope {
+        Scope::RealTime => None,
+        Scope::TestClock(t) => Some(t),
     };
     // A customer's invoices due at one instant are decided in invoice id order (byte
     // order, as the preview's simulation does).
@@ -111,23 +168,45 @@ pub async fn fire_batch(
     // take any of them meanwhile. Candidates in due order; each customer is try-locked
     // (a customer another claim holds is skipped, as SKIP LOCKED would); then every due
     // invoice of the locked customers is taken.
-    let sql = format!(
-        "SELECT tenant, customer_id FROM scheduler.invoices WHERE next_at <= $1 AND {filter} \
-         ORDER BY next_at, tenant, customer_id, invoice_id LIMIT $2"
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(limit);
-    if let Scope::TestClock(t) = scope {
-        q = q.bind(t);
+    // Two statements rather than an `OR $6 IS NULL`, so the cursor stays an index bound
+    // in the prepared (generic) plan.
+    const CANDIDATES: &str = "SELECT tenant, customer_id, next_at, invoice_id FROM scheduler.invoices WHERE next_at <= $1 \
+         AND (CASE WHEN $3::text IS NULL THEN NOT test_clock ELSE tenant = $3 END) \
+         AND (hashtextextended(tenant || '/' || customer_id, 0) & 9223372036854775807) % $4 = $5";
+    const ORDER: &str = " ORDER BY next_at, tenant, customer_id, invoice_id LIMIT $2";
+    let sql = match after {
+        None => format!("{CANDIDATES}{ORDER}"),
+        Some(_) => format!(
+            "{CANDIDATES} AND (next_at, tenant, customer_id, invoice_id) > ($6, $7, $8, $9){ORDER}"
+        ),
+    };
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(now)
+        .bind(limit)
+        .bind(tenant)
+        .bind(i64::from(part.of))
+        .bind(i64::from(part.index));
+    if let Some((at, t, c, i)) = after {
+        q = q.bind(at).bind(t).bind(c).bind(i);
     }
+    let rows = q.fetch_all(&mut *conn).await?;
+    let mut seen = std::collections::HashSet::new();
     let mut candidates: Vec<(String, String)> = Vec::new();
-    for r in q.fetch_all(&mut *conn).await? {
+    let mut last = None;
+    for r in rows {
         let key: (String, String) = (r.try_get("tenant")?, r.try_get("customer_id")?);
-        if !candidates.contains(&key) {
+        last = Some((
+            r.try_get("next_at")?,
+            key.0.clone(),
+            key.1.clone(),
+            r.try_get("invoice_id")?,
+        ));
+        if seen.insert(key.clone()) {
             candidates.push(key);
         }
     }
     if candidates.is_empty() {
-        return Ok(0);
+        return Ok((0, last));
     }
     let lock_keys: Vec<String> = candidates
         .iter()
@@ -146,7 +225,7 @@ pub async fn fire_batch(
         .map(|(c, _)| c)
         .collect();
     if customer_keys.is_empty() {
-        return Ok(0);
+        return Ok((0, last));
     }
     let (ts, cs): (Vec<&str>, Vec<&str>) = customer_keys
         .iter()
@@ -211,7 +290,7 @@ pub async fn fire_batch(
     }
     messages.append(&mut out.events);
     OUTBOX.enqueue(conn, &messages).await?;
-    Ok(invoices.len())
+    Ok((invoices.len(), last))
 }
 
 fn reason_text(state: &StepState) -> (&'static str, Option<String>) {

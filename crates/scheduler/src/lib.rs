@@ -111,8 +111,8 @@ impl Scheduler {
             consumer.clone(),
             shutdown.token(),
         ));
-        for _ in 0..self.config.scheduler_workers {
-            shutdown.spawn(fire::run(Arc::clone(self), shutdown.token()));
+        for part in fire::Part::all(self.config.scheduler_workers) {
+            shutdown.spawn(fire::run(Arc::clone(self), part, shutdown.token()));
         }
         shutdown.spawn(clock::run(Arc::clone(self), consumer, shutdown.token()));
         let relay = Relay::new(

@@ -64,8 +64,11 @@ enum Bench {
         #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
         postgres: String,
         /// REGUA_SCHEDULER_BATCH_SIZE of the scheduler process.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// REGUA_SCHEDULER_WORKERS of the scheduler process.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
         /// Steps per second for the lateness run.
         #[arg(long, default_value_t = 5000)]
         rate: usize,
@@ -362,8 +365,9 @@ async fn main() -> anyhow::Result<()> {
             invoices,
             postgres,
             batch,
+            workers,
             rate,
             lateness_secs,
-        } => scheduler::run(invoices, &postgres, batch, rate, lateness_secs).await,
+        } => scheduler::run(invoices, &postgres, batch, workers, rate, lateness_secs).await,
     }
 }

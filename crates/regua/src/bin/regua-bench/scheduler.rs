@@ -145,6 +145,7 @@ pub async fn run(
     n: usize,
     postgres: &str,
     batch: usize,
+    workers: usize,
     rate: usize,
     lateness_secs: u64,
 ) -> anyhow::Result<()> {
@@ -152,7 +153,7 @@ pub async fn run(
         .map(|c| c.get())
         .unwrap_or(1);
     say(&format!(
-        "regua-bench scheduler: N = {n}, {cores} cores, scheduler batch {batch}; lateness at {rate}/s for {lateness_secs}s"
+        "regua-bench scheduler: N = {n}, {cores} cores, scheduler batch {batch}, {workers} workers; lateness at {rate}/s for {lateness_secs}s"
     ));
     let mut server = regua_testkit::NatsServer::start().await;
     let client = nats::connect(&server.url(), "bench").await?;
@@ -178,6 +179,8 @@ pub async fn run(
         .env("REGUA_HTTP_ADDR", "127.0.0.1:0")
         .env("REGUA_LOG", "warn")
         .env("REGUA_SCHEDULER_BATCH_SIZE", batch.to_string())
+        .env("REGUA_SCHEDULER_WORKERS", workers.to_string())
+        .env("REGUA_SCHEDULER_WORKERS", workers.to_string())
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(Stdio::null())
         .kill_on_drop(true)
