@@ -1,13 +1,18 @@
 //! Commands: work one service asks of another. The scheduler publishes a
 //! [`DispatchCommand`] on `regua.v1.cmd.<tenant>.dispatch.<channel>` (stream
-//! `REGUA_CMD`, work-queue retention) with `Nats-Msg-Id` = `command_id`, derived from
-//! (invoice, step, policy version), so a step fires once.
+//! `REGUA_CMD`, work-queue retention). Its `command_id` is derived from (invoice, step,
+//! policy version) and its `Nats-Msg-Id` is the UUIDv5 of the `command_id` in
+//! [`COMMAND_ID_NAMESPACE`], so a step fires once.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::inbound::{Channel, LateFee, PaymentData};
+
+/// The UUIDv5 namespace of command `Nats-Msg-Id`s.
+pub const COMMAND_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1d_2b0e_9c1a_4f43_9a57_7d0b_3c1e_a001);
 
 /// The creditor, as every collection message must identify it (CDC art. 42-A).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -64,7 +69,7 @@ pub enum CommandKind {
 /// the dispatcher needs and no secrets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DispatchCommand {
-    /// Also the `Nats-Msg-Id`: `<tenant>:<invoice_id>:<step>:v<policy_version>` of the
+    /// `<tenant>:<invoice_id>:<step>:v<policy_version>` of the
     /// first invoice.
     pub command_id: String,
     pub kind: CommandKind,
@@ -91,7 +96,12 @@ pub struct DispatchCommand {
 }
 
 impl DispatchCommand {
-    /// The command id (and `Nats-Msg-Id`) of `step` for `invoice_id`.
+    /// The command id of `step` for `invoice_id`.
+    /// The `Nats-Msg-Id` of a command: UUIDv5 of its id.
+    pub fn message_id(command_id: &str) -> uuid::Uuid {
+        uuid::Uuid::new_v5(&COMMAND_ID_NAMESPACE, command_id.as_bytes())
+    }
+
     pub fn id_for(tenant: &str, invoice_id: &str, step: &str, policy_version: u32) -> String {
         format!("{tenant}:{invoice_id}:{step}:v{policy_version}")
     }

@@ -287,7 +287,7 @@ pub fn asyncapi(messages: &[Message]) -> Value {
                 json!({
                     "type": "object",
                     "properties": {
-                        "Nats-Msg-Id": { "type": "string", "description": "The command_id: <tenant>:<invoice_id>:<step>:v<policy_version>, so a step fires once." },
+                        "Nats-Msg-Id": { "type": "string", "description": "UUIDv5 (namespace 6f1d2b0e-9c1a-4f43-9a57-7d0b3c1ea001) of the command_id <tenant>:<invoice_id>:<step>:v<policy_version>, so a step fires once." },
                         "traceparent": { "type": "string", "description": "W3C trace context of the firing; it links to the trace that planned the invoice." },
                     },
                 }),

@@ -19,13 +19,9 @@ use regua_platform::outbox::{OutboxMessage, event_message};
 use regua_platform::telemetry;
 use sqlx::{PgConnection, Row};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::model::{self, Customer, Invoice, LogRow, Status, Tenant};
 use crate::{OUTBOX, Scheduler, SchedulerError, next_backoff};
-
-/// Namespace of the UUIDv5 `Nats-Msg-Id` derived from a command id.
-const COMMAND_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_2b0e_9c1a_4f43_9a57_7d0b_3c1e_a001);
 
 /// Which due invoices a claim takes.
 #[derive(Debug, Clone, Copy)]
@@ -282,7 +278,7 @@ pub async fn fire_batch(
     let mut messages = Vec::with_capacity(out.commands.len() + out.events.len());
     for (cmd, traceparent) in &out.commands {
         messages.push(OutboxMessage {
-            id: Uuid::new_v5(&COMMAND_NAMESPACE, cmd.command_id.as_bytes()),
+            id: DispatchCommand::message_id(&cmd.command_id),
             subject: subjects::dispatch(&cmd.tenant, cmd.channel),
             payload: serde_json::to_vec(cmd)?,
             traceparent: traceparent.clone(),
