@@ -238,6 +238,60 @@ pub enum StepState {
     },
 }
 
+impl DeferReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeferReason::Window => "window",
+            DeferReason::CapPerDay => "cap_per_day",
+            DeferReason::Cap7Days => "cap_7_days",
+            DeferReason::PriorNotice => "prior_notice",
+        }
+    }
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Superseded => "superseded",
+            SkipReason::StaleReminder => "stale_reminder",
+            SkipReason::NoUsableChannel => "no_usable_channel",
+            SkipReason::NoPriorNotice => "no_prior_notice",
+            SkipReason::OfferUnsupported => "offer_unsupported",
+        }
+    }
+}
+
+impl StepState {
+    /// `sent`, `escalated`, `skipped` or `deferred`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepState::Sent { .. } => "sent",
+            StepState::Escalated { .. } => "escalated",
+            StepState::Skipped { .. } => "skipped",
+            StepState::Deferred { .. } => "deferred",
+        }
+    }
+
+    /// Why, as the step log and the plan preview show it.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            StepState::Sent { merged: false } => None,
+            StepState::Sent { merged: true } => {
+                Some("merged: one message lists the customer's invoices".into())
+            }
+            StepState::Escalated { level } => Some(level.clone()),
+            StepState::Skipped {
+                superseded_by: Some(by),
+                ..
+            } => Some(format!("superseded by {by}")),
+            StepState::Skipped { reason, .. } => Some(reason.as_str().to_owned()),
+            StepState::Deferred { until, reason } => {
+                Some(format!("{} until {}", reason.as_str(), until.to_rfc3339()))
+            }
+        }
+    }
+}
+
 /// One decision about one step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepEvent {

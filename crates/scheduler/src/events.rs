@@ -415,21 +415,7 @@ fn apply(
                 None => {
                     w.invoices.insert(
                         key.clone(),
-                        Invoice {
-                            tenant,
-                            invoice_id: state.invoice_id.clone(),
-                            customer_id: state.customer_id.clone(),
-                            state,
-                            status: Status::Open,
-                            test_clock: t.test_clock,
-                            policy: String::new(),
-                            policy_version: 0,
-                            progress: Default::default(),
-                            thanks_pending: false,
-                            next_at: None,
-                            traceparent: item.traceparent.clone(),
-                            opened_at: now,
-                        },
+                        Invoice::opened(&t, state, item.traceparent.clone(), now),
                     );
                     w.dirty_invoices.push(key);
                 }

@@ -12,7 +12,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use regua_contract::commands::{CommandInvoice, CommandKind, DispatchCommand, Recipient};
 use regua_contract::events::InvoiceEscalated;
 use regua_contract::{EventType, subjects};
-use regua_domain::policy::{Action, Notify, Policy};
+use regua_domain::policy::{Action, Channel, Notify, Policy};
 use regua_domain::schedule::{self, Contact, Ledger, StepState, Subject};
 use regua_domain::window::local_to_utc;
 use regua_platform::outbox::{OutboxMessage, event_message};
@@ -289,41 +289,6 @@ pub async fn fire_batch(
     Ok((invoices.len(), last))
 }
 
-fn reason_text(state: &StepState) -> (&'static str, Option<String>) {
-    match state {
-        StepState::Sent { merged: false } => ("sent", None),
-        StepState::Sent { merged: true } => (
-            "sent",
-            Some("merged: one message lists the customer's invoices".into()),
-        ),
-        StepState::Escalated { level } => ("escalated", Some(level.clone())),
-        StepState::Skipped {
-            reason,
-            superseded_by,
-        } => (
-            "skipped",
-            Some(match superseded_by {
-                Some(by) => format!("superseded by {by}"),
-                None => serde_json::to_value(reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-            }),
-        ),
-        StepState::Deferred { until, reason } => (
-            "deferred",
-            Some(format!(
-                "{} until {}",
-                serde_json::to_value(reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                until.to_rfc3339()
-            )),
-        ),
-    }
-}
-
 /// Decides one claimed invoice.
 fn decide(
     inv: &mut Invoice,
@@ -396,22 +361,22 @@ fn decide(
                     step,
                     u32::try_from(inv.policy_version).unwrap_or(0),
                 );
-                let cmd = DispatchCommand {
-                    command_id: id.clone(),
-                    kind: CommandKind::Step,
-                    tenant: inv.tenant.clone(),
-                    creditor: tenant.creditor.clone(),
-                    recipient: recipient(c),
-                    channel: model::wire_channel(first),
-                    fallback: rest.iter().map(|c| model::wire_channel(*c)).collect(),
-                    template: n.template.clone(),
-                    step: step.clone(),
-                    policy: inv.policy.clone(),
-                    policy_version: u32::try_from(inv.policy_version).unwrap_or(0),
-                    invoices: vec![line],
-                    scheduled_for: now,
-                    not_after: window_close(policy, &cal, planned.tz, now),
-                };
+                let cmd = command(
+                    inv,
+                    tenant,
+                    c,
+                    Message {
+                        id: id.clone(),
+                        kind: CommandKind::Step,
+                        step,
+                        template: &n.template,
+                        first,
+                        rest,
+                        now,
+                        not_after: window_close(policy, &cal, planned.tz, now),
+                    },
+                    line,
+                );
                 span.record("regua.step", step.as_str());
                 span.record("regua.channel", first.as_str());
                 channel = Some(first.as_str());
@@ -433,7 +398,7 @@ fn decide(
         }
     }
     for e in &fired.events {
-        let (state, reason) = reason_text(&e.state);
+        let (state, reason) = (e.state.name(), e.state.reason());
         let sent = matches!(e.state, StepState::Sent { .. });
         if let StepState::Escalated { level } = &e.state {
             let data = InvoiceEscalated {
@@ -508,22 +473,22 @@ fn thank(
         Some((&first, rest)) => {
             let id = DispatchCommand::id_for(&inv.tenant, &inv.invoice_id, "on_paid", version);
             let planned = model::plan_for(policy, &inv.state, customer, tenant);
-            let cmd = DispatchCommand {
-                command_id: id.clone(),
-                kind: CommandKind::Thanks,
-                tenant: inv.tenant.clone(),
-                creditor: tenant.creditor.clone(),
-                recipient: recipient(c),
-                channel: model::wire_channel(first),
-                fallback: rest.iter().map(|c| model::wire_channel(*c)).collect(),
-                template: n.template.clone(),
-                step: "on_paid".into(),
-                policy: inv.policy.clone(),
-                policy_version: version,
-                invoices: vec![command_invoice(inv, &planned.plan)],
-                scheduled_for: now,
-                not_after: window_close(policy, cal, tz, now),
-            };
+            let cmd = command(
+                inv,
+                tenant,
+                c,
+                Message {
+                    id: id.clone(),
+                    kind: CommandKind::Thanks,
+                    step: "on_paid",
+                    template: &n.template,
+                    first,
+                    rest,
+                    now,
+                    not_after: window_close(policy, cal, tz, now),
+                },
+                command_invoice(inv, &planned.plan),
+            );
             span.record("regua.step", "on_paid");
             span.record("regua.channel", first.as_str());
             out.commands.push((cmd, telemetry::traceparent(span)));
@@ -544,6 +509,44 @@ fn thank(
         command_id: id,
     });
     Ok(())
+}
+
+/// What varies between the messages [`command`] builds.
+struct Message<'a> {
+    id: String,
+    kind: CommandKind,
+    step: &'a str,
+    template: &'a str,
+    first: Channel,
+    rest: &'a [Channel],
+    now: DateTime<Utc>,
+    not_after: DateTime<Utc>,
+}
+
+/// The dispatch command of one message about `inv` (more invoices may join it).
+fn command(
+    inv: &Invoice,
+    tenant: &Tenant,
+    c: &Customer,
+    m: Message<'_>,
+    line: CommandInvoice,
+) -> DispatchCommand {
+    DispatchCommand {
+        command_id: m.id,
+        kind: m.kind,
+        tenant: inv.tenant.clone(),
+        creditor: tenant.creditor.clone(),
+        recipient: recipient(c),
+        channel: model::wire_channel(m.first),
+        fallback: m.rest.iter().map(|c| model::wire_channel(*c)).collect(),
+        template: m.template.to_owned(),
+        step: m.step.to_owned(),
+        policy: inv.policy.clone(),
+        policy_version: u32::try_from(inv.policy_version).unwrap_or(0),
+        invoices: vec![line],
+        scheduled_for: m.now,
+        not_after: m.not_after,
+    }
 }
 
 fn recipient(c: &Customer) -> Recipient {

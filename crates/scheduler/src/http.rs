@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::clock::{self, AdvanceError};
-use crate::model::{self, Customer, Invoice, Status};
+use crate::model::{self, Customer, Invoice};
 use crate::{Scheduler, policies, preview};
 
 /// The scheduler's routes.
@@ -321,11 +321,9 @@ fn simulated_invoice(raw: Value, t: &model::Tenant) -> Result<(Invoice, Customer
         locale: c.locale.unwrap_or_else(|| "pt-BR".into()),
         segment: c.segment,
     };
-    let invoice = Invoice {
-        tenant: t.id.clone(),
-        invoice_id: u.invoice_id.clone(),
-        customer_id: c.customer_id,
-        state: InvoiceState {
+    let invoice = Invoice::opened(
+        t,
+        InvoiceState {
             invoice_id: u.invoice_id,
             revision: u.revision,
             customer_id: state.customer_id.clone(),
@@ -340,16 +338,9 @@ fn simulated_invoice(raw: Value, t: &model::Tenant) -> Result<(Invoice, Customer
             tags: u.tags,
             metadata: u.metadata,
         },
-        status: Status::Open,
-        test_clock: t.test_clock,
-        policy: String::new(),
-        policy_version: 0,
-        progress: Default::default(),
-        thanks_pending: false,
-        next_at: None,
-        traceparent: None,
-        opened_at: t.now(DateTime::<Utc>::MIN_UTC),
-    };
+        None,
+        t.now(DateTime::<Utc>::MIN_UTC),
+    );
     Ok((
         invoice,
         Customer {

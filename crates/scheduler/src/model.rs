@@ -253,6 +253,30 @@ impl Invoice {
         })
     }
 
+    /// A newly opened invoice, not yet planned (no policy chosen).
+    pub fn opened(
+        tenant: &Tenant,
+        state: InvoiceState,
+        traceparent: Option<String>,
+        opened_at: DateTime<Utc>,
+    ) -> Invoice {
+        Invoice {
+            tenant: tenant.id.clone(),
+            invoice_id: state.invoice_id.clone(),
+            customer_id: state.customer_id.clone(),
+            state,
+            status: Status::Open,
+            test_clock: tenant.test_clock,
+            policy: String::new(),
+            policy_version: 0,
+            progress: Progress::default(),
+            thanks_pending: false,
+            next_at: None,
+            traceparent,
+            opened_at,
+        }
+    }
+
     /// What policy selection looks at.
     pub fn facts<'a>(
         &'a self,

@@ -111,31 +111,21 @@ fn future(
     for (k, e) in events {
         let policy = &invoices[k].1;
         let (action, template, level, offset) = describe(policy, e.index);
-        let (expected, reason, channel) = match &e.state {
+        let (expected, channel) = match &e.state {
             StepState::Deferred { .. } => continue,
-            StepState::Sent { merged } => (
+            StepState::Sent { .. } => (
                 "send",
-                merged.then(|| "merged: one message lists the customer's invoices".to_owned()),
                 match policy.steps[e.index].action() {
                     Action::Notify(n) => first_channel(n),
                     _ => None,
                 },
             ),
-            StepState::Escalated { .. } => ("escalate", None, None),
-            StepState::Skipped {
-                reason,
-                superseded_by,
-            } => (
-                "skip",
-                Some(match superseded_by {
-                    Some(by) => format!("superseded by {by}"),
-                    None => serde_json::to_value(reason)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
-                }),
-                None,
-            ),
+            StepState::Escalated { .. } => ("escalate", None),
+            StepState::Skipped { .. } => ("skip", None),
+        };
+        let reason = match &e.state {
+            StepState::Escalated { .. } => None,
+            state => state.reason(),
         };
         out[k].push(PlanStep {
             step: e.name.clone(),

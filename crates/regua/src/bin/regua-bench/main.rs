@@ -133,6 +133,35 @@ async fn publish(
     Ok(())
 }
 
+/// Starts `regua <service>` (next to this binary) on the bench's broker and database,
+/// logging only warnings, with `env` on top.
+fn spawn_service(
+    service: &str,
+    nats_url: &str,
+    db_url: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<tokio::process::Child> {
+    let exe: PathBuf = std::env::current_exe()?.with_file_name("regua");
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.arg(service)
+        .env("REGUA_NATS_URL", nats_url)
+        .env("REGUA_DATABASE_URL", db_url)
+        .env("REGUA_HTTP_ADDR", "127.0.0.1:0")
+        .env("REGUA_LOG", "warn")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().with_context(|| {
+        format!(
+            "starting {} (build it: cargo build --release -p regua)",
+            exe.display()
+        )
+    })
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -257,25 +286,15 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
     let new = regua_intake::tenants::validate_new_tenant(&regua_testkit::tenant("bench"))
         .map_err(|e| anyhow::anyhow!("tenant: {:?}", e.errors))?;
     regua_intake::tenants::create_tenant(&pool, SystemClock.now(), new, None).await?;
-    let exe: PathBuf = std::env::current_exe()?.with_file_name("regua");
-    let mut child = tokio::process::Command::new(&exe)
-        .arg("intake")
-        .env("REGUA_NATS_URL", server.url())
-        .env("REGUA_DATABASE_URL", &db_url)
-        .env("REGUA_HTTP_ADDR", "127.0.0.1:0")
-        .env("REGUA_LOG", "warn")
-        .env("REGUA_INTAKE_BATCH_SIZE", batch.to_string())
-        .env("REGUA_INTAKE_WORKERS", workers.to_string())
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (build it: cargo build --release -p regua)",
-                exe.display()
-            )
-        })?;
+    let mut child = spawn_service(
+        "intake",
+        &server.url(),
+        &db_url,
+        &[
+            ("REGUA_INTAKE_BATCH_SIZE", batch.to_string()),
+            ("REGUA_INTAKE_WORKERS", workers.to_string()),
+        ],
+    )?;
     let pid = child.id().context("intake pid")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_kib(pid).unwrap_or(0);

@@ -13,8 +13,6 @@
 //!    is compared with its due instant.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -31,7 +29,7 @@ use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
-use crate::{jetstream_ceiling, postgres_ceiling, rss_kib, say};
+use crate::{jetstream_ceiling, postgres_ceiling, rss_kib, say, spawn_service};
 
 const TEST_CLOCK_START: &str = "2026-12-01T03:00:00Z";
 /// All bench invoices are due 2026-12-10 (Thursday); padrao's first step (D-3, 10:00 in
@@ -171,26 +169,15 @@ pub async fn run(
     regua_intake::Intake::migrate(&pool).await?;
     regua_scheduler::Scheduler::migrate(&pool).await?;
     nats::ensure_streams(&js).await?;
-    let exe: PathBuf = std::env::current_exe()?.with_file_name("regua");
-    let mut child = tokio::process::Command::new(&exe)
-        .arg("scheduler")
-        .env("REGUA_NATS_URL", server.url())
-        .env("REGUA_DATABASE_URL", &db_url)
-        .env("REGUA_HTTP_ADDR", "127.0.0.1:0")
-        .env("REGUA_LOG", "warn")
-        .env("REGUA_SCHEDULER_BATCH_SIZE", batch.to_string())
-        .env("REGUA_SCHEDULER_WORKERS", workers.to_string())
-        .env("REGUA_SCHEDULER_WORKERS", workers.to_string())
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (build it: cargo build --release -p regua)",
-                exe.display()
-            )
-        })?;
+    let mut child = spawn_service(
+        "scheduler",
+        &server.url(),
+        &db_url,
+        &[
+            ("REGUA_SCHEDULER_BATCH_SIZE", batch.to_string()),
+            ("REGUA_SCHEDULER_WORKERS", workers.to_string()),
+        ],
+    )?;
     let pid = child.id().context("scheduler pid")?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let mut rss = Rss { pid, peak: 0 };
