@@ -255,6 +255,69 @@ async fn postgres_ceiling(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<f64> 
     Ok(pg_rate)
 }
 
+/// A private nats-server child and a throwaway database, with both ceilings measured
+/// on them first.
+pub struct Rig {
+    server: regua_testkit::NatsServer,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub pool: sqlx::PgPool,
+    pub db_url: String,
+    db_name: String,
+    postgres: String,
+    pub js_rate: f64,
+    pub pg_rate: f64,
+}
+
+impl Rig {
+    pub async fn start(n: usize, postgres: &str) -> anyhow::Result<Rig> {
+        let server = regua_testkit::NatsServer::start().await;
+        let client = nats::connect(&server.url(), "bench").await?;
+        let js = nats::jetstream(client.clone());
+        let js_rate = jetstream_ceiling(&js, n).await?;
+        let db_name = format!("regua_bench_{}", std::process::id());
+        let db_url = format!("{postgres}/{db_name}");
+        db::ensure_database(&db_url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&db_url)
+            .await?;
+        let pg_rate = postgres_ceiling(&pool, n).await?;
+        Ok(Rig {
+            server,
+            client,
+            js,
+            pool,
+            db_url,
+            db_name,
+            postgres: postgres.to_owned(),
+            js_rate,
+            pg_rate,
+        })
+    }
+
+    pub fn nats_url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Drops the database and stops the broker.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{}/postgres", self.postgres))
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {} WITH (FORCE)",
+            self.db_name
+        )))
+        .execute(&admin)
+        .await?;
+        self.server.kill().await;
+        Ok(())
+    }
+}
+
 async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|c| c.get())
@@ -262,22 +325,9 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
     say(&format!(
         "regua-bench intake: N = {n}, {cores} cores, intake batch {batch}, {workers} workers"
     ));
-    let mut server = regua_testkit::NatsServer::start().await;
-    let client = nats::connect(&server.url(), "bench").await?;
-    let js = nats::jetstream(client.clone());
-
-    let js_rate = jetstream_ceiling(&js, n).await?;
-
-    // A throwaway database.
-    let db_name = format!("regua_bench_{}", std::process::id());
-    let db_url = format!("{postgres}/{db_name}");
-    db::ensure_database(&db_url).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&db_url)
-        .await?;
-
-    let pg_rate = postgres_ceiling(&pool, n).await?;
+    let rig = Rig::start(n, postgres).await?;
+    let (js, pool, db_url) = (rig.js.clone(), rig.pool.clone(), rig.db_url.clone());
+    let (js_rate, pg_rate) = (rig.js_rate, rig.pg_rate);
 
     // Intake, as its own process.
     regua_intake::Intake::migrate(&pool).await?;
@@ -288,7 +338,7 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
     regua_intake::tenants::create_tenant(&pool, SystemClock.now(), new, None).await?;
     let mut child = spawn_service(
         "intake",
-        &server.url(),
+        &rig.nats_url(),
         &db_url,
         &[
             ("REGUA_INTAKE_BATCH_SIZE", batch.to_string()),
@@ -357,18 +407,7 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
         intake_rate / js_rate
     ));
 
-    pool.close().await;
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&format!("{postgres}/postgres"))
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {db_name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
-    server.kill().await;
-    Ok(())
+    rig.finish().await
 }
 
 #[tokio::main]

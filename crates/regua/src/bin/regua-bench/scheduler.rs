@@ -24,12 +24,11 @@ use regua_contract::events::{
     CustomerState, CustomerUpserted, InvoiceChanged, InvoiceState, TenantCreated,
 };
 use regua_contract::{Envelope, EventType, subjects};
-use regua_platform::{Clock, SystemClock, db, nats};
+use regua_platform::{Clock, SystemClock, nats};
 use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
-use crate::{jetstream_ceiling, postgres_ceiling, rss_kib, say, spawn_service};
+use crate::{Rig, rss_kib, say, spawn_service};
 
 const TEST_CLOCK_START: &str = "2026-12-01T03:00:00Z";
 /// All bench invoices are due 2026-12-10 (Thursday); padrao's first step (D-3, 10:00 in
@@ -153,25 +152,16 @@ pub async fn run(
     say(&format!(
         "regua-bench scheduler: N = {n}, {cores} cores, scheduler batch {batch}, {workers} workers; lateness at {rate}/s for {lateness_secs}s"
     ));
-    let mut server = regua_testkit::NatsServer::start().await;
-    let client = nats::connect(&server.url(), "bench").await?;
-    let js = nats::jetstream(client.clone());
-    let js_rate = jetstream_ceiling(&js, n).await?;
-    let db_name = format!("regua_bench_{}", std::process::id());
-    let db_url = format!("{postgres}/{db_name}");
-    db::ensure_database(&db_url).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&db_url)
-        .await?;
-    let pg_rate = postgres_ceiling(&pool, n).await?;
-
+    let rig = Rig::start(n, postgres).await?;
+    let (client, js) = (rig.client.clone(), rig.js.clone());
+    let (pool, db_url) = (rig.pool.clone(), rig.db_url.clone());
+    let (js_rate, pg_rate) = (rig.js_rate, rig.pg_rate);
     regua_intake::Intake::migrate(&pool).await?;
     regua_scheduler::Scheduler::migrate(&pool).await?;
     nats::ensure_streams(&js).await?;
     let mut child = spawn_service(
         "scheduler",
-        &server.url(),
+        &rig.nats_url(),
         &db_url,
         &[
             ("REGUA_SCHEDULER_BATCH_SIZE", batch.to_string()),
@@ -322,18 +312,7 @@ pub async fn run(
     ));
     say(&lateness);
 
-    pool.close().await;
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&format!("{postgres}/postgres"))
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {db_name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
-    server.kill().await;
-    Ok(())
+    rig.finish().await
 }
 
 /// Steps due at `rate` per second for `secs` seconds on a real-time tenant; returns the
