@@ -188,8 +188,8 @@ async fn step(s: &Scheduler, tenant: &str) -> Result<bool, SchedulerError> {
     let Some(at) = move_clock(s, tenant).await? else {
         return Ok(false);
     };
-    // Claims at one instant are independent (SKIP LOCKED, customers locked in key
-    // order), so they run side by side; the clock moves on only when none is left.
+    // Claims at one instant are independent (each over its own share of customers,
+    // each customer try-locked), so they run side by side; the clock moves on only when none is left.
     let claims = fire::Part::all(s.config.scheduler_workers).map(|part| async move {
         let mut fired = 0;
         let mut claimer = fire::Claimer::new(part);

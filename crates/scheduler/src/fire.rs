@@ -1,8 +1,11 @@
-//! Firing due steps. A claim takes up to a batch of invoices whose next step is due,
-//! with `FOR UPDATE SKIP LOCKED` so replicas never take the same invoice, and locks each
-//! claimed customer (advisory, in key order) so caps hold across replicas. Every
-//! decision, the contact ledger, the invoice's next step and the dispatch commands are
-//! written in the caller's transaction; the relay publishes the commands after commit.
+//! Firing due steps. The customer is the unit of a claim: a claim picks up to a batch of
+//! customers with a due invoice, try-locks each (a customer another claim or replica
+//! holds is skipped: the SKIP LOCKED pattern at customer grain), then takes every due
+//! invoice of the customers it got `FOR UPDATE`. So replicas never decide the same
+//! invoice, and caps and same-instant merges see all of a customer's due invoices.
+//! Every decision, the contact ledger, the invoice's next step and the dispatch
+//! commands are written in the caller's transaction; the relay publishes the commands
+//! after commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;

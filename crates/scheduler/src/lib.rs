@@ -8,8 +8,8 @@
 //!    time ([`regua_domain::schedule::base_plan`]) and stores only its *next* step.
 //!    `invoice.paid`, `invoice.canceled` and `customer.opted_out` stop or adjust pending
 //!    steps in the same transaction.
-//! 2. [`fire`] claims due invoices with `FOR UPDATE SKIP LOCKED` (any number of
-//!    replicas), decides each due step ([`regua_domain::schedule::fire`]: supersede stale
+//! 2. [`fire`] claims due invoices a customer at a time (try-locked customers, their
+//!    due invoices `FOR UPDATE`; any number of replicas and workers), decides each due step ([`regua_domain::schedule::fire`]: supersede stale
 //!    steps, window, caps, same-day merge, the negativação notice rule), and writes the
 //!    decision, the contact ledger and the dispatch command (to the outbox) in one
 //!    transaction. The relay publishes commands on `regua.v1.cmd.<tenant>.dispatch.<channel>`.
