@@ -536,6 +536,33 @@ async fn policy_versions_with_and_without_migrate_open(pool: PgPool) {
         )
         .await;
     assert_eq!(status, 422, "the clock never moves back");
+    // Tenant routes take the tenant's own key: none is 401, another tenant's is 404.
+    let url = format!("{}/v1/tenants/versoes/policies/vip", w.base());
+    assert_eq!(w.http.get(&url).send().await.unwrap().status(), 401);
+    let mut other = regua_testkit::tenant("outro");
+    other["test_clock"] = json!(true);
+    let created: Value = w
+        .http
+        .post(format!("{}/v1/tenants", w.base()))
+        .bearer_auth(ADMIN)
+        .json(&other)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other_key = created["api_key"].as_str().unwrap();
+    assert_eq!(
+        w.http
+            .get(&url)
+            .bearer_auth(other_key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     w.publish_invoices(&[vip("A", 1, "2026-12-10"), vip("B", 2, "2026-12-10")])
         .await;
     assert_eq!(w.plan("A").await["policy"], "vip");
