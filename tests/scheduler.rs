@@ -856,3 +856,43 @@ async fn two_scheduler_replicas_fire_each_step_once(pool: PgPool) {
     assert!(per_day.values().all(|n| *n == 1), "{per_day:?}");
     second.kill();
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_malformed_event_is_dead_lettered_and_blocks_nothing(pool: PgPool) {
+    let w = World::new(&pool, "veneno").await;
+    let subject = subjects::event("veneno", regua_contract::EventType::InvoiceOpened);
+    let poison = json!({
+        "id": "019ab2c3-d4e5-7f00-8000-0000000000cc",
+        "type": "invoice.opened",
+        "version": 1,
+        "occurred_at": "2026-12-01T03:00:00Z",
+        "tenant": "veneno",
+        "correlation_id": "x",
+        "causation_id": "x",
+        "data": {"invoice": {"invoice_id": 42}}
+    });
+    w.js.publish(subject, poison.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // What comes after it is still planned.
+    w.publish_invoices(&[invoice("DEPOIS", 1)]).await;
+    assert_eq!(w.plan("DEPOIS").await["policy"], "padrao");
+    let dead = eventually("the dead letter", Duration::from_secs(30), || async {
+        let d = regua_testkit::read_stream(
+            &w.js,
+            subjects::STREAM_DEAD_LETTER,
+            "regua.v1.dlq.scheduler.>",
+        )
+        .await;
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, "regua.v1.dlq.scheduler.veneno");
+    assert_eq!(
+        dead[0].2["data"]["invoice"]["invoice_id"], 42,
+        "the original payload, unchanged"
+    );
+}
