@@ -184,6 +184,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let pool = db::connect(config.database_url.expose(), 4).await?;
     Intake::migrate(&pool).await?;
     regua_scheduler::Scheduler::migrate(&pool).await?;
+    let run_started = SystemClock.now();
     // The demo tenant lives on a test clock that starts at local midnight today; a
     // second run continues from wherever the clock is.
     let midnight = SystemClock
@@ -241,7 +242,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let today = now.date_naive();
     // Message ids are unique per run: a second run shows content-level `duplicate`
     // outcomes rather than being swallowed by JetStream's duplicate window.
-    let run = now.timestamp_millis();
+    let run = run_started.timestamp_millis();
     // About two invoices per customer, as in a real portfolio.
     let customers: Vec<Value> = (0..(args.invoices / 2).max(1) as u64)
         .map(|n| customer(&mut rng, n))
@@ -318,6 +319,18 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut msgs)).await
     {
         seen += 1;
+        // Only this run's events (the stream keeps earlier runs').
+        let body = serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null);
+        let occurred = body["occurred_at"]
+            .as_str()
+            .and_then(|t| t.parse::<DateTime<Utc>>().ok());
+        // Events stamped by the test clock can be "in the future": not this run's either.
+        if occurred.is_none_or(|t| t < run_started || t > SystemClock.now()) {
+            if seen >= pending {
+                break;
+            }
+            continue;
+        }
         let kind = m
             .subject
             .as_str()
@@ -329,7 +342,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(".");
         if kind == "intake.rejected" && sample.is_none() {
-            sample = serde_json::from_slice::<Value>(&m.payload).ok();
+            sample = Some(body);
         }
         *by_type.entry(kind).or_default() += 1;
         if seen >= pending {
@@ -338,7 +351,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     }
     let events: Vec<String> = by_type.iter().map(|(k, n)| format!("{k} {n}")).collect();
     say(&format!(
-        "events on {events_subject}: {}",
+        "this run's events on {events_subject}: {}",
         events.join(", ")
     ));
     if let Some(s) = sample {
