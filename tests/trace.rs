@@ -1,0 +1,178 @@
+//! Traces across the asynchronous hop: an invoice POSTed over HTTP is planned by the
+//! scheduler in the same trace; days later (on a test clock) its step fires in a new
+//! trace whose span links back to the planning, and the dispatch command's publish
+//! belongs to the firing trace. Asserted with an in-memory exporter, alone in its
+//! binary because it installs the global subscriber.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+use regua::{Platform, Services};
+use regua_platform::{Config, Secret, SystemClock, telemetry};
+use regua_testkit::{NatsServer, eventually, invoice};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tracing_subscriber::layer::SubscriberExt;
+
+const ADMIN: &str = "e2e-admin-token-0123456789";
+
+fn attr(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
+}
+
+fn find<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
+    spans.iter().find(|s| s.name == name).unwrap_or_else(|| {
+        panic!(
+            "no span {name}; have {:?}",
+            spans.iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
+        )
+    })
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
+    let exporter = InMemorySpanExporter::default();
+    let provider =
+        telemetry::provider_with("regua-test", |b| b.with_simple_exporter(exporter.clone()));
+    let subscriber = tracing_subscriber::Registry::default()
+        .with(tracing_subscriber::EnvFilter::new("info"))
+        .with(telemetry::otel_layer(&provider));
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let server = NatsServer::start().await;
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let base = base.rsplit_once('/').unwrap().0;
+    let db = pool.connect_options().get_database().unwrap().to_owned();
+    let config = Config {
+        nats_url: server.url(),
+        database_url: Secret::new(format!("{base}/{db}")),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Some(Secret::new(ADMIN)),
+        scheduler_poll: Duration::from_millis(50),
+        db_max_connections: 8,
+        ..Config::default()
+    };
+    let platform = Platform::start(&config, Arc::new(SystemClock), Services::ALL)
+        .await
+        .unwrap();
+    let url = format!("http://{}", platform.addr);
+    let http = reqwest::Client::new();
+    let mut tenant = regua_testkit::tenant("trc");
+    tenant["test_clock"] = json!(true);
+    tenant["now"] = json!("2026-12-01T03:00:00Z");
+    let created: Value = http
+        .post(format!("{url}/v1/tenants"))
+        .bearer_auth(ADMIN)
+        .json(&tenant)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    let body = invoice("NF-TRACE", 7);
+    let r = http
+        .post(format!("{url}/v1/tenants/trc/invoices"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    eventually("the plan", Duration::from_secs(30), || async {
+        let r = http
+            .get(format!("{url}/v1/tenants/trc/invoices/NF-TRACE/plan"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    // Past the first step (D-3 of 2026-12-10 at 10:00 in São Paulo).
+    let to = "2026-12-07T14:00:00Z";
+    http.post(format!("{url}/v1/tenants/trc/clock:advance"))
+        .bearer_auth(&key)
+        .json(&json!({ "to": to }))
+        .send()
+        .await
+        .unwrap();
+    eventually("the clock", Duration::from_secs(30), || async {
+        let c: Value = http
+            .get(format!("{url}/v1/tenants/trc/clock"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (c["status"] == "ready" && c["now"] == "2026-12-07T14:00:00Z").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+
+    let post = find(&spans, "POST /v1/tenants/{tenant}/invoices");
+    let planned = find(&spans, "process regua.v1.evt.trc.invoice.opened");
+    let fired = find(&spans, "fire regua step");
+    let command = find(&spans, "send regua.v1.cmd.trc.dispatch.whatsapp");
+    let planning_trace = post.span_context.trace_id();
+    assert_eq!(
+        planned.span_context.trace_id(),
+        planning_trace,
+        "the scheduler plans in the invoice's trace"
+    );
+    assert_ne!(
+        fired.span_context.trace_id(),
+        planning_trace,
+        "firing starts a trace of its own"
+    );
+    let links: Vec<_> = fired.links.iter().map(|l| l.span_context.clone()).collect();
+    assert_eq!(links.len(), 1, "one link, to the planning");
+    assert_eq!(links[0].trace_id(), planning_trace);
+    assert_eq!(links[0].span_id(), planned.span_context.span_id());
+    assert_eq!(
+        command.span_context.trace_id(),
+        fired.span_context.trace_id()
+    );
+    assert_eq!(command.parent_span_id, fired.span_context.span_id());
+    assert_eq!(attr(fired, "regua.tenant").as_deref(), Some("trc"));
+    assert_eq!(attr(fired, "regua.invoice_id").as_deref(), Some("NF-TRACE"));
+    assert_eq!(attr(fired, "regua.step").as_deref(), Some("lembrete"));
+    assert_eq!(attr(fired, "regua.channel").as_deref(), Some("whatsapp"));
+    assert_eq!(attr(fired, "regua.outcome").as_deref(), Some("sent"));
+
+    // No PII in any span of the whole run.
+    let pii = [
+        body["customer"]["document"].as_str().unwrap().to_owned(),
+        "cliente7@example.com".to_owned(),
+        "+5511987654321".to_owned(),
+        "5511987654321".to_owned(),
+    ];
+    for s in &spans {
+        for kv in &s.attributes {
+            for p in &pii {
+                assert!(
+                    !kv.value.to_string().contains(p.as_str()),
+                    "span {} attribute {} holds PII",
+                    s.name,
+                    kv.key
+                );
+            }
+        }
+    }
+    platform.drain(&config).await;
+}
