@@ -187,6 +187,20 @@ impl World {
         }
     }
 
+    /// The plans of `invoices`, once every one of them is planned (a plan accounts for
+    /// the customer's other invoices).
+    async fn plans(&self, invoices: &[Value]) -> BTreeMap<String, Value> {
+        for inv in invoices {
+            self.plan(inv["invoice_id"].as_str().unwrap()).await;
+        }
+        let mut plans = BTreeMap::new();
+        for inv in invoices {
+            let id = inv["invoice_id"].as_str().unwrap().to_owned();
+            plans.insert(id.clone(), self.plan(&id).await);
+        }
+        plans
+    }
+
     async fn plan(&self, invoice_id: &str) -> Value {
         eventually(
             "the invoice to be planned",
@@ -346,14 +360,7 @@ async fn a_test_clock_fires_exactly_what_the_preview_announced(pool: PgPool) {
     let w = World::new(&pool, "relogio").await;
     let invoices = portfolio();
     w.publish_invoices(&invoices).await;
-    for inv in &invoices {
-        w.plan(inv["invoice_id"].as_str().unwrap()).await;
-    }
-    let mut plans = BTreeMap::new();
-    for inv in &invoices {
-        let id = inv["invoice_id"].as_str().unwrap().to_owned();
-        plans.insert(id.clone(), w.plan(&id).await);
-    }
+    let plans = w.plans(&invoices).await;
     let expected = announced(&plans);
     assert!(
         expected.len() > 30,
@@ -763,14 +770,7 @@ async fn a_scheduler_killed_mid_advance_loses_and_doubles_nothing(pool: PgPool) 
         })
         .collect();
     w.publish_invoices(&invoices).await;
-    for inv in &invoices {
-        w.plan(inv["invoice_id"].as_str().unwrap()).await;
-    }
-    let mut plans = BTreeMap::new();
-    for inv in &invoices {
-        let id = inv["invoice_id"].as_str().unwrap().to_owned();
-        plans.insert(id.clone(), w.plan(&id).await);
-    }
+    let plans = w.plans(&invoices).await;
     let expected = announced(&plans);
     let target = start_instant() + TimeDelta::days(60);
     let (status, _) = w
@@ -821,15 +821,7 @@ async fn two_scheduler_replicas_fire_each_step_once(pool: PgPool) {
         })
         .collect();
     w.publish_invoices(&invoices).await;
-    // Every invoice planned first: a plan accounts for the customer's other invoices.
-    for inv in &invoices {
-        w.plan(inv["invoice_id"].as_str().unwrap()).await;
-    }
-    let mut plans = BTreeMap::new();
-    for inv in &invoices {
-        let id = inv["invoice_id"].as_str().unwrap().to_owned();
-        plans.insert(id.clone(), w.plan(&id).await);
-    }
+    let plans = w.plans(&invoices).await;
     let expected = announced(&plans);
     let target = start_instant() + TimeDelta::days(45);
     for day in [7, 14, 21, 30, 45] {

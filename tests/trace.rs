@@ -13,41 +13,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use regua::{Platform, Services};
-use regua_platform::{Config, Secret, SystemClock, telemetry};
+use regua_platform::{Config, Secret, SystemClock};
+use regua_testkit::trace::{self, attr, find};
 use regua_testkit::{NatsServer, eventually, invoice};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tracing_subscriber::layer::SubscriberExt;
 
 const ADMIN: &str = "e2e-admin-token-0123456789";
 
-fn attr(span: &SpanData, key: &str) -> Option<String> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| kv.value.to_string())
-}
-
-fn find<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
-    spans.iter().find(|s| s.name == name).unwrap_or_else(|| {
-        panic!(
-            "no span {name}; have {:?}",
-            spans.iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
-        )
-    })
-}
-
 #[sqlx::test(migrations = false)]
 async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
-    let exporter = InMemorySpanExporter::default();
-    let provider =
-        telemetry::provider_with("regua-test", |b| b.with_simple_exporter(exporter.clone()));
-    let subscriber = tracing_subscriber::Registry::default()
-        .with(tracing_subscriber::EnvFilter::new("info"))
-        .with(telemetry::otel_layer(&provider));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let (exporter, provider) = trace::capture();
 
     let server = NatsServer::start().await;
     let base = std::env::var("DATABASE_URL").unwrap();
@@ -162,17 +139,6 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
         "+5511987654321".to_owned(),
         "5511987654321".to_owned(),
     ];
-    for s in &spans {
-        for kv in &s.attributes {
-            for p in &pii {
-                assert!(
-                    !kv.value.to_string().contains(p.as_str()),
-                    "span {} attribute {} holds PII",
-                    s.name,
-                    kv.key
-                );
-            }
-        }
-    }
+    trace::assert_no_pii(&spans, &pii);
     platform.drain(&config).await;
 }

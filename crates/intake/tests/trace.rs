@@ -9,37 +9,13 @@ use std::time::Duration;
 
 use common::Harness;
 use opentelemetry::trace::SpanId;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
-use regua_platform::telemetry;
 use regua_testkit::invoice;
+use regua_testkit::trace::{self, attr, find};
 use sqlx::PgPool;
-use tracing_subscriber::layer::SubscriberExt;
-
-fn attr(span: &SpanData, key: &str) -> Option<String> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| kv.value.to_string())
-}
-
-fn find<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
-    spans.iter().find(|s| s.name == name).unwrap_or_else(|| {
-        panic!(
-            "no span {name}; have {:?}",
-            spans.iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
-        )
-    })
-}
 
 #[sqlx::test(migrations = false)]
 async fn an_http_post_its_publish_processing_and_event_form_one_trace(pool: PgPool) {
-    let exporter = InMemorySpanExporter::default();
-    let provider =
-        telemetry::provider_with("regua-test", |b| b.with_simple_exporter(exporter.clone()));
-    let subscriber = tracing_subscriber::Registry::default()
-        .with(tracing_subscriber::EnvFilter::new("info"))
-        .with(telemetry::otel_layer(&provider));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let (exporter, provider) = trace::capture();
 
     let h = Harness::start(pool).await;
     let key = h.tenant("acme").await;
@@ -103,28 +79,5 @@ async fn an_http_post_its_publish_processing_and_event_form_one_trace(pool: PgPo
         "+5511987654321".to_owned(),
         "5511987654321".to_owned(),
     ];
-    for s in &spans {
-        for kv in &s.attributes {
-            let v = kv.value.to_string();
-            for p in &pii {
-                assert!(
-                    !v.contains(p.as_str()),
-                    "span {} attribute {} holds PII",
-                    s.name,
-                    kv.key
-                );
-            }
-        }
-        for e in s.events.iter() {
-            for kv in &e.attributes {
-                for p in &pii {
-                    assert!(
-                        !kv.value.to_string().contains(p.as_str()),
-                        "event in {} holds PII",
-                        s.name
-                    );
-                }
-            }
-        }
-    }
+    trace::assert_no_pii(&spans, &pii);
 }

@@ -2,6 +2,9 @@
 //! killed and restarted, payload builders with valid Brazilian documents, and polling
 //! helpers. Nothing here is a mock: tests talk to real NATS and Postgres.
 
+#[cfg(feature = "trace")]
+pub mod trace;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -89,7 +92,7 @@ impl NatsServer {
 }
 
 #[allow(clippy::panic)]
-fn fail(msg: &str) -> ! {
+pub(crate) fn fail(msg: &str) -> ! {
     panic!("{msg}")
 }
 

@@ -1,0 +1,58 @@
+//! Span capture for trace tests: an in-memory OpenTelemetry exporter behind the
+//! platform's own tracing layer, and the assertions every trace test makes.
+
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use regua_platform::telemetry;
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::fail;
+
+/// Installs the global subscriber (once per test binary) with an in-memory exporter.
+pub fn capture() -> (InMemorySpanExporter, SdkTracerProvider) {
+    let exporter = InMemorySpanExporter::default();
+    let provider =
+        telemetry::provider_with("regua-test", |b| b.with_simple_exporter(exporter.clone()));
+    let subscriber = tracing_subscriber::Registry::default()
+        .with(tracing_subscriber::EnvFilter::new("info"))
+        .with(telemetry::otel_layer(&provider));
+    if tracing::subscriber::set_global_default(subscriber).is_err() {
+        fail("a global subscriber is already installed: keep trace tests alone in their binary");
+    }
+    (exporter, provider)
+}
+
+/// The value of attribute `key` of `span`.
+pub fn attr(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
+}
+
+/// The first span named `name`; fails listing the names there are.
+pub fn find<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
+    spans.iter().find(|s| s.name == name).unwrap_or_else(|| {
+        fail(&format!(
+            "no span {name}; have {:?}",
+            spans.iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
+        ))
+    })
+}
+
+/// Fails if any attribute of any span or span event holds one of `pii`.
+pub fn assert_no_pii(spans: &[SpanData], pii: &[String]) {
+    for s in spans {
+        let events = s.events.iter().flat_map(|e| e.attributes.iter());
+        for kv in s.attributes.iter().chain(events) {
+            let v = kv.value.to_string();
+            if let Some(p) = pii.iter().find(|p| v.contains(p.as_str())) {
+                fail(&format!(
+                    "span {} attribute {} holds PII ({} chars)",
+                    s.name,
+                    kv.key,
+                    p.len()
+                ));
+            }
+        }
+    }
+}
