@@ -11,24 +11,9 @@ use serde_json::Value;
 use crate::calendar::CalendarConfig;
 use crate::window::{SendWindow, hhmm};
 
-/// A channel a step may use, in preference order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    Email,
-    Sms,
-    Whatsapp,
-}
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Email => "email",
-            Channel::Sms => "sms",
-            Channel::Whatsapp => "whatsapp",
-        }
-    }
-}
+/// A channel a step may use: the contract's, so policies, commands and opt-outs name
+/// channels alike.
+pub use regua_contract::inbound::Channel;
 
 /// A debtor's risk class, derived from their payment history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -392,7 +392,7 @@ fn apply(
         Data::CustomerOptedOut(o) => {
             let key = (tenant, o.customer_id.clone());
             if let Some(c) = w.customers.get_mut(&key) {
-                let ch = model::domain_channel(o.channel);
+                let ch = o.channel;
                 if !c.opted_out.contains(&ch) {
                     c.opted_out.push(ch);
                 }

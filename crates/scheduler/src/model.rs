@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use regua_contract::commands::Creditor;
 use regua_contract::events::{CustomerState, InvoiceState};
-use regua_contract::inbound::Channel as WireChannel;
 use regua_domain::policy::{Channel, InvoiceFacts, Notify, PaymentHistory, Policy, RiskClass};
 use regua_domain::schedule::{BasePlan, Progress, base_plan};
 use sqlx::{PgConnection, Row};
@@ -113,31 +112,7 @@ impl Customer {
 
 /// Parses a stored opt-out list.
 pub fn channels_from(names: &[String]) -> Vec<Channel> {
-    names
-        .iter()
-        .filter_map(|n| match n.as_str() {
-            "email" => Some(Channel::Email),
-            "sms" => Some(Channel::Sms),
-            "whatsapp" => Some(Channel::Whatsapp),
-            _ => None,
-        })
-        .collect()
-}
-
-pub fn wire_channel(c: Channel) -> WireChannel {
-    match c {
-        Channel::Email => WireChannel::Email,
-        Channel::Sms => WireChannel::Sms,
-        Channel::Whatsapp => WireChannel::Whatsapp,
-    }
-}
-
-pub fn domain_channel(c: WireChannel) -> Channel {
-    match c {
-        WireChannel::Email => Channel::Email,
-        WireChannel::Sms => Channel::Sms,
-        WireChannel::Whatsapp => Channel::Whatsapp,
-    }
+    names.iter().filter_map(|n| Channel::parse(n)).collect()
 }
 
 /// Loads customers by (tenant, customer_id).
