@@ -17,6 +17,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use futures::future::join_all;
 use regua_contract::{InboundKind, RejectCode, subjects};
+use regua_platform::shutdown::Backoff;
 use regua_platform::{nats, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
@@ -55,20 +56,18 @@ struct Pending {
 /// Fetches and processes batches until `cancel`; the batch in hand is finished first.
 pub async fn run(intake: Arc<Intake>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
     let batch_size = intake.config.intake_batch_size;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200));
     while !cancel.is_cancelled() {
         let msgs = match fetch(&consumer, batch_size).await {
             Ok(m) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 m
             }
             Err(e) => {
                 tracing::warn!(error = %e, "intake fetch failed; retrying");
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&cancel).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };

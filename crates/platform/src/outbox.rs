@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::{NoContext, Timestamp, Uuid};
 
+use crate::shutdown::Backoff;
 use crate::{PlatformError, nats, telemetry};
 
 /// One message waiting to be published.
@@ -160,11 +161,11 @@ impl Relay {
 
     /// Relays until `cancel`, then flushes what is left (bounded by a few attempts).
     pub async fn run(self, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100));
         loop {
             match self.relay_once().await {
                 Ok(n) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     if n as i64 >= self.batch {
                         continue;
                     }
@@ -176,11 +177,9 @@ impl Relay {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, table = self.outbox.table, "outbox relay failed; retrying");
-                    tokio::select! {
-                        () = cancel.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(&cancel).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -98,6 +98,36 @@ pub async fn signal() {
     }
 }
 
+/// The pause between retries of a failing loop: `first`, doubled after each failure up
+/// to 5 s, back to `first` after a success.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    first: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration) -> Self {
+        Backoff { first, next: first }
+    }
+
+    /// After a success.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+
+    /// Sleeps the current pause (doubling it for the next failure); false when `cancel`
+    /// fired first.
+    pub async fn wait(&mut self, cancel: &CancellationToken) -> bool {
+        let pause = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            () = cancel.cancelled() => false,
+            () = tokio::time::sleep(pause) => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,8 @@ use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::fire::{self, Scope};
-use crate::{Scheduler, SchedulerError, next_backoff};
+use crate::{Scheduler, SchedulerError};
+use regua_platform::shutdown::Backoff;
 
 /// `GET /v1/tenants/{tenant}/clock`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -124,12 +125,12 @@ pub async fn status(pool: &PgPool, tenant: &str) -> Result<Option<ClockStatus>, 
 /// Drives advancing test clocks until `cancel`. It waits while the scheduler's event
 /// consumer has unapplied events, so invoices sent before an advance are planned first.
 pub async fn run(s: Arc<Scheduler>, events: consumer::PullConsumer, cancel: CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200));
     let mut events = events;
     while !cancel.is_cancelled() {
         match drive(&s, &mut events, &cancel).await {
             Ok(busy) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 if busy {
                     continue;
                 }
@@ -140,11 +141,9 @@ pub async fn run(s: Arc<Scheduler>, events: consumer::PullConsumer, cancel: Canc
             }
             Err(e) => {
                 tracing::warn!(error = %e, "advancing test clocks failed; retrying");
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&cancel).await {
+                    break;
                 }
-                backoff = next_backoff(backoff);
             }
         }
     }

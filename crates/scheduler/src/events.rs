@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::model::{self, Customer, Invoice, LogRow, Status, Tenant};
-use crate::{Scheduler, SchedulerError, next_backoff, policies};
+use crate::{Scheduler, SchedulerError, policies};
+use regua_platform::shutdown::Backoff;
 
 /// Deliveries before a message that keeps failing is dead-lettered.
 pub const MAX_DELIVER: i64 = 5;
@@ -49,7 +50,7 @@ pub fn consumer_config(batch: usize) -> consumer::pull::Config {
 
 /// Consumes until `cancel`; the batch in hand is finished first.
 pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200));
     while !cancel.is_cancelled() {
         let fetched = consumer
             .fetch()
@@ -61,15 +62,13 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "scheduler fetch failed; retrying");
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&cancel).await {
+                    break;
                 }
-                backoff = next_backoff(backoff);
                 continue;
             }
         };
-        backoff = Duration::from_millis(200);
+        backoff.reset();
         let mut msgs = Vec::new();
         while let Some(Ok(m)) = batch.next().await {
             msgs.push(m);

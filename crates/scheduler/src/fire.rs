@@ -24,7 +24,8 @@ use sqlx::{PgConnection, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{self, Customer, Invoice, LogRow, Status, Tenant};
-use crate::{OUTBOX, Scheduler, SchedulerError, next_backoff};
+use crate::{OUTBOX, Scheduler, SchedulerError};
+use regua_platform::shutdown::Backoff;
 
 /// Which due invoices a claim takes.
 #[derive(Debug, Clone, Copy)]
@@ -88,13 +89,13 @@ impl Claimer {
 
 /// Claims and fires real-time due steps in `part` until `cancel`.
 pub async fn run(s: Arc<Scheduler>, part: Part, cancel: CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200));
     let mut claimer = Claimer::new(part);
     while !cancel.is_cancelled() {
         let now = s.clock.now();
         match claimer.claim(&s, Scope::RealTime, now).await {
             Ok(n) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 if n >= s.config.scheduler_batch_size {
                     continue;
                 }
@@ -105,11 +106,9 @@ pub async fn run(s: Arc<Scheduler>, part: Part, cancel: CancellationToken) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "firing due steps failed; retrying");
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&cancel).await {
+                    break;
                 }
-                backoff = next_backoff(backoff);
             }
         }
     }

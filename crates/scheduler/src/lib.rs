@@ -26,7 +26,6 @@ pub mod policies;
 pub mod preview;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream;
 use regua_platform::outbox::{Outbox, Relay};
@@ -137,9 +136,4 @@ impl Scheduler {
             () = tokio::time::sleep(self.config.scheduler_poll) => {}
         }
     }
-}
-
-/// How long a failing loop waits before retrying, doubled up to a cap.
-fn next_backoff(d: Duration) -> Duration {
-    (d * 2).min(Duration::from_secs(5))
 }

@@ -303,30 +303,21 @@ pub async fn save_invoices(
     for i in invoices {
         c.push(i);
     }
-    sqlx::query(
-        "INSERT INTO scheduler.invoices (tenant, invoice_id, customer_id, state, status, test_clock, policy, \
-         policy_version, next_step, deferred_to, notice_sent_at, thanks_pending, next_at, traceparent, opened_at) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::bool[], $7::text[], \
-         $8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[], $12::bool[], $13::timestamptz[], $14::text[], \
-         $15::timestamptz[]) \
+    c.bind_progress(sqlx::query(
+        "INSERT INTO scheduler.invoices (tenant, invoice_id, status, policy_version, next_step, deferred_to, \
+         notice_sent_at, thanks_pending, next_at, customer_id, state, test_clock, policy, traceparent, opened_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], \
+         $7::timestamptz[], $8::bool[], $9::timestamptz[], $10::text[], $11::jsonb[], $12::bool[], $13::text[], \
+         $14::text[], $15::timestamptz[]) \
          ON CONFLICT (tenant, invoice_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, state = EXCLUDED.state, \
          status = EXCLUDED.status, policy = EXCLUDED.policy, policy_version = EXCLUDED.policy_version, \
          next_step = EXCLUDED.next_step, deferred_to = EXCLUDED.deferred_to, notice_sent_at = EXCLUDED.notice_sent_at, \
          thanks_pending = EXCLUDED.thanks_pending, next_at = EXCLUDED.next_at, traceparent = EXCLUDED.traceparent",
-    )
-    .bind(&c.tenant)
-    .bind(&c.invoice_id)
+    ))
     .bind(&c.customer_id)
     .bind(&c.state)
-    .bind(&c.status)
     .bind(&c.test_clock)
     .bind(&c.policy)
-    .bind(&c.policy_version)
-    .bind(&c.next_step)
-    .bind(&c.deferred_to)
-    .bind(&c.notice_sent_at)
-    .bind(&c.thanks_pending)
-    .bind(&c.next_at)
     .bind(&c.traceparent)
     .bind(&c.opened_at)
     .execute(conn)
@@ -346,22 +337,13 @@ pub async fn save_progress(
     for i in invoices {
         c.push_progress(i);
     }
-    sqlx::query(
+    c.bind_progress(sqlx::query(
         "UPDATE scheduler.invoices AS i SET status = u.status, policy_version = u.policy_version, next_step = u.next_step, \
          deferred_to = u.deferred_to, notice_sent_at = u.notice_sent_at, thanks_pending = u.thanks_pending, next_at = u.next_at \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::bool[], \
          $9::timestamptz[]) AS u(tenant, invoice_id, status, policy_version, next_step, deferred_to, notice_sent_at, thanks_pending, next_at) \
          WHERE i.tenant = u.tenant AND i.invoice_id = u.invoice_id",
-    )
-    .bind(&c.tenant)
-    .bind(&c.invoice_id)
-    .bind(&c.status)
-    .bind(&c.policy_version)
-    .bind(&c.next_step)
-    .bind(&c.deferred_to)
-    .bind(&c.notice_sent_at)
-    .bind(&c.thanks_pending)
-    .bind(&c.next_at)
+    ))
     .execute(conn)
     .await?;
     Ok(())
@@ -387,6 +369,7 @@ struct InvoiceColumns {
 }
 
 impl InvoiceColumns {
+    /// The key and the schedule columns (what firing changes).
     fn push_progress(&mut self, i: &Invoice) {
         self.tenant.push(i.tenant.clone());
         self.invoice_id.push(i.invoice_id.clone());
@@ -400,24 +383,33 @@ impl InvoiceColumns {
         self.next_at.push(i.next_at);
     }
 
+    /// Every column: the schedule columns, then the rest.
     fn push(&mut self, i: &Invoice) {
-        self.tenant.push(i.tenant.clone());
-        self.invoice_id.push(i.invoice_id.clone());
+        self.push_progress(i);
         self.customer_id.push(i.customer_id.clone());
         self.state
             .push(serde_json::to_value(&i.state).unwrap_or(serde_json::Value::Null));
-        self.status.push(i.status.as_str());
         self.test_clock.push(i.test_clock);
         self.policy.push(i.policy.clone());
-        self.policy_version.push(i.policy_version);
-        self.next_step
-            .push(i32::try_from(i.progress.next).unwrap_or(i32::MAX));
-        self.deferred_to.push(i.progress.deferred_to);
-        self.notice_sent_at.push(i.progress.notice_sent_at);
-        self.thanks_pending.push(i.thanks_pending);
-        self.next_at.push(i.next_at);
         self.traceparent.push(i.traceparent.clone());
         self.opened_at.push(i.opened_at);
+    }
+
+    /// Binds the schedule columns as `$1`..`$9` (key, then schedule), in
+    /// [`InvoiceColumns::push_progress`] order.
+    fn bind_progress<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        q.bind(&self.tenant)
+            .bind(&self.invoice_id)
+            .bind(&self.status)
+            .bind(&self.policy_version)
+            .bind(&self.next_step)
+            .bind(&self.deferred_to)
+            .bind(&self.notice_sent_at)
+            .bind(&self.thanks_pending)
+            .bind(&self.next_at)
     }
 }
 
