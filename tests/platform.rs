@@ -18,26 +18,21 @@ use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use regua::Platform;
 use regua_contract::subjects;
-use regua_platform::{Config, Secret, SystemClock, nats};
+use regua_platform::{Config, SystemClock, nats};
 use regua_testkit::{NatsServer, eventually, invoice};
 use serde_json::Value;
 use sqlx::PgPool;
 
-const ADMIN: &str = "e2e-admin-token-0123456789";
+mod common;
 
+use common::ADMIN;
+
+/// This scenario's configuration: the shared one on five connections.
 fn config(nats_url: &str, pool: &PgPool) -> Config {
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let base = base.rsplit_once('/').unwrap().0;
-    let db = pool.connect_options().get_database().unwrap().to_owned();
     Config {
-        nats_url: nats_url.to_owned(),
-        database_url: Secret::new(format!("{base}/{db}")),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_token: Some(Secret::new(ADMIN)),
-        intake_batch_size: 100,
-        intake_ack_wait: Duration::from_secs(5),
         db_max_connections: 5,
-        ..Config::default()
+        scheduler_poll: Config::default().scheduler_poll,
+        ..common::config(nats_url, pool)
     }
 }
 

@@ -20,29 +20,21 @@ use chrono::{DateTime, TimeDelta, Utc};
 use regua::{Platform, Services};
 use regua_contract::commands::DispatchCommand;
 use regua_contract::{TenantId, subjects};
-use regua_platform::{Config, Secret, SystemClock, nats};
+use regua_platform::{Config, SystemClock, nats};
 use regua_testkit::{NatsServer, eventually, invoice};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-const ADMIN: &str = "e2e-admin-token-0123456789";
+mod common;
+
+use common::ADMIN;
+
 const START: &str = "2026-12-01T03:00:00Z";
 
 fn config(nats_url: &str, pool: &PgPool) -> Config {
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let base = base.rsplit_once('/').unwrap().0;
-    let db = pool.connect_options().get_database().unwrap().to_owned();
     Config {
-        nats_url: nats_url.to_owned(),
-        database_url: Secret::new(format!("{base}/{db}")),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_token: Some(Secret::new(ADMIN)),
-        intake_batch_size: 100,
-        intake_ack_wait: Duration::from_secs(5),
         scheduler_batch_size: 50,
-        scheduler_poll: Duration::from_millis(50),
-        db_max_connections: 8,
-        ..Config::default()
+        ..common::config(nats_url, pool)
     }
 }
 

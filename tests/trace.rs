@@ -14,31 +14,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use regua::{Platform, Services};
-use regua_platform::{Config, Secret, SystemClock};
+use regua_platform::SystemClock;
 use regua_testkit::trace::{self, attr, find};
 use regua_testkit::{NatsServer, eventually, invoice};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-const ADMIN: &str = "e2e-admin-token-0123456789";
+mod common;
+
+use common::ADMIN;
 
 #[sqlx::test(migrations = false)]
 async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
     let (exporter, provider) = trace::capture();
 
     let server = NatsServer::start().await;
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let base = base.rsplit_once('/').unwrap().0;
-    let db = pool.connect_options().get_database().unwrap().to_owned();
-    let config = Config {
-        nats_url: server.url(),
-        database_url: Secret::new(format!("{base}/{db}")),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_token: Some(Secret::new(ADMIN)),
-        scheduler_poll: Duration::from_millis(50),
-        db_max_connections: 8,
-        ..Config::default()
-    };
+    let config = common::config(&server.url(), &pool);
     let platform = Platform::start(&config, Arc::new(SystemClock), Services::ALL)
         .await
         .unwrap();
@@ -133,12 +124,7 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
     assert_eq!(attr(fired, "regua.outcome").as_deref(), Some("sent"));
 
     // No PII in any span of the whole run.
-    let pii = [
-        body["customer"]["document"].as_str().unwrap().to_owned(),
-        "cliente7@example.com".to_owned(),
-        "+5511987654321".to_owned(),
-        "5511987654321".to_owned(),
-    ];
+    let pii = trace::pii_of(&body);
     trace::assert_no_pii(&spans, &pii);
     platform.drain(&config).await;
 }

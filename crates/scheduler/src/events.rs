@@ -131,7 +131,6 @@ async fn process(s: &Scheduler, msgs: Vec<jetstream::Message>) {
 /// A decoded event with what processing needs.
 struct Item {
     envelope: Envelope<Data>,
-    traceparent: Option<String>,
     span: tracing::Span,
 }
 
@@ -198,12 +197,7 @@ fn decode(msg: &jetstream::Message) -> Result<Option<Item>, EventError> {
         msg.headers.as_ref(),
     );
     span.record("regua.tenant", envelope.tenant.as_str());
-    let traceparent = telemetry::traceparent(&span);
-    Ok(Some(Item {
-        envelope,
-        traceparent,
-        span,
-    }))
+    Ok(Some(Item { envelope, span }))
 }
 
 /// The state a batch reads and writes.
@@ -414,7 +408,8 @@ fn apply(
                 None => {
                     w.invoices.insert(
                         key.clone(),
-                        Invoice::opened(&t, state, item.traceparent.clone(), now),
+                        // Only an opened invoice keeps its trace (firing links to it).
+                        Invoice::opened(&t, state, telemetry::traceparent(&item.span), now),
                     );
                     w.dirty_invoices.push(key);
                 }

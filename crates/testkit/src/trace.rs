@@ -39,6 +39,20 @@ pub fn find<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
     })
 }
 
+/// The personal data of an invoice payload's embedded customer, as spans must never
+/// carry it: document, e-mail, and phone with and without its `+`.
+pub fn pii_of(invoice: &serde_json::Value) -> Vec<String> {
+    let c = &invoice["customer"];
+    let mut out: Vec<String> = ["document", "email", "phone"]
+        .iter()
+        .filter_map(|k| c[*k].as_str().map(str::to_owned))
+        .collect();
+    if let Some(p) = c["phone"].as_str().and_then(|p| p.strip_prefix('+')) {
+        out.push(p.to_owned());
+    }
+    out
+}
+
 /// Fails if any attribute of any span or span event holds one of `pii`.
 pub fn assert_no_pii(spans: &[SpanData], pii: &[String]) {
     for s in spans {
