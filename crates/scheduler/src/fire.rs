@@ -321,7 +321,7 @@ fn decide(
     let _enter = span.enter();
     if inv.status == Status::Paid && inv.thanks_pending {
         return thank(
-            inv, tenant, policy, customer, planned.tz, &cal, now, out, &span,
+            inv, tenant, policy, customer, &planned, &cal, now, out, &span,
         );
     }
     if inv.status != Status::Open {
@@ -452,7 +452,7 @@ fn thank(
     tenant: &Tenant,
     policy: &Policy,
     customer: Option<&Customer>,
-    tz: chrono_tz::Tz,
+    planned: &model::Planned,
     cal: &regua_domain::calendar::Calendar,
     now: DateTime<Utc>,
     out: &mut Output,
@@ -463,6 +463,7 @@ fn thank(
         inv.next_at = None;
         return Ok(());
     };
+    let tz = planned.tz;
     if !policy.send_window.contains(now, tz, cal) {
         inv.next_at = Some(policy.send_window.next_open(now, tz, cal));
         return Ok(());
@@ -474,7 +475,6 @@ fn thank(
     let (state, reason, channel, id) = match usable.split_first() {
         Some((&first, rest)) => {
             let id = DispatchCommand::id_for(&inv.tenant, &inv.invoice_id, "on_paid", version);
-            let planned = model::plan_for(policy, &inv.state, customer, tenant);
             let cmd = command(
                 inv,
                 tenant,

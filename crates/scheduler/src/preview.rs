@@ -4,18 +4,14 @@
 //! open invoices from where they are, so the preview is the decision the scheduler
 //! will make, not an approximation of it.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, NaiveDate, Utc};
 use regua_domain::calendar::Calendar;
 use regua_domain::policy::{Action, Policy};
-use regua_domain::schedule::{
-    BasePlan, Contact, Ledger, Progress, SimInvoice, StepState, Subject, simulate,
-};
+use regua_domain::schedule::{Contact, Ledger, Progress, SimInvoice, StepState, Subject, simulate};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
 
-use crate::model::{self, Customer, Invoice, Status, Tenant};
+use crate::model::{self, Customer, Invoice, Planned, Status, Tenant};
 use crate::{Scheduler, SchedulerError};
 
 /// One step in a plan.
@@ -75,10 +71,34 @@ fn describe(
     }
 }
 
+/// One invoice, placed in time and ready to simulate.
+struct Prepared<'a> {
+    invoice: &'a Invoice,
+    policy: &'a Policy,
+    planned: Planned,
+    cal: Calendar,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(
+        invoice: &'a Invoice,
+        policy: &'a Policy,
+        customer: Option<&Customer>,
+        tenant: &Tenant,
+    ) -> Self {
+        Prepared {
+            invoice,
+            policy,
+            planned: model::plan_for(policy, &invoice.state, customer, tenant),
+            cal: policy.calendar.calendar(),
+        }
+    }
+}
+
 /// The future of `invoices` (all of one customer), from their progress. Returns, per
 /// invoice, the simulated decisions.
 fn future(
-    invoices: &[(Invoice, Arc<Policy>, BasePlan, Calendar)],
+    invoices: &[Prepared<'_>],
     customer: Option<&Customer>,
     tz: chrono_tz::Tz,
     ledger: Ledger,
@@ -87,19 +107,19 @@ fn future(
     let mut ledger = ledger;
     let mut sims: Vec<SimInvoice<'_>> = invoices
         .iter()
-        .map(|(inv, policy, plan, cal)| SimInvoice {
+        .map(|p| SimInvoice {
             subject: Subject {
-                policy,
-                cal,
+                policy: p.policy,
+                cal: &p.cal,
                 tz,
-                plan,
+                plan: &p.planned.plan,
             },
-            progress: if inv.status == Status::Open {
-                inv.progress
+            progress: if p.invoice.status == Status::Open {
+                p.invoice.progress
             } else {
                 Progress {
-                    next: plan.steps.len(),
-                    ..inv.progress
+                    next: p.planned.plan.steps.len(),
+                    ..p.invoice.progress
                 }
             },
         })
@@ -109,7 +129,7 @@ fn future(
     let events = simulate(&mut sims, &mut ledger, None, &reachable);
     let mut out: Vec<Vec<PlanStep>> = vec![Vec::new(); invoices.len()];
     for (k, e) in events {
-        let policy = &invoices[k].1;
+        let policy = invoices[k].policy;
         let (action, template, level, offset) = describe(policy, e.index);
         let (expected, channel) = match &e.state {
             StepState::Deferred { .. } => continue,
@@ -179,24 +199,31 @@ pub async fn plan(
     // A claim decides a customer's invoices due at the same instant in invoice id
     // order (byte order); the simulation fires same-instant invoices in slice order.
     all.sort_by(|a, b| a.invoice_id.cmp(&b.invoice_id));
-    let mut prepared = Vec::with_capacity(all.len());
+    let mut owned = Vec::with_capacity(all.len());
     for inv in all {
-        let Some(policy) = s
+        if let Some(policy) = s
             .policies
             .get(conn, tenant, &inv.policy, inv.policy_version)
             .await?
-        else {
-            continue;
-        };
-        let planned = model::plan_for(&policy, &inv.state, customer, t);
-        let cal = policy.calendar.calendar();
-        prepared.push((inv, policy, planned.plan, cal));
+        {
+            owned.push((inv, policy));
+        }
     }
-    let Some(k) = prepared.iter().position(|p| p.0.invoice_id == invoice_id) else {
+    let prepared: Vec<Prepared<'_>> = owned
+        .iter()
+        .map(|(inv, policy)| Prepared::new(inv, policy, customer, t))
+        .collect();
+    let Some(k) = prepared
+        .iter()
+        .position(|p| p.invoice.invoice_id == invoice_id)
+    else {
         return Ok(None);
     };
-    let (inv, policy, base, _) = &prepared[k];
-    let planned = model::plan_for(policy, &inv.state, customer, t);
+    let (inv, policy, planned) = (
+        prepared[k].invoice,
+        prepared[k].policy,
+        &prepared[k].planned,
+    );
     let tz = planned.tz;
     let ledger = customer_ledger(conn, tenant, &inv.customer_id).await?;
     let first_channel = |n: &regua_domain::policy::Notify| {
@@ -226,8 +253,8 @@ pub async fn plan(
         policy: inv.policy.clone(),
         policy_version: inv.policy_version,
         status: inv.status.as_str(),
-        due_date: base.due_date,
-        effective_due_date: base.effective_due_date,
+        due_date: planned.plan.due_date,
+        effective_due_date: planned.plan.effective_due_date,
         risk_class: planned.risk.as_str(),
         timezone: tz.name().to_owned(),
         steps,
@@ -308,14 +335,8 @@ pub fn simulate_one(
     customer: &Customer,
     tenant: &Tenant,
 ) -> Plan {
-    let planned = model::plan_for(policy, &invoice.state, Some(customer), tenant);
-    let cal = policy.calendar.calendar();
-    let prepared = vec![(
-        invoice.clone(),
-        Arc::new(policy.clone()),
-        planned.plan.clone(),
-        cal,
-    )];
+    let prepared = [Prepared::new(invoice, policy, Some(customer), tenant)];
+    let planned = &prepared[0].planned;
     let first_channel = |n: &regua_domain::policy::Notify| {
         customer
             .channels_for(n)
