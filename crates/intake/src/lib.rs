@@ -93,13 +93,13 @@ impl Intake {
                 shutdown.token(),
             ));
         }
-        let relay = Relay::new(
+        Relay::new(
             store::OUTBOX,
             self.pool.clone(),
             self.js.clone(),
             Arc::clone(&self.outbox_wake),
-        );
-        shutdown.spawn_flusher(relay.run(shutdown.flush_token()));
+        )
+        .spawn(shutdown);
         Ok(())
     }
 

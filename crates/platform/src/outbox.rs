@@ -159,6 +159,13 @@ impl Relay {
         }
     }
 
+    /// Runs the relay as one of `shutdown`'s flushers: it stops after the work that
+    /// fills the outbox, and flushes what that work left.
+    pub fn spawn(self, shutdown: &crate::Shutdown) {
+        let flush = shutdown.flush_token();
+        shutdown.spawn_flusher(self.run(flush));
+    }
+
     /// Relays until `cancel`, then flushes what is left (bounded by a few attempts).
     pub async fn run(self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100));

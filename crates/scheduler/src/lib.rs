@@ -114,13 +114,13 @@ impl Scheduler {
             shutdown.spawn(fire::run(Arc::clone(self), part, shutdown.token()));
         }
         shutdown.spawn(clock::run(Arc::clone(self), consumer, shutdown.token()));
-        let relay = Relay::new(
+        Relay::new(
             OUTBOX,
             self.pool.clone(),
             self.js.clone(),
             Arc::clone(&self.outbox_wake),
-        );
-        shutdown.spawn_flusher(relay.run(shutdown.flush_token()));
+        )
+        .spawn(shutdown);
         Ok(())
     }
 

@@ -39,16 +39,23 @@ struct Cli {
     command: Bench,
 }
 
+/// What every benchmark takes.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// N: invoices to push through, steps to fire (the headline figures use 1,000,000).
+    #[arg(long, default_value_t = 1_000_000)]
+    invoices: usize,
+    /// Postgres server to create the throwaway database on.
+    #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
+    postgres: String,
+}
+
 #[derive(Subcommand)]
 enum Bench {
     /// Intake throughput and memory.
     Intake {
-        /// Invoices to push through (the headline figure uses 1,000,000).
-        #[arg(long, default_value_t = 1_000_000)]
-        invoices: usize,
-        /// Postgres server to create the throwaway database on.
-        #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
-        postgres: String,
+        #[command(flatten)]
+        run: RunArgs,
         /// Intake batch size (REGUA_INTAKE_BATCH_SIZE).
         #[arg(long, default_value_t = 1000)]
         batch: usize,
@@ -58,11 +65,8 @@ enum Bench {
     },
     /// Scheduler planning, firing, lateness and memory.
     Scheduler {
-        /// Invoices to plan and steps to fire (the headline figure uses 1,000,000).
-        #[arg(long, default_value_t = 1_000_000)]
-        invoices: usize,
-        #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
-        postgres: String,
+        #[command(flatten)]
+        run: RunArgs,
         /// REGUA_SCHEDULER_BATCH_SIZE of the scheduler process.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
@@ -414,18 +418,26 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Intake {
-            invoices,
-            postgres,
+            run,
             batch,
             workers,
-        } => intake(invoices, &postgres, batch, workers).await,
+        } => intake(run.invoices, &run.postgres, batch, workers).await,
         Bench::Scheduler {
-            invoices,
-            postgres,
+            run,
             batch,
             workers,
             rate,
             lateness_secs,
-        } => scheduler::run(invoices, &postgres, batch, workers, rate, lateness_secs).await,
+        } => {
+            scheduler::run(
+                run.invoices,
+                &run.postgres,
+                batch,
+                workers,
+                rate,
+                lateness_secs,
+            )
+            .await
+        }
     }
 }
