@@ -675,16 +675,16 @@ async fn payment_stops_the_regua_and_thanks_once(pool: PgPool) {
     // P's customer opts out of WhatsApp (the dispatchers' webhooks will emit this).
     let opted_out = json!({
         "id": "019ab2c3-d4e5-7f00-8000-0000000000bb",
-        "type": "customer.opted_out",
+        "type": "customer.channel_opted_out",
         "version": 1,
         "occurred_at": "2026-12-09T12:00:00Z",
         "tenant": "pago",
         "correlation_id": "optout-1",
         "causation_id": "optout-1",
-        "data": {"customer_id": "C-1", "channel": "whatsapp"}
+        "data": {"customer_id": "C-1", "channel": "whatsapp", "source": "whatsapp_reply"}
     });
     w.js.publish(
-        subjects::event("pago", regua_contract::EventType::CustomerOptedOut),
+        subjects::event("pago", regua_contract::EventType::CustomerChannelOptedOut),
         opted_out.to_string().into(),
     )
     .await

@@ -93,6 +93,76 @@ pub struct DispatchCommand {
     /// The send window closes here; a dispatcher holding the command later must not
     /// send it.
     pub not_after: DateTime<Utc>,
+    /// The tenant runs on a test clock: the dispatcher stamps what it sends with
+    /// `scheduled_for` (simulated time) instead of its own clock.
+    #[serde(default)]
+    pub test_clock: bool,
+    /// The policy's SMS cost rules.
+    #[serde(default)]
+    pub sms: SmsOptions,
+    /// The policy's own texts for `template` in the recipient's locale, when it
+    /// overrides the shipped ones (for any channel of the step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<ChannelTemplates>,
+}
+
+/// How a policy wants its SMS priced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SmsOptions {
+    /// A policy whose SMS text renders longer than this is refused on write.
+    #[serde(default = "SmsOptions::default_max_segments")]
+    pub max_segments: u8,
+    /// Rewrite accents into GSM-7 (ã→a, ç→c): accents force UCS-2 and double the cost.
+    #[serde(default)]
+    pub transliterate: bool,
+}
+
+impl SmsOptions {
+    fn default_max_segments() -> u8 {
+        3
+    }
+}
+
+impl Default for SmsOptions {
+    fn default() -> Self {
+        SmsOptions {
+            max_segments: SmsOptions::default_max_segments(),
+            transliterate: false,
+        }
+    }
+}
+
+/// One template's texts per channel, in one locale (minijinja syntax). A channel left
+/// out uses the shipped text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelTemplates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailTemplate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whatsapp: Option<WhatsappTemplate>,
+}
+
+/// An e-mail's subject and body text; the layout adds the invoices, the payment data,
+/// the creditor's identity and the unsubscribe link, in text and HTML.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailTemplate {
+    pub subject: String,
+    pub body: String,
+}
+
+/// A WhatsApp template approved by Meta, and what fills its body parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsappTemplate {
+    /// The approved template's name.
+    pub name: String,
+    /// One minijinja expression per `{{n}}` body parameter, in order.
+    pub params: Vec<String>,
 }
 
 impl DispatchCommand {

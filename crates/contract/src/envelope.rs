@@ -24,12 +24,26 @@ pub enum EventType {
     InvoiceEscalated,
     #[serde(rename = "invoice.paid")]
     InvoicePaid,
-    #[serde(rename = "customer.opted_out")]
-    CustomerOptedOut,
+    #[serde(rename = "customer.channel_opted_out")]
+    CustomerChannelOptedOut,
+    #[serde(rename = "customer.channel_opted_in")]
+    CustomerChannelOptedIn,
+    #[serde(rename = "message.sent")]
+    MessageSent,
+    #[serde(rename = "message.delivered")]
+    MessageDelivered,
+    #[serde(rename = "message.read")]
+    MessageRead,
+    #[serde(rename = "message.failed")]
+    MessageFailed,
+    #[serde(rename = "message.skipped")]
+    MessageSkipped,
+    #[serde(rename = "message.unknown")]
+    MessageUnknown,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 16] = [
         EventType::TenantCreated,
         EventType::CustomerUpserted,
         EventType::InvoiceOpened,
@@ -38,7 +52,14 @@ impl EventType {
         EventType::IntakeRejected,
         EventType::InvoiceEscalated,
         EventType::InvoicePaid,
-        EventType::CustomerOptedOut,
+        EventType::CustomerChannelOptedOut,
+        EventType::CustomerChannelOptedIn,
+        EventType::MessageSent,
+        EventType::MessageDelivered,
+        EventType::MessageRead,
+        EventType::MessageFailed,
+        EventType::MessageSkipped,
+        EventType::MessageUnknown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,7 +72,14 @@ impl EventType {
             EventType::IntakeRejected => "intake.rejected",
             EventType::InvoiceEscalated => "invoice.escalated",
             EventType::InvoicePaid => "invoice.paid",
-            EventType::CustomerOptedOut => "customer.opted_out",
+            EventType::CustomerChannelOptedOut => "customer.channel_opted_out",
+            EventType::CustomerChannelOptedIn => "customer.channel_opted_in",
+            EventType::MessageSent => "message.sent",
+            EventType::MessageDelivered => "message.delivered",
+            EventType::MessageRead => "message.read",
+            EventType::MessageFailed => "message.failed",
+            EventType::MessageSkipped => "message.skipped",
+            EventType::MessageUnknown => "message.unknown",
         }
     }
 }

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use crate::commands::{CommandInvoice, CommandKind, Creditor, DispatchCommand, Recipient};
 use crate::envelope::{Envelope, EventType};
 use crate::events::{
-    CustomerOptedOut, CustomerState, CustomerUpserted, DocumentKind, IntakeRejected,
-    InvoiceCanceled, InvoiceChanged, InvoiceEscalated, InvoicePaid, InvoiceState, TenantCreated,
+    CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerState, CustomerUpserted, DocumentKind, IntakeRejected,
+    InvoiceCanceled, InvoiceChanged, InvoiceEscalated, InvoicePaid, InvoiceState, MessageEvent, TenantCreated,
 };
 use crate::inbound::{
     Channel, CustomerUpsert, InvoiceCancel, InvoiceCustomer, InvoiceUpsert, LateFee, PaymentData,
@@ -95,7 +95,7 @@ fn event_message(kind: EventType, summary: &'static str, schema: Value, example:
 /// Every message of contract v1, with its schema and example.
 pub fn messages() -> Vec<Message> {
     let ex = Examples::new();
-    vec![
+    let mut messages = vec![
         inbound_message(
             InboundKind::InvoiceUpsert,
             "Create or replace an invoice",
@@ -202,17 +202,48 @@ pub fn messages() -> Vec<Message> {
             )),
         ),
         event_message(
-            EventType::CustomerOptedOut,
-            "A customer opted out of a channel",
-            schema::<Envelope<CustomerOptedOut>>(),
+            EventType::CustomerChannelOptedOut,
+            "A customer opted out of one channel (unsubscribe link, STOP reply)",
+            schema::<Envelope<CustomerChannelOptedOut>>(),
             example(&ex.envelope(
-                EventType::CustomerOptedOut,
-                CustomerOptedOut {
+                EventType::CustomerChannelOptedOut,
+                CustomerChannelOptedOut {
                     customer_id: "C-1001".into(),
-                    channel: Channel::Email,
+                    channel: Channel::Sms,
+                    source: "sms_reply".into(),
                 },
             )),
         ),
+        event_message(
+            EventType::CustomerChannelOptedIn,
+            "A customer asked to hear on a channel again",
+            schema::<Envelope<CustomerChannelOptedIn>>(),
+            example(&ex.envelope(
+                EventType::CustomerChannelOptedIn,
+                CustomerChannelOptedIn {
+                    customer_id: "C-1001".into(),
+                    channel: Channel::Sms,
+                    source: "sms_reply".into(),
+                },
+            )),
+        ),
+    ];
+    for (kind, summary) in [
+        (EventType::MessageSent, "A message was accepted by the provider"),
+        (EventType::MessageDelivered, "The provider reported delivery"),
+        (EventType::MessageRead, "The recipient read the message (WhatsApp)"),
+        (EventType::MessageFailed, "A message failed for good on this channel"),
+        (EventType::MessageSkipped, "A command was not sent: guarded out"),
+        (EventType::MessageUnknown, "A worker died between the provider call and recording it; not resent"),
+    ] {
+        messages.push(event_message(
+            kind,
+            summary,
+            schema::<Envelope<MessageEvent>>(),
+            example(&ex.envelope(kind, ex.message_event(kind))),
+        ));
+    }
+    messages.extend([
         Message {
             name: "dispatch",
             direction: Direction::Command,
@@ -222,7 +253,8 @@ pub fn messages() -> Vec<Message> {
             schema: schema::<DispatchCommand>(),
             example: example(&ex.dispatch_command()),
         },
-    ]
+    ]);
+    messages
 }
 
 /// The AsyncAPI 3 document over [`messages`]; payloads refer to `schemas/*.json`.
@@ -640,6 +672,35 @@ impl Examples {
             }],
             scheduled_for: self.at,
             not_after: self.at,
+            test_clock: false,
+            sms: crate::commands::SmsOptions::default(),
+            templates: None,
+        }
+    }
+
+    pub fn message_event(&self, kind: EventType) -> MessageEvent {
+        let status = kind.as_str().trim_start_matches("message.").to_owned();
+        let sent = !matches!(kind, EventType::MessageSkipped);
+        MessageEvent {
+            command_id: DispatchCommand::id_for("acme", "NF-2026-000123", "vence_hoje", 1),
+            reason: match kind {
+                EventType::MessageFailed => Some("permanent: 21211 invalid 'To' phone number".into()),
+                EventType::MessageSkipped => Some("invoice_closed".into()),
+                EventType::MessageUnknown => Some("outcome_unknown".into()),
+                _ => None,
+            },
+            status,
+            channel: Channel::Sms,
+            provider: "twilio".into(),
+            provider_message_id: sent.then(|| "SM0123456789abcdef0123456789abcdef".into()),
+            customer_id: "C-1001".into(),
+            invoice_ids: vec!["NF-2026-000123".into()],
+            step: "vence_hoje".into(),
+            sent_at: sent.then_some(self.at),
+            at: self.at,
+            fallback_to: matches!(kind, EventType::MessageFailed).then_some(Channel::Email),
+            attempts: u32::from(sent),
+            segments: sent.then_some(1),
         }
     }
 

@@ -10,6 +10,8 @@ pub mod document;
 pub mod money;
 pub mod policy;
 pub mod schedule;
+pub mod sms;
+pub mod template;
 pub mod window;
 
 pub use contact::{Email, Phone};

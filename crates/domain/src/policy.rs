@@ -2,13 +2,17 @@
 //! keep collection respectful (send window, contact caps, grace for good payers, the
 //! prior notice before negativação). Policies are written as YAML or JSON.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::NaiveTime;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use regua_contract::commands::{ChannelTemplates, SmsOptions};
+
 use crate::calendar::CalendarConfig;
+use crate::template;
 use crate::window::{SendWindow, hhmm};
 
 /// A channel a step may use: the contract's, so policies, commands and opt-outs name
@@ -320,6 +324,14 @@ pub struct Policy {
     pub calendar: CalendarConfig,
     #[serde(default)]
     pub risk_rules: RiskRules,
+    /// How SMS texts are priced: at most `max_segments` segments (checked on write),
+    /// and optional transliteration to GSM-7.
+    #[serde(default)]
+    pub sms: SmsOptions,
+    /// The policy's own texts: template name, then locale (`pt-BR`, `en-US`), then
+    /// channel. Anything not given uses the shipped text.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub templates: BTreeMap<String, BTreeMap<String, ChannelTemplates>>,
 }
 
 /// One problem with a policy.
@@ -572,7 +584,100 @@ impl Policy {
                 "good_max_days_late must be below risky_min_days_late".into(),
             );
         }
+        self.check_templates(&mut issue);
         out
+    }
+
+    /// The policy's own texts for `template` in the shipped locale closest to `locale`.
+    pub fn texts(&self, template: &str, locale: &str) -> Option<&ChannelTemplates> {
+        let by_locale = self.templates.get(template)?;
+        by_locale
+            .get(locale)
+            .or_else(|| by_locale.get(template::locale_of(locale)))
+    }
+
+    /// Template checks: every notify's template has a text for each of its channels in
+    /// every shipped locale, the policy's own texts pass the lint, and SMS texts fit
+    /// `sms.max_segments`.
+    fn check_templates(&self, issue: &mut impl FnMut(String, &'static str, String)) {
+        for (name, by_locale) in &self.templates {
+            for (locale, t) in by_locale {
+                if !template::LOCALES.contains(&locale.as_str()) {
+                    issue(
+                        format!("templates.{name}.{locale}"),
+                        "unknown_locale",
+                        format!("locale must be one of {}", template::LOCALES.join(", ")),
+                    );
+                }
+                for i in template::lint(t) {
+                    issue(
+                        format!("templates.{name}.{locale}.{}", i.field),
+                        i.code,
+                        i.message,
+                    );
+                }
+            }
+        }
+        if !(1..=10).contains(&self.sms.max_segments) {
+            issue(
+                "sms.max_segments".into(),
+                "invalid_range",
+                "max_segments is between 1 and 10".into(),
+            );
+        }
+        let notifies = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.notify.as_ref().map(|n| (format!("steps[{i}].notify"), n)))
+            .chain(self.on_paid.as_ref().map(|n| ("on_paid".to_owned(), n)));
+        for (field, n) in notifies {
+            for locale in template::LOCALES {
+                let own = self.texts(&n.template, locale);
+                for &channel in &n.channels {
+                    if !template::exists(&n.template, channel, locale, own) {
+                        issue(
+                            format!("{field}.template"),
+                            "unknown_template",
+                            format!(
+                                "template `{}` has no {} text for {locale}: add it under templates.{}.{locale}",
+                                n.template,
+                                channel.as_str(),
+                                n.template
+                            ),
+                        );
+                        continue;
+                    }
+                    if channel != Channel::Sms {
+                        continue;
+                    }
+                    let mut sample = template::sample_command(&n.template, locale, self.sms);
+                    sample.templates = own.cloned();
+                    match template::render(&sample, Channel::Sms, &template::Links::default()) {
+                        Ok(r) => {
+                            let seg = r.segments.map_or(1, |s| s.count);
+                            if seg > usize::from(self.sms.max_segments) {
+                                issue(
+                                    format!("{field}.template"),
+                                    "sms_too_long",
+                                    format!(
+                                        "the {locale} SMS of `{}` takes {seg} segments, over sms.max_segments = {}{}",
+                                        n.template,
+                                        self.sms.max_segments,
+                                        if self.sms.transliterate {
+                                            ""
+                                        } else {
+                                            " (sms.transliterate: true halves the cost of accented texts)"
+                                        }
+                                    ),
+                                );
+                            }
+                        }
+                        Err(e) => issue(format!("{field}.template"), "template_error", e.to_string()),
+                    }
+                }
+            }
+        }
     }
 
     /// The step named `name`.
@@ -604,6 +709,8 @@ pub fn padrao() -> Policy {
         grace_days: 0,
         calendar: CalendarConfig::default(),
         risk_rules: RiskRules::default(),
+        sms: SmsOptions::default(),
+        templates: BTreeMap::new(),
     })
 }
 
@@ -746,5 +853,61 @@ mod readme {
         let p = Policy::parse(yaml).unwrap();
         assert_eq!(p.steps.len(), 5);
         assert!(p.steps.iter().any(|s| s.offer.is_some()));
+    }
+
+    fn issues(yaml: &str) -> Vec<(String, &'static str)> {
+        Policy::parse(yaml)
+            .unwrap_err()
+            .into_iter()
+            .map(|i| (i.field, i.code))
+            .collect()
+    }
+
+    #[test]
+    fn an_sms_over_the_segment_budget_is_refused_and_transliteration_helps() {
+        let base = "steps:\n  - name: aviso\n    at: D+3\n    notify:\n      channels: [sms]\n      template: aviso_previo_negativacao\n";
+        let strict = format!("{base}sms:\n  max_segments: 1\n");
+        let got = issues(&strict);
+        assert!(got.contains(&("steps[0].notify.template".into(), "sms_too_long")), "{got:?}");
+        // The shipped pt-BR text takes 2 UCS-2 segments and fits 2 GSM-7 ones.
+        let two = format!("{base}sms:\n  max_segments: 2\n  transliterate: true\n");
+        Policy::parse(&two).unwrap();
+    }
+
+    #[test]
+    fn own_texts_are_linted_and_unknown_templates_named() {
+        let yaml = r#"
+steps:
+  - name: lembrete
+    at: D-2
+    notify:
+      channels: [sms, email]
+      template: meu_lembrete
+templates:
+  meu_lembrete:
+    pt-BR:
+      sms: "Oi {{ first_name }}, pague {{ total }} ate {{ due_date }}"
+"#;
+        let got = issues(yaml);
+        assert!(got.contains(&("templates.meu_lembrete.pt-BR.sms".into(), "missing_creditor")), "{got:?}");
+        // No e-mail text, and no text at all for en-US.
+        assert!(got.contains(&("steps[0].notify.template".into(), "unknown_template")), "{got:?}");
+        let fixed = r#"
+steps:
+  - name: lembrete
+    at: D-2
+    notify:
+      channels: [sms]
+      template: meu_lembrete
+templates:
+  meu_lembrete:
+    pt-BR:
+      sms: "{{ creditor.legal_name }}: {{ first_name }}, pague {{ total }} ate {{ due_date }}"
+    en-US:
+      sms: "{{ creditor.legal_name }}: {{ first_name }}, pay {{ total }} by {{ due_date }}"
+"#;
+        let p = Policy::parse(fixed).unwrap();
+        assert!(p.texts("meu_lembrete", "pt-BR").is_some());
+        assert!(p.texts("meu_lembrete", "pt").is_some());
     }
 }

@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use regua_contract::events::{
-    CustomerOptedOut, CustomerUpserted, InvoiceCanceled, InvoiceChanged, InvoicePaid, TenantCreated,
+    CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerUpserted, InvoiceCanceled, InvoiceChanged, InvoicePaid, TenantCreated,
 };
 use regua_contract::{Envelope, EventType, subjects};
 use regua_platform::{nats, telemetry};
@@ -141,7 +141,8 @@ enum Data {
     InvoiceChanged(InvoiceChanged),
     InvoiceCanceled(InvoiceCanceled),
     InvoicePaid(InvoicePaid),
-    CustomerOptedOut(CustomerOptedOut),
+    CustomerOptedOut(CustomerChannelOptedOut),
+    CustomerOptedIn(CustomerChannelOptedIn),
 }
 
 fn typed<T: serde::de::DeserializeOwned>(kind: EventType, raw: &RawValue) -> Result<T, EventError> {
@@ -176,7 +177,8 @@ fn decode(msg: &jetstream::Message) -> Result<Option<Item>, EventError> {
         }
         EventType::InvoiceCanceled => Data::InvoiceCanceled(typed(kind, raw.data)?),
         EventType::InvoicePaid => Data::InvoicePaid(typed(kind, raw.data)?),
-        EventType::CustomerOptedOut => Data::CustomerOptedOut(typed(kind, raw.data)?),
+        EventType::CustomerChannelOptedOut => Data::CustomerOptedOut(typed(kind, raw.data)?),
+        EventType::CustomerChannelOptedIn => Data::CustomerOptedIn(typed(kind, raw.data)?),
         _ => return Ok(None),
     };
     let envelope = Envelope {
@@ -252,6 +254,7 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
         match &i.envelope.data {
             Data::CustomerUpserted(c) => customer_keys.push((t, c.customer.customer_id.clone())),
             Data::CustomerOptedOut(o) => customer_keys.push((t, o.customer_id.clone())),
+            Data::CustomerOptedIn(o) => customer_keys.push((t, o.customer_id.clone())),
             Data::InvoiceChanged(c) => {
                 customer_keys.push((t.clone(), c.invoice.customer_id.clone()));
                 invoice_keys.push((t, c.invoice.invoice_id.clone()));
@@ -389,6 +392,13 @@ fn apply(
                 if !c.opted_out.contains(&ch) {
                     c.opted_out.push(ch);
                 }
+                w.dirty_customers.insert(key);
+            }
+        }
+        Data::CustomerOptedIn(o) => {
+            let key = (tenant, o.customer_id.clone());
+            if let Some(c) = w.customers.get_mut(&key) {
+                c.opted_out.retain(|ch| *ch != o.channel);
                 w.dirty_customers.insert(key);
             }
         }

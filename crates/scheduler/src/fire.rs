@@ -367,6 +367,7 @@ fn decide(
                     inv,
                     tenant,
                     c,
+                    policy,
                     Message {
                         id: id.clone(),
                         kind: CommandKind::Step,
@@ -479,6 +480,7 @@ fn thank(
                 inv,
                 tenant,
                 c,
+                policy,
                 Message {
                     id: id.clone(),
                     kind: CommandKind::Thanks,
@@ -530,6 +532,7 @@ fn command(
     inv: &Invoice,
     tenant: &Tenant,
     c: &Customer,
+    policy: &Policy,
     m: Message<'_>,
     line: CommandInvoice,
 ) -> DispatchCommand {
@@ -548,6 +551,9 @@ fn command(
         invoices: vec![line],
         scheduled_for: m.now,
         not_after: m.not_after,
+        test_clock: tenant.test_clock,
+        sms: policy.sms,
+        templates: policy.texts(m.template, &c.state.locale).cloned(),
     }
 }
 

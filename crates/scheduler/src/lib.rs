@@ -6,7 +6,7 @@
 //!    the starter policy `padrao`; `customer.upserted` keeps contacts and the time zone;
 //!    `invoice.opened` picks the invoice's policy ([`policies`]), places its steps in
 //!    time ([`regua_domain::schedule::base_plan`]) and stores only its *next* step.
-//!    `invoice.paid`, `invoice.canceled` and `customer.opted_out` stop or adjust pending
+//!    `invoice.paid`, `invoice.canceled` and `customer.channel_opted_out` stop or adjust pending
 //!    steps in the same transaction.
 //! 2. [`fire`] claims due invoices a customer at a time (try-locked customers, their
 //!    due invoices `FOR UPDATE`; any number of replicas and workers), decides each due step ([`regua_domain::schedule::fire`]: supersede stale

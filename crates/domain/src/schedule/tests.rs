@@ -128,7 +128,7 @@ fn after_downtime_only_the_most_relevant_step_goes() {
 #[test]
 fn a_reminder_never_goes_out_on_or_after_the_due_date() {
     let p = Policy::parse(
-        "steps:\n  - {name: lembrete, at: D-5, notify: {channels: [email], template: t}}\n",
+        "steps:\n  - {name: lembrete, at: D-5, notify: {channels: [email], template: lembrete_vencimento}}\n",
     )
     .unwrap();
     let cal = p.calendar.calendar();
@@ -237,7 +237,7 @@ fn same_day_invoices_share_one_message() {
 fn caps_defer_and_never_drop() {
     // Two invoices of one customer due a day apart: D-3 of the second collides with the
     // first's cap on the same day and is deferred.
-    let p = Policy::parse("steps:\n  - {name: a, at: D-3, time: '10:00', notify: {channels: [sms], template: x}}\n  - {name: b, at: D-2, time: '10:00', notify: {channels: [sms], template: y}}\n").unwrap();
+    let p = Policy::parse("steps:\n  - {name: a, at: D-3, time: '10:00', notify: {channels: [sms], template: aviso_atraso}}\n  - {name: b, at: D-2, time: '10:00', notify: {channels: [sms], template: aviso_atraso_firme}}\n").unwrap();
     let cal = p.calendar.calendar();
     let one = base_plan(&p, &cal, SP, d(2026, 3, 11), RiskClass::Regular);
     let two = base_plan(&p, &cal, SP, d(2026, 3, 10), RiskClass::Regular);
