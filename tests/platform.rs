@@ -44,7 +44,7 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
 async fn invoices_flow_through_a_drain_and_restart_exactly_once(pool: PgPool) {
     let server = NatsServer::start().await;
     let config = config(&server.url(), &pool);
-    let platform = Platform::start(&config, Arc::new(SystemClock), regua::Services::ALL)
+    let platform = Platform::start(&config, Arc::new(SystemClock), regua::Services::CORE)
         .await
         .unwrap();
     let base = format!("http://{}", platform.addr);
@@ -126,7 +126,7 @@ async fn invoices_flow_through_a_drain_and_restart_exactly_once(pool: PgPool) {
         "nothing left half-done"
     );
 
-    let platform = Platform::start(&config, Arc::new(SystemClock), regua::Services::ALL)
+    let platform = Platform::start(&config, Arc::new(SystemClock), regua::Services::CORE)
         .await
         .unwrap();
     eventually("every outcome", Duration::from_secs(120), || async {

@@ -62,7 +62,7 @@ impl Drop for Running {
 }
 
 async fn start(config: &Config) -> Running {
-    start_services(config, Services::ALL).await
+    start_services(config, Services::CORE).await
 }
 
 async fn start_services(config: &Config, services: Services) -> Running {

@@ -30,7 +30,7 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
 
     let server = NatsServer::start().await;
     let config = common::config(&server.url(), &pool);
-    let platform = Platform::start(&config, Arc::new(SystemClock), Services::ALL)
+    let platform = Platform::start(&config, Arc::new(SystemClock), Services::CORE)
         .await
         .unwrap();
     let url = format!("http://{}", platform.addr);

@@ -12,8 +12,9 @@ use uuid::Uuid;
 use crate::commands::{CommandInvoice, CommandKind, Creditor, DispatchCommand, Recipient};
 use crate::envelope::{Envelope, EventType};
 use crate::events::{
-    CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerState, CustomerUpserted, DocumentKind, IntakeRejected,
-    InvoiceCanceled, InvoiceChanged, InvoiceEscalated, InvoicePaid, InvoiceState, MessageEvent, TenantCreated,
+    CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerState, CustomerUpserted, DocumentKind,
+    IntakeRejected, InvoiceCanceled, InvoiceChanged, InvoiceEscalated, InvoicePaid, InvoiceState,
+    MessageEvent, TenantCreated,
 };
 use crate::inbound::{
     Channel, CustomerUpsert, InvoiceCancel, InvoiceCustomer, InvoiceUpsert, LateFee, PaymentData,
@@ -229,12 +230,30 @@ pub fn messages() -> Vec<Message> {
         ),
     ];
     for (kind, summary) in [
-        (EventType::MessageSent, "A message was accepted by the provider"),
-        (EventType::MessageDelivered, "The provider reported delivery"),
-        (EventType::MessageRead, "The recipient read the message (WhatsApp)"),
-        (EventType::MessageFailed, "A message failed for good on this channel"),
-        (EventType::MessageSkipped, "A command was not sent: guarded out"),
-        (EventType::MessageUnknown, "A worker died between the provider call and recording it; not resent"),
+        (
+            EventType::MessageSent,
+            "A message was accepted by the provider",
+        ),
+        (
+            EventType::MessageDelivered,
+            "The provider reported delivery",
+        ),
+        (
+            EventType::MessageRead,
+            "The recipient read the message (WhatsApp)",
+        ),
+        (
+            EventType::MessageFailed,
+            "A message failed for good on this channel",
+        ),
+        (
+            EventType::MessageSkipped,
+            "A command was not sent: guarded out",
+        ),
+        (
+            EventType::MessageUnknown,
+            "A worker died between the provider call and recording it; not resent",
+        ),
     ] {
         messages.push(event_message(
             kind,
@@ -243,17 +262,15 @@ pub fn messages() -> Vec<Message> {
             example(&ex.envelope(kind, ex.message_event(kind))),
         ));
     }
-    messages.extend([
-        Message {
-            name: "dispatch",
-            direction: Direction::Command,
-            address: format!("{}.v1.cmd.{{tenant}}.dispatch.{{channel}}", subjects::ROOT),
-            stream: subjects::STREAM_COMMANDS,
-            summary: "Send one message on one channel (scheduler to dispatchers)",
-            schema: schema::<DispatchCommand>(),
-            example: example(&ex.dispatch_command()),
-        },
-    ]);
+    messages.extend([Message {
+        name: "dispatch",
+        direction: Direction::Command,
+        address: format!("{}.v1.cmd.{{tenant}}.dispatch.{{channel}}", subjects::ROOT),
+        stream: subjects::STREAM_COMMANDS,
+        summary: "Send one message on one channel (scheduler to dispatchers)",
+        schema: schema::<DispatchCommand>(),
+        example: example(&ex.dispatch_command()),
+    }]);
     messages
 }
 
@@ -684,7 +701,9 @@ impl Examples {
         MessageEvent {
             command_id: DispatchCommand::id_for("acme", "NF-2026-000123", "vence_hoje", 1),
             reason: match kind {
-                EventType::MessageFailed => Some("permanent: 21211 invalid 'To' phone number".into()),
+                EventType::MessageFailed => {
+                    Some("permanent: 21211 invalid 'To' phone number".into())
+                }
                 EventType::MessageSkipped => Some("invoice_closed".into()),
                 EventType::MessageUnknown => Some("outcome_unknown".into()),
                 _ => None,

@@ -24,6 +24,13 @@ pub const STREAM_COMMANDS: &str = "REGUA_CMD";
 pub const CONSUMER_INTAKE: &str = "intake";
 /// Durable pull consumer of the scheduler on [`STREAM_EVENTS`].
 pub const CONSUMER_SCHEDULER: &str = "scheduler";
+/// The dispatchers' durable consumer of domain events (invoices closed, opt-outs).
+pub const CONSUMER_DISPATCH_STATE: &str = "dispatch-state";
+
+/// The durable consumer one channel's dispatchers share: `dispatch-<channel>`.
+pub fn dispatch_consumer(channel: crate::inbound::Channel) -> String {
+    format!("dispatch-{}", channel.as_str())
+}
 
 /// Header carrying the reason on a dead-lettered message.
 pub const HEADER_DLQ_REASON: &str = "Regua-Dlq-Reason";

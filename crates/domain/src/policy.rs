@@ -673,7 +673,9 @@ impl Policy {
                                 );
                             }
                         }
-                        Err(e) => issue(format!("{field}.template"), "template_error", e.to_string()),
+                        Err(e) => {
+                            issue(format!("{field}.template"), "template_error", e.to_string())
+                        }
                     }
                 }
             }
@@ -868,7 +870,10 @@ mod readme {
         let base = "steps:\n  - name: aviso\n    at: D+3\n    notify:\n      channels: [sms]\n      template: aviso_previo_negativacao\n";
         let strict = format!("{base}sms:\n  max_segments: 1\n");
         let got = issues(&strict);
-        assert!(got.contains(&("steps[0].notify.template".into(), "sms_too_long")), "{got:?}");
+        assert!(
+            got.contains(&("steps[0].notify.template".into(), "sms_too_long")),
+            "{got:?}"
+        );
         // The shipped pt-BR text takes 2 UCS-2 segments and fits 2 GSM-7 ones.
         let two = format!("{base}sms:\n  max_segments: 2\n  transliterate: true\n");
         Policy::parse(&two).unwrap();
@@ -889,9 +894,18 @@ templates:
       sms: "Oi {{ first_name }}, pague {{ total }} ate {{ due_date }}"
 "#;
         let got = issues(yaml);
-        assert!(got.contains(&("templates.meu_lembrete.pt-BR.sms".into(), "missing_creditor")), "{got:?}");
+        assert!(
+            got.contains(&(
+                "templates.meu_lembrete.pt-BR.sms".into(),
+                "missing_creditor"
+            )),
+            "{got:?}"
+        );
         // No e-mail text, and no text at all for en-US.
-        assert!(got.contains(&("steps[0].notify.template".into(), "unknown_template")), "{got:?}");
+        assert!(
+            got.contains(&("steps[0].notify.template".into(), "unknown_template")),
+            "{got:?}"
+        );
         let fixed = r#"
 steps:
   - name: lembrete

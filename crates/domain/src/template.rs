@@ -185,7 +185,11 @@ pub fn locale_of(requested: &str) -> &'static str {
     let lang = requested.split(['-', '_']).next().unwrap_or("");
     LOCALES
         .iter()
-        .find(|l| l.split('-').next().is_some_and(|x| x.eq_ignore_ascii_case(lang)))
+        .find(|l| {
+            l.split('-')
+                .next()
+                .is_some_and(|x| x.eq_ignore_ascii_case(lang))
+        })
         .copied()
         .unwrap_or(LOCALES[0])
 }
@@ -323,10 +327,7 @@ pub const VARIABLES: [&str; 11] = [
 ];
 
 fn context<'a>(cmd: &'a DispatchCommand, locale: &str, links: &'a Links) -> Ctx<'a> {
-    let currency = cmd
-        .invoices
-        .first()
-        .map_or("BRL", |i| i.currency.as_str());
+    let currency = cmd.invoices.first().map_or("BRL", |i| i.currency.as_str());
     // Invoices in one command share a currency (the scheduler merges per customer and
     // currency); the sum is checked, and a sum that overflows shows the first amount.
     let total = cmd

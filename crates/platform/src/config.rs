@@ -20,6 +20,28 @@
 //! | `scheduler_poll_ms` | `REGUA_SCHEDULER_POLL_MS` | `250` (how often due steps are claimed when idle) |
 //! | `http_outcome_wait_ms` | `REGUA_HTTP_OUTCOME_WAIT_MS` | `5000` |
 //! | `drain_timeout_secs` | `REGUA_DRAIN_TIMEOUT_SECS` | `20` |
+//! | `public_url` | `REGUA_PUBLIC_URL` | `http://127.0.0.1:8080` (how providers and debtors reach regua's webhooks and links) |
+//! | `link_secret` | `REGUA_LINK_SECRET` | a development value: set your own (signs unsubscribe links) |
+//! | `smtp_url` | `REGUA_SMTP_URL` | `smtp://127.0.0.1:2525` (`smtps://` for TLS, `?tls=starttls` for STARTTLS; user:password@ for AUTH) |
+//! | `email_from` | `REGUA_EMAIL_FROM` | `Regua <cobranca@regua.local>` |
+//! | `twilio_api_base` | `REGUA_TWILIO_API_BASE` | `https://api.twilio.com` |
+//! | `twilio_account_sid` | `REGUA_TWILIO_ACCOUNT_SID` | unset |
+//! | `twilio_auth_token` | `REGUA_TWILIO_AUTH_TOKEN` | unset |
+//! | `twilio_from` | `REGUA_TWILIO_FROM` | unset (E.164 or a messaging service sid) |
+//! | `whatsapp_api_base` | `REGUA_WHATSAPP_API_BASE` | `https://graph.facebook.com/v21.0` |
+//! | `whatsapp_token` | `REGUA_WHATSAPP_TOKEN` | unset |
+//! | `whatsapp_phone_number_id` | `REGUA_WHATSAPP_PHONE_NUMBER_ID` | unset |
+//! | `whatsapp_app_secret` | `REGUA_WHATSAPP_APP_SECRET` | unset |
+//! | `whatsapp_verify_token` | `REGUA_WHATSAPP_VERIFY_TOKEN` | unset |
+//! | `email_rate_per_sec` | `REGUA_EMAIL_RATE_PER_SEC` | `50` (per provider account, across all replicas; 0 = unlimited) |
+//! | `sms_rate_per_sec` | `REGUA_SMS_RATE_PER_SEC` | `30` |
+//! | `whatsapp_rate_per_sec` | `REGUA_WHATSAPP_RATE_PER_SEC` | `80` |
+//! | `dispatch_batch_size` | `REGUA_DISPATCH_BATCH_SIZE` | `64` (commands fetched and sent concurrently per batch) |
+//! | `dispatch_workers` | `REGUA_DISPATCH_WORKERS` | `2` (concurrent batches per process) |
+//! | `dispatch_max_attempts` | `REGUA_DISPATCH_MAX_ATTEMPTS` | `5` (provider calls on transient failures before dead-lettering) |
+//! | `dispatch_retry_base_ms` | `REGUA_DISPATCH_RETRY_BASE_MS` | `1000` (first backoff; doubles, jittered, capped at 5 min) |
+//! | `dispatch_ack_wait_secs` | `REGUA_DISPATCH_ACK_WAIT_SECS` | `60` (a crashed worker's commands come back after this) |
+//! | `provider_timeout_ms` | `REGUA_PROVIDER_TIMEOUT_MS` | `10000` |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -73,10 +95,50 @@ pub struct Config {
     pub scheduler_workers: usize,
     pub http_outcome_wait: Duration,
     pub drain_timeout: Duration,
+    pub public_url: String,
+    pub link_secret: Secret,
+    pub providers: Providers,
+    pub dispatch: DispatchSettings,
     /// Whether `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set: the
     /// exporter itself reads the standard `OTEL_*` variables.
     pub otlp_export: bool,
 }
+
+/// Provider accounts, per deployment.
+#[derive(Debug, Clone)]
+pub struct Providers {
+    pub smtp_url: Secret,
+    pub email_from: String,
+    pub twilio_api_base: String,
+    pub twilio_account_sid: String,
+    pub twilio_auth_token: Secret,
+    pub twilio_from: String,
+    pub whatsapp_api_base: String,
+    pub whatsapp_token: Secret,
+    pub whatsapp_phone_number_id: String,
+    pub whatsapp_app_secret: Secret,
+    pub whatsapp_verify_token: Secret,
+    pub timeout: Duration,
+}
+
+/// How the channel dispatchers work.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// Messages per second per channel's provider account, across every replica; 0 is
+    /// unlimited.
+    pub email_rate: u32,
+    pub sms_rate: u32,
+    pub whatsapp_rate: u32,
+    pub batch_size: usize,
+    pub workers: usize,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub ack_wait: Duration,
+}
+
+/// The signing secret used when `REGUA_LINK_SECRET` is not set: fine for a laptop,
+/// never for production (anyone could forge unsubscribe links).
+pub const DEV_LINK_SECRET: &str = "regua-development-link-secret";
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +175,28 @@ const KEYS: &[(&str, &str)] = &[
     ("scheduler_workers", "2"),
     ("http_outcome_wait_ms", "5000"),
     ("drain_timeout_secs", "20"),
+    ("public_url", "http://127.0.0.1:8080"),
+    ("link_secret", DEV_LINK_SECRET),
+    ("smtp_url", "smtp://127.0.0.1:2525"),
+    ("email_from", "Regua <cobranca@regua.local>"),
+    ("twilio_api_base", "https://api.twilio.com"),
+    ("twilio_account_sid", ""),
+    ("twilio_auth_token", ""),
+    ("twilio_from", ""),
+    ("whatsapp_api_base", "https://graph.facebook.com/v21.0"),
+    ("whatsapp_token", ""),
+    ("whatsapp_phone_number_id", ""),
+    ("whatsapp_app_secret", ""),
+    ("whatsapp_verify_token", ""),
+    ("email_rate_per_sec", "50"),
+    ("sms_rate_per_sec", "30"),
+    ("whatsapp_rate_per_sec", "80"),
+    ("dispatch_batch_size", "64"),
+    ("dispatch_workers", "2"),
+    ("dispatch_max_attempts", "5"),
+    ("dispatch_retry_base_ms", "1000"),
+    ("dispatch_ack_wait_secs", "60"),
+    ("provider_timeout_ms", "10000"),
 ];
 
 fn env_name(key: &str) -> String {
@@ -144,6 +228,8 @@ impl Config {
         file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        // Every process and test builds a configuration before any HTTPS client.
+        crate::tls::init();
         let mut raw: BTreeMap<&'static str, String> =
             KEYS.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
         if let Some(path) = file {
@@ -245,7 +331,62 @@ impl Config {
                 Err(invalid(key, format!("{v} is outside {min}..={max}")))
             }
         };
+        let url = |key: &'static str, schemes: &[&str]| -> Result<String, ConfigError> {
+            let v = get(key).trim_end_matches('/').to_owned();
+            if schemes.iter().any(|s| v.starts_with(&format!("{s}://"))) && !v.contains(' ') {
+                Ok(v)
+            } else {
+                Err(invalid(
+                    key,
+                    format!("`{v}` must be a {} URL", schemes.join(" or ")),
+                ))
+            }
+        };
+        let rate = |key: &'static str| -> Result<u32, ConfigError> {
+            Ok(u32::try_from(number(key, 0, 100_000)?).unwrap_or(0))
+        };
+        let link_secret = get("link_secret");
+        if link_secret.len() < 16 {
+            return Err(invalid(
+                "link_secret",
+                "must be at least 16 characters".into(),
+            ));
+        }
+        let providers = Providers {
+            smtp_url: Secret::new(url("smtp_url", &["smtp", "smtps"])?),
+            email_from: get("email_from").to_owned(),
+            twilio_api_base: url("twilio_api_base", &["http", "https"])?,
+            twilio_account_sid: get("twilio_account_sid").to_owned(),
+            twilio_auth_token: Secret::new(get("twilio_auth_token")),
+            twilio_from: get("twilio_from").to_owned(),
+            whatsapp_api_base: url("whatsapp_api_base", &["http", "https"])?,
+            whatsapp_token: Secret::new(get("whatsapp_token")),
+            whatsapp_phone_number_id: get("whatsapp_phone_number_id").to_owned(),
+            whatsapp_app_secret: Secret::new(get("whatsapp_app_secret")),
+            whatsapp_verify_token: Secret::new(get("whatsapp_verify_token")),
+            timeout: Duration::from_millis(number("provider_timeout_ms", 100, 120_000)?),
+        };
+        if providers.email_from.is_empty() || !providers.email_from.contains('@') {
+            return Err(invalid(
+                "email_from",
+                "must be an address such as `Acme <cobranca@acme.com.br>`".into(),
+            ));
+        }
+        let dispatch = DispatchSettings {
+            email_rate: rate("email_rate_per_sec")?,
+            sms_rate: rate("sms_rate_per_sec")?,
+            whatsapp_rate: rate("whatsapp_rate_per_sec")?,
+            batch_size: usize::try_from(number("dispatch_batch_size", 1, 1000)?).unwrap_or(64),
+            workers: usize::try_from(number("dispatch_workers", 1, 16)?).unwrap_or(2),
+            max_attempts: u32::try_from(number("dispatch_max_attempts", 1, 50)?).unwrap_or(5),
+            retry_base: Duration::from_millis(number("dispatch_retry_base_ms", 1, 600_000)?),
+            ack_wait: Duration::from_secs(number("dispatch_ack_wait_secs", 1, 3600)?),
+        };
         Ok(Config {
+            public_url: url("public_url", &["http", "https"])?,
+            link_secret: Secret::new(link_secret),
+            providers,
+            dispatch,
             nats_url,
             database_url: Secret::new(database_url),
             http_addr,

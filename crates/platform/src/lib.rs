@@ -13,6 +13,7 @@ pub mod nats;
 pub mod outbox;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::{Config, ConfigError, Secret};

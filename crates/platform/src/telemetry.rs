@@ -39,6 +39,7 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber for `service`.
 pub fn init(service: &'static str, config: &Config) -> Result<TelemetryGuard, PlatformError> {
+    crate::tls::init();
     let filter = EnvFilter::try_new(&config.log)
         .map_err(|e| PlatformError::Telemetry(format!("invalid REGUA_LOG: {e}")))?;
     let fmt = match config.log_format {

@@ -1,10 +1,12 @@
-//! Wiring services into one process. `regua all` runs every service; `regua intake` and
-//! `regua scheduler` run one. The binary and the end-to-end tests both start services
+//! Wiring services into one process. `regua all` runs every service; `regua intake`,
+//! `regua scheduler` and `regua dispatch <channel>` run one. The binary and the end-to-end tests both start services
 //! through [`Platform::start`]; services talk to each other only through NATS.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use regua_contract::inbound::Channel;
+use regua_dispatch::{DispatchError, Dispatcher};
 use regua_intake::{Intake, IntakeError};
 use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, http, nats};
 use regua_scheduler::{Scheduler, SchedulerError};
@@ -19,6 +21,8 @@ pub enum StartError {
     Intake(#[from] IntakeError),
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -31,21 +35,45 @@ pub enum StartError {
 pub struct Services {
     pub intake: bool,
     pub scheduler: bool,
+    /// The channels whose dispatchers run here.
+    pub dispatch: &'static [Channel],
 }
 
 impl Services {
     pub const ALL: Services = Services {
         intake: true,
         scheduler: true,
+        dispatch: &Channel::ALL,
     };
     pub const INTAKE: Services = Services {
         intake: true,
         scheduler: false,
+        dispatch: &[],
     };
     pub const SCHEDULER: Services = Services {
         intake: false,
         scheduler: true,
+        dispatch: &[],
     };
+    /// Intake and the scheduler, no dispatchers.
+    pub const CORE: Services = Services {
+        intake: true,
+        scheduler: true,
+        dispatch: &[],
+    };
+
+    /// One channel's dispatcher.
+    pub const fn dispatch(channel: Channel) -> Services {
+        Services {
+            intake: false,
+            scheduler: false,
+            dispatch: match channel {
+                Channel::Email => &[Channel::Email],
+                Channel::Sms => &[Channel::Sms],
+                Channel::Whatsapp => &[Channel::Whatsapp],
+            },
+        }
+    }
 }
 
 /// Services running as tasks, plus the HTTP server.
@@ -84,8 +112,12 @@ impl Platform {
             router = router.merge(intake.router());
         }
         if services.scheduler {
-            let scheduler =
-                Scheduler::from_parts(config.clone(), pool.clone(), client.clone(), clock);
+            let scheduler = Scheduler::from_parts(
+                config.clone(),
+                pool.clone(),
+                client.clone(),
+                Arc::clone(&clock),
+            );
             scheduler.start(&shutdown).await?;
             router = router.merge(
                 scheduler
@@ -95,6 +127,12 @@ impl Platform {
                         regua_intake::http::require_tenant_key,
                     )),
             );
+        }
+        if !services.dispatch.is_empty() {
+            let dispatcher =
+                Dispatcher::from_parts(config.clone(), pool.clone(), client.clone(), clock);
+            dispatcher.start(services.dispatch, &shutdown).await?;
+            router = router.merge(dispatcher.router(services.dispatch));
         }
 
         let listener = tokio::net::TcpListener::bind(config.http_addr)

@@ -30,6 +30,11 @@ enum Command {
     Intake,
     /// Run the scheduler: each tenant's régua on a durable schedule, dispatch commands out.
     Scheduler,
+    /// Run one channel's dispatcher: guard, render, rate-limit and send its commands.
+    Dispatch {
+        #[arg(value_enum)]
+        channel: ChannelArg,
+    },
     /// Run every service in one process, each as its own task, talking only through NATS.
     All,
     /// Create the database if it is missing and run every service's migrations.
@@ -46,6 +51,23 @@ enum Command {
     },
     /// Load a demo portfolio through the public NATS subjects and report what happened.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ChannelArg {
+    Email,
+    Sms,
+    Whatsapp,
+}
+
+impl From<ChannelArg> for regua_contract::inbound::Channel {
+    fn from(c: ChannelArg) -> Self {
+        match c {
+            ChannelArg::Email => regua_contract::inbound::Channel::Email,
+            ChannelArg::Sms => regua_contract::inbound::Channel::Sms,
+            ChannelArg::Whatsapp => regua_contract::inbound::Channel::Whatsapp,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -104,6 +126,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Intake => run_services(config, regua::Services::INTAKE).await,
         Command::Scheduler => run_services(config, regua::Services::SCHEDULER).await,
+        Command::Dispatch { channel } => {
+            run_services(config, regua::Services::dispatch(channel.into())).await
+        }
         Command::All => run_services(config, regua::Services::ALL).await,
         Command::Policy { command } => {
             let _telemetry = telemetry::init("regua-admin", &config)?;
@@ -129,6 +154,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     let pool = db::connect(config.database_url.expose(), 2).await?;
     Intake::migrate(&pool).await?;
     regua_scheduler::Scheduler::migrate(&pool).await?;
+    regua_dispatch::Dispatcher::migrate(&pool).await?;
     tracing::info!("migrations applied");
     Ok(())
 }

@@ -15,7 +15,8 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use regua_contract::events::{
-    CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerUpserted, InvoiceCanceled, InvoiceChanged, InvoicePaid, TenantCreated,
+    CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerUpserted, InvoiceCanceled,
+    InvoiceChanged, InvoicePaid, TenantCreated,
 };
 use regua_contract::{Envelope, EventType, subjects};
 use regua_platform::{nats, telemetry};

@@ -2,6 +2,7 @@
 //! killed and restarted, payload builders with valid Brazilian documents, and polling
 //! helpers. Nothing here is a mock: tests talk to real NATS and Postgres.
 
+pub mod fakes;
 #[cfg(feature = "trace")]
 pub mod trace;
 
@@ -22,7 +23,7 @@ pub struct NatsServer {
     store: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -32,6 +33,8 @@ fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub async fn start() -> NatsServer {
+        // Tests build HTTPS-capable clients right after their broker.
+        regua_platform::tls::init();
         let store = tempfile::tempdir().unwrap_or_else(|e| fail(&format!("tempdir: {e}")));
         let mut server = NatsServer {
             child: None,

@@ -16,13 +16,28 @@ fn every_shipped_template_renders_on_every_channel_and_locale() {
         for name in SHIPPED_NAMES {
             let cmd = sample_command(name, locale, SmsOptions::default());
             for channel in Channel::ALL {
-                assert!(exists(name, channel, locale, None), "{locale}/{name}/{channel:?}");
+                assert!(
+                    exists(name, channel, locale, None),
+                    "{locale}/{name}/{channel:?}"
+                );
                 let r = render(&cmd, channel, &Links::default())
                     .unwrap_or_else(|e| panic!("{locale}/{name}: {e}"));
-                let all = format!("{} {} {:?}", r.subject.clone().unwrap_or_default(), r.text, r.whatsapp);
+                let all = format!(
+                    "{} {} {:?}",
+                    r.subject.clone().unwrap_or_default(),
+                    r.text,
+                    r.whatsapp
+                );
                 assert!(all.contains("Maria"), "{locale}/{name}/{channel:?}: {all}");
-                assert!(all.contains("Companhia Exemplo"), "{locale}/{name}/{channel:?}: {all}");
-                let amount = if locale == "pt-BR" { "R$ 12.345,67" } else { "R$12,345.67" };
+                assert!(
+                    all.contains("Companhia Exemplo"),
+                    "{locale}/{name}/{channel:?}: {all}"
+                );
+                let amount = if locale == "pt-BR" {
+                    "R$ 12.345,67"
+                } else {
+                    "R$12,345.67"
+                };
                 assert!(all.contains(amount), "{locale}/{name}/{channel:?}: {all}");
             }
         }
@@ -37,7 +52,11 @@ fn shipped_texts_pass_their_own_lint_and_fit_three_segments() {
             assert_eq!(lint(t), Vec::new(), "{locale}/{name}");
             let cmd = sample_command(name, locale, SmsOptions::default());
             let r = render(&cmd, Channel::Sms, &Links::default()).unwrap();
-            assert!(r.segments.unwrap().count <= 3, "{locale}/{name}: {}", r.text);
+            assert!(
+                r.segments.unwrap().count <= 3,
+                "{locale}/{name}: {}",
+                r.text
+            );
         }
     }
 }
@@ -51,15 +70,29 @@ fn email_carries_the_invoices_payment_data_creditor_identity_and_unsubscribe_lin
     };
     let r = render(&cmd, Channel::Email, &links).unwrap();
     let subject = r.subject.unwrap();
-    assert_eq!(subject, "Não identificamos o pagamento da fatura vencida em 10/12/2026");
+    assert_eq!(
+        subject,
+        "Não identificamos o pagamento da fatura vencida em 10/12/2026"
+    );
     assert!(r.text.starts_with("Olá, Zé."), "{}", r.text);
-    assert!(r.text.contains("NF-2026-000123: R$ 12.345,67, Vencimento 10/12/2026"), "{}", r.text);
+    assert!(
+        r.text
+            .contains("NF-2026-000123: R$ 12.345,67, Vencimento 10/12/2026"),
+        "{}",
+        r.text
+    );
     assert!(r.text.contains("CNPJ 11.222.333/0001-81"), "{}", r.text);
     assert!(r.text.contains("https://pay.example.com/i/AbCdEf123456"));
-    assert!(r.text.contains("Descadastre-se: https://regua.example/u/abc"));
+    assert!(
+        r.text
+            .contains("Descadastre-se: https://regua.example/u/abc")
+    );
     let html = r.html.unwrap();
     assert!(html.contains("CNPJ 11.222.333&#x2f;0001-81"), "{html}");
-    assert!(html.contains("https:&#x2f;&#x2f;regua.example&#x2f;u&#x2f;abc"), "{html}");
+    assert!(
+        html.contains("https:&#x2f;&#x2f;regua.example&#x2f;u&#x2f;abc"),
+        "{html}"
+    );
     // Names are escaped in HTML.
     cmd.recipient.name = "<script>x</script> Silva".into();
     let r = render(&cmd, Channel::Email, &links).unwrap();
@@ -84,7 +117,12 @@ fn whatsapp_fills_the_approved_template() {
     assert_eq!(w.language, "pt_BR");
     assert_eq!(
         w.params,
-        vec!["Maria", "R$ 12.345,67", "10/12/2026", "Companhia Exemplo de Serviços Ltda"]
+        vec![
+            "Maria",
+            "R$ 12.345,67",
+            "10/12/2026",
+            "Companhia Exemplo de Serviços Ltda"
+        ]
     );
 }
 
@@ -97,7 +135,10 @@ fn transliteration_turns_ucs2_into_gsm7_and_fewer_segments() {
     let cheap = sample_command(
         "aviso_previo_negativacao",
         "pt-BR",
-        SmsOptions { max_segments: 3, transliterate: true },
+        SmsOptions {
+            max_segments: 3,
+            transliterate: true,
+        },
     );
     let r = render(&cheap, Channel::Sms, &Links::default()).unwrap();
     let after = r.segments.unwrap();
@@ -110,7 +151,9 @@ fn transliteration_turns_ucs2_into_gsm7_and_fewer_segments() {
 fn overrides_replace_one_channel_and_unknown_locales_fall_back() {
     let mut cmd = sample_command("lembrete_vencimento", "es-AR", SmsOptions::default());
     cmd.templates = Some(ChannelTemplates {
-        sms: Some("{{ creditor.legal_name }}: {{ name }} deve {{ total }} até {{ due_date }}".into()),
+        sms: Some(
+            "{{ creditor.legal_name }}: {{ name }} deve {{ total }} até {{ due_date }}".into(),
+        ),
         ..Default::default()
     });
     let r = render(&cmd, Channel::Sms, &Links::default()).unwrap();
@@ -129,7 +172,10 @@ fn overrides_replace_one_channel_and_unknown_locales_fall_back() {
 fn missing_templates_are_named() {
     let cmd = sample_command("nao_existe", "pt-BR", SmsOptions::default());
     let e = render(&cmd, Channel::Sms, &Links::default()).unwrap_err();
-    assert_eq!(e.to_string(), "template `nao_existe` has no sms text for pt-BR");
+    assert_eq!(
+        e.to_string(),
+        "template `nao_existe` has no sms text for pt-BR"
+    );
 }
 
 #[test]
@@ -148,10 +194,22 @@ fn lint_reports_missing_creditor_missing_variables_unknown_variables_and_syntax(
     let issues = lint(&t);
     let codes: Vec<(&str, &str)> = issues.iter().map(|i| (i.field.as_str(), i.code)).collect();
     assert!(codes.contains(&("sms", "missing_creditor")), "{issues:?}");
-    assert!(codes.contains(&("email.subject", "unknown_variable")), "{issues:?}");
-    assert!(codes.contains(&("email.body", "template_syntax")), "{issues:?}");
-    assert!(codes.contains(&("whatsapp", "missing_variable")), "{issues:?}");
-    assert!(!codes.contains(&("whatsapp", "missing_creditor")), "{issues:?}");
+    assert!(
+        codes.contains(&("email.subject", "unknown_variable")),
+        "{issues:?}"
+    );
+    assert!(
+        codes.contains(&("email.body", "template_syntax")),
+        "{issues:?}"
+    );
+    assert!(
+        codes.contains(&("whatsapp", "missing_variable")),
+        "{issues:?}"
+    );
+    assert!(
+        !codes.contains(&("whatsapp", "missing_creditor")),
+        "{issues:?}"
+    );
 }
 
 use regua_contract::commands::EmailTemplate;

@@ -1,0 +1,162 @@
+//! Channel adapters, one small module per provider, in vector's sink shape: each has
+//! its configuration, its request builder, and its own rule for which failures are
+//! retriable. The pipeline ([`crate::pipeline`]) is the same for all of them.
+
+pub mod email;
+pub mod sms;
+pub mod whatsapp;
+
+use std::time::Duration;
+
+use regua_contract::commands::DispatchCommand;
+use regua_contract::inbound::Channel;
+use regua_domain::template::Rendered;
+use regua_platform::Config;
+
+use crate::DispatchError;
+
+/// What a provider call came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The provider accepted the message.
+    Sent { provider_message_id: String },
+    /// The provider refused it for good (an invalid number, a rejected address): the
+    /// message moves to the next channel.
+    Permanent { reason: String },
+    /// It definitely was not sent, and may succeed later (a refused connection, a 5xx,
+    /// a 429): retried with backoff, honouring `retry_after`.
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// It may or may not have been sent (the request went out and no answer came
+    /// back): never retried, reported as `unknown`.
+    Unknown { reason: String },
+}
+
+/// One message on its way to a provider.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    pub cmd: &'a DispatchCommand,
+    pub rendered: &'a Rendered,
+    /// Stable per (command, channel): the e-mail `Message-ID`'s local part.
+    pub key: uuid::Uuid,
+    /// The signed one-click unsubscribe URL (e-mail).
+    pub unsubscribe_url: Option<String>,
+    /// Where the provider posts delivery statuses.
+    pub status_callback: String,
+}
+
+/// A channel's provider client.
+#[derive(Debug, Clone)]
+pub enum Adapter {
+    Email(email::Email),
+    Sms(sms::Sms),
+    Whatsapp(whatsapp::Whatsapp),
+}
+
+impl Adapter {
+    /// The adapter of `channel`, configured for this deployment.
+    pub fn from_config(channel: Channel, config: &Config) -> Result<Adapter, DispatchError> {
+        Ok(match channel {
+            Channel::Email => Adapter::Email(email::Email::from_config(config)?),
+            Channel::Sms => Adapter::Sms(sms::Sms::from_config(config)?),
+            Channel::Whatsapp => Adapter::Whatsapp(whatsapp::Whatsapp::from_config(config)?),
+        })
+    }
+
+    pub fn channel(&self) -> Channel {
+        match self {
+            Adapter::Email(_) => Channel::Email,
+            Adapter::Sms(_) => Channel::Sms,
+            Adapter::Whatsapp(_) => Channel::Whatsapp,
+        }
+    }
+
+    /// The provider's name in events: `smtp`, `twilio`, `whatsapp_cloud`.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            Adapter::Email(_) => email::PROVIDER,
+            Adapter::Sms(_) => sms::PROVIDER,
+            Adapter::Whatsapp(_) => whatsapp::PROVIDER,
+        }
+    }
+
+    /// The provider account the rate limit applies to.
+    pub fn account(&self) -> String {
+        match self {
+            Adapter::Email(e) => format!("{}:{}", email::PROVIDER, e.account()),
+            Adapter::Sms(s) => format!("{}:{}", sms::PROVIDER, s.account()),
+            Adapter::Whatsapp(w) => format!("{}:{}", whatsapp::PROVIDER, w.account()),
+        }
+    }
+
+    pub async fn send(&self, out: &Outgoing<'_>) -> Outcome {
+        match self {
+            Adapter::Email(e) => e.send(out).await,
+            Adapter::Sms(s) => s.send(out).await,
+            Adapter::Whatsapp(w) => w.send(out).await,
+        }
+    }
+}
+
+/// The recipient's address on `channel`, normalised for matching replies: digits for
+/// phones, lowercase for e-mail.
+pub fn address_key(cmd: &DispatchCommand, channel: Channel) -> Option<String> {
+    match channel {
+        Channel::Email => cmd.recipient.email.as_ref().map(|e| e.to_lowercase()),
+        Channel::Sms | Channel::Whatsapp => cmd.recipient.phone.as_deref().map(phone_digits),
+    }
+}
+
+/// A phone's digits (E.164 without the `+`), as WhatsApp spells `wa_id`s.
+pub fn phone_digits(phone: &str) -> String {
+    phone.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// An HTTP client for provider APIs: rustls with the ring provider, the configured
+/// timeout, pooled connections.
+pub fn http_client(config: &Config) -> Result<reqwest::Client, DispatchError> {
+    regua_platform::tls::init();
+    reqwest::Client::builder()
+        .timeout(config.providers.timeout)
+        .connect_timeout(config.providers.timeout.min(Duration::from_secs(5)))
+        .pool_max_idle_per_host(256)
+        .user_agent(concat!("regua/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| DispatchError::Config(format!("http client: {e}")))
+}
+
+/// A reqwest error's outcome: a failed connection never reached the provider
+/// (transient); a timeout or a broken exchange after the request went out may have
+/// been sent (unknown).
+pub fn request_error(e: &reqwest::Error) -> Outcome {
+    if e.is_connect() || e.is_builder() {
+        Outcome::Transient {
+            reason: format!("connection: {}", without_url(e)),
+            retry_after: None,
+        }
+    } else {
+        Outcome::Unknown {
+            reason: format!("no answer: {}", without_url(e)),
+        }
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    // URLs may carry account ids; the kind of failure is what matters.
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), "<provider>");
+    }
+    s
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is treated as absent).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}

@@ -1,0 +1,697 @@
+//! The one dispatch pipeline, whatever the channel:
+//!
+//! 1. consume a batch from the channel's durable pull consumer;
+//! 2. claim each command's attempt and guard it (one transaction): a command already
+//!    handled is acked again, one found mid-send becomes `unknown`, one the guard
+//!    refuses is `skipped` (and moves to the next channel when the refusal is about
+//!    this channel); the rest are rendered and marked `sending`;
+//! 3. take rate-limit slots for them;
+//! 4. send them concurrently through the channel's adapter;
+//! 5. record every result, its `message.*` event and any fallback command (one
+//!    transaction, through the outbox);
+//! 6. ack, nak with a backoff (transient failures), or dead-letter (retries exhausted).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use rand::Rng;
+use regua_contract::commands::DispatchCommand;
+use regua_contract::inbound::Channel;
+use regua_contract::{EventType, subjects};
+use regua_domain::template::{self, Links, Rendered};
+use regua_platform::outbox::OutboxMessage;
+use regua_platform::shutdown::Backoff;
+use regua_platform::{Config, nats, telemetry};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::channels::{self, Adapter, Outcome, Outgoing};
+use crate::limiter::Limiter;
+use crate::sign::{self, LinkSubject};
+use crate::store::{self, EventFacts, NewAttempt, State, Update};
+use crate::{DispatchError, Dispatcher, OUTBOX};
+
+/// Longest backoff between two provider calls of one message.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// One channel's worker: the shared dispatcher, the adapter and its rate limit.
+pub struct Worker {
+    pub d: Arc<Dispatcher>,
+    pub adapter: Adapter,
+    pub limiter: Limiter,
+    consumer_name: String,
+}
+
+impl Worker {
+    pub fn new(d: Arc<Dispatcher>, channel: Channel) -> Result<Worker, DispatchError> {
+        let adapter = Adapter::from_config(channel, &d.config)?;
+        let rate = match channel {
+            Channel::Email => d.config.dispatch.email_rate,
+            Channel::Sms => d.config.dispatch.sms_rate,
+            Channel::Whatsapp => d.config.dispatch.whatsapp_rate,
+        };
+        let limiter = Limiter::new(d.pool.clone(), adapter.account(), rate);
+        Ok(Worker {
+            consumer_name: subjects::dispatch_consumer(channel),
+            d,
+            adapter,
+            limiter,
+        })
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.adapter.channel()
+    }
+
+    /// Commands fetched at once: the batch size, but no more than half a second of the
+    /// rate limit, so reserved slots stay close to now.
+    fn fetch_size(&self) -> usize {
+        let rate = match self.channel() {
+            Channel::Email => self.d.config.dispatch.email_rate,
+            Channel::Sms => self.d.config.dispatch.sms_rate,
+            Channel::Whatsapp => self.d.config.dispatch.whatsapp_rate,
+        };
+        let batch = self.d.config.dispatch.batch_size;
+        if rate == 0 {
+            batch
+        } else {
+            batch.min(usize::try_from(rate / 2).unwrap_or(1).max(1))
+        }
+    }
+}
+
+/// The durable consumer every replica of `channel` shares.
+pub fn consumer_config(channel: Channel, config: &Config) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(subjects::dispatch_consumer(channel)),
+        description: Some(format!("regua {} dispatcher", channel.as_str())),
+        filter_subject: subjects::dispatch_any_tenant(channel),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_wait: config.dispatch.ack_wait,
+        // Attempts are counted in Postgres; this is only a backstop.
+        max_deliver: i64::from(config.dispatch.max_attempts) + 20,
+        max_ack_pending: 2_000,
+        ..Default::default()
+    }
+}
+
+/// Consumes until `cancel`: stops fetching, and finishes the batch in hand.
+pub async fn run(w: Arc<Worker>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(200));
+    while !cancel.is_cancelled() {
+        let fetched = tokio::select! {
+            () = cancel.cancelled() => break,
+            f = consumer
+                .fetch()
+                .max_messages(w.fetch_size())
+                .expires(Duration::from_millis(1000))
+                .messages() => f,
+        };
+        let mut batch = match fetched {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, channel = w.channel().as_str(), "dispatch fetch failed; retrying");
+                if !backoff.wait(&cancel).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        let mut msgs = Vec::new();
+        while let Some(Ok(m)) = batch.next().await {
+            msgs.push(m);
+        }
+        if msgs.is_empty() {
+            continue;
+        }
+        if let Err(e) = process(&w, msgs).await {
+            // Nothing was acked: the batch is redelivered after ack_wait, and attempts
+            // already marked `sending` are reported as unknown, never resent.
+            tracing::error!(error = %e, channel = w.channel().as_str(), "dispatch batch failed");
+            if !backoff.wait(&cancel).await {
+                break;
+            }
+        }
+    }
+}
+
+/// One command in a batch.
+struct Item {
+    msg: jetstream::Message,
+    cmd: DispatchCommand,
+    span: tracing::Span,
+    /// The platform clock's time for this command (the test clock's, simulated).
+    now: DateTime<Utc>,
+}
+
+/// What the guard decided for one command.
+enum Plan {
+    /// Already handled: ack again.
+    Done,
+    /// Skip, maybe moving to the next channel.
+    Skip {
+        reason: String,
+        fallback: bool,
+    },
+    /// A worker died mid-send.
+    Unknown,
+    /// Render failed: permanent on this channel.
+    Broken(String),
+    Send {
+        rendered: Rendered,
+        calls: i32,
+    },
+}
+
+/// How a message ends its trip through the batch.
+enum Settle {
+    Ack,
+    Nak(Duration),
+    DeadLetter(String),
+}
+
+fn now_for(d: &Dispatcher, cmd: &DispatchCommand) -> DateTime<Utc> {
+    if cmd.test_clock {
+        cmd.scheduled_for
+    } else {
+        d.clock.now()
+    }
+}
+
+async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), DispatchError> {
+    let channel = w.channel();
+    let mut items = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        let id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        let span = nats::process_span(&msg.subject, &id, &w.consumer_name, msg.headers.as_ref());
+        let decoded: Result<DispatchCommand, String> =
+            serde_json::from_slice(&msg.payload).map_err(|e| e.to_string());
+        match decoded {
+            Ok(cmd) if cmd.channel == channel => {
+                span.record("regua.tenant", cmd.tenant.as_str());
+                span.record(
+                    "regua.invoice_id",
+                    cmd.invoices.first().map_or("", |i| i.invoice_id.as_str()),
+                );
+                let now = now_for(&w.d, &cmd);
+                items.push(Item {
+                    msg,
+                    cmd,
+                    span,
+                    now,
+                });
+            }
+            other => {
+                let reason = match other {
+                    Ok(cmd) => format!(
+                        "command for {} on the {} subject",
+                        cmd.channel.as_str(),
+                        channel.as_str()
+                    ),
+                    Err(e) => format!("malformed dispatch command: {e}"),
+                };
+                span.record("regua.outcome", "dead_letter");
+                let tenant = msg.subject.split('.').nth(3).unwrap_or("_").to_owned();
+                nats::dead_letter(&w.d.js, &msg, &w.consumer_name, &tenant, &reason).await?;
+            }
+        }
+    }
+    if items.is_empty() {
+        return Ok(());
+    }
+
+    // Claim and guard.
+    let plans = claim_and_guard(w, &items).await?;
+
+    // Rate limit, then send concurrently.
+    let sends: Vec<usize> = plans
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| matches!(p, Plan::Send { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    let slots = w.limiter.reserve(sends.len()).await?;
+    let mut outcomes: HashMap<usize, Outcome> = HashMap::with_capacity(sends.len());
+    let calls = sends.iter().zip(slots).map(|(&i, slot)| {
+        let item = &items[i];
+        let Plan::Send { rendered, .. } = &plans[i] else {
+            return futures::future::Either::Left(async move { (i, None) });
+        };
+        let out = Outgoing {
+            cmd: &item.cmd,
+            rendered,
+            key: key_of(&item.cmd, channel),
+            unsubscribe_url: (channel == Channel::Email).then(|| unsubscribe_url(&w.d, &item.cmd)),
+            status_callback: w.d.public(crate::webhooks::TWILIO_STATUS),
+        };
+        let span = tracing::info_span!(
+            parent: &item.span,
+            "provider send",
+            otel.kind = "client",
+            regua.channel = channel.as_str(),
+            regua.provider = w.adapter.provider(),
+            regua.step = item.cmd.step.as_str(),
+            regua.outcome = tracing::field::Empty,
+        );
+        futures::future::Either::Right(
+            async move {
+                tokio::time::sleep_until(slot).await;
+                let outcome = w.adapter.send(&out).await;
+                tracing::Span::current().record("regua.outcome", outcome_name(&outcome));
+                (i, Some(outcome))
+            }
+            .instrument(span),
+        )
+    });
+    for (i, outcome) in futures::future::join_all(calls).await {
+        if let Some(o) = outcome {
+            outcomes.insert(i, o);
+        }
+    }
+
+    // Record, with a few tries: an attempt left `sending` would be reported unknown.
+    let mut settles = Vec::new();
+    let mut backoff = Backoff::new(Duration::from_millis(100));
+    let never = CancellationToken::new();
+    for tries in 0.. {
+        match record(w, &items, &plans, &outcomes).await {
+            Ok(s) => {
+                settles = s;
+                break;
+            }
+            Err(e) if tries < 5 => {
+                tracing::warn!(error = %e, "recording dispatch results failed; retrying");
+                backoff.wait(&never).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    w.d.outbox_wake.notify_one();
+    for (item, settle) in items.iter().zip(settles) {
+        let result = match settle {
+            Settle::Ack => item.msg.ack().await.map_err(|e| e.to_string()),
+            Settle::Nak(delay) => item
+                .msg
+                .ack_with(AckKind::Nak(Some(delay)))
+                .await
+                .map_err(|e| e.to_string()),
+            Settle::DeadLetter(reason) => nats::dead_letter(
+                &w.d.js,
+                &item.msg,
+                &w.consumer_name,
+                &item.cmd.tenant,
+                &reason,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "settling a dispatch command failed; it will be redelivered and found done");
+        }
+    }
+    Ok(())
+}
+
+fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Sent { .. } => "sent",
+        Outcome::Permanent { .. } => "permanent_failure",
+        Outcome::Transient { .. } => "transient_failure",
+        Outcome::Unknown { .. } => "unknown",
+    }
+}
+
+/// The stable id of (command, channel): the e-mail `Message-ID`.
+pub fn key_of(cmd: &DispatchCommand, channel: Channel) -> uuid::Uuid {
+    DispatchCommand::message_id(&format!("{}:{}", cmd.command_id, channel.as_str()))
+}
+
+/// The signed one-click unsubscribe URL for `cmd`'s recipient.
+pub fn unsubscribe_url(d: &Dispatcher, cmd: &DispatchCommand) -> String {
+    let token = sign::link_token(
+        d.config.link_secret.expose(),
+        &LinkSubject {
+            tenant: cmd.tenant.clone(),
+            customer_id: cmd.recipient.customer_id.clone(),
+            channel: Channel::Email,
+        },
+    );
+    d.public(&format!("{}/{token}", crate::webhooks::UNSUBSCRIBE))
+}
+
+/// Transaction 1: claims every command's attempt, applies the guard, renders what may
+/// go, and marks it `sending` before any provider call.
+async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, DispatchError> {
+    let channel = w.channel();
+    let provider = w.adapter.provider();
+    let mut new = Vec::with_capacity(items.len());
+    for item in items {
+        new.push(NewAttempt {
+            cmd: &item.cmd,
+            address_key: channels::address_key(&item.cmd, channel),
+            provider,
+            json: String::from_utf8_lossy(&item.msg.payload).into_owned(),
+        });
+    }
+    let mut tx = w.d.pool.begin().await?;
+    let claimed = store::claim(&mut tx, channel, &new).await?;
+    let cmds: Vec<&DispatchCommand> = items.iter().map(|i| &i.cmd).collect();
+    let facts = store::guard_facts(&mut tx, channel, &cmds).await?;
+    let mut plans = Vec::with_capacity(items.len());
+    let mut updates = Vec::new();
+    let mut events: Vec<OutboxMessage> = Vec::new();
+    for item in items {
+        let cmd = &item.cmd;
+        let key = (cmd.tenant.clone(), cmd.command_id.clone());
+        let (state, calls) = claimed.get(&key).copied().unwrap_or((State::Pending, 0));
+        let customer = (cmd.tenant.clone(), cmd.recipient.customer_id.clone());
+        let plan = if state.is_final() {
+            Plan::Done
+        } else if state == State::Sending {
+            Plan::Unknown
+        } else if cmd.invoices.iter().all(|i| {
+            facts
+                .closed
+                .contains(&(cmd.tenant.clone(), i.invoice_id.clone()))
+        }) {
+            Plan::Skip {
+                reason: "invoice_closed".into(),
+                fallback: false,
+            }
+        } else if facts.opted_out.contains(&customer) {
+            Plan::Skip {
+                reason: "opted_out".into(),
+                fallback: true,
+            }
+        } else if channel == Channel::Whatsapp
+            && (!cmd.recipient.whatsapp_opt_in || facts.no_whatsapp.contains(&customer))
+        {
+            Plan::Skip {
+                reason: "no_whatsapp_opt_in".into(),
+                fallback: true,
+            }
+        } else if item.now > cmd.not_after {
+            Plan::Skip {
+                reason: "window_closed".into(),
+                fallback: false,
+            }
+        } else {
+            // Invoices closed since the command was made leave the message.
+            let mut open = cmd.clone();
+            open.invoices.retain(|i| {
+                !facts
+                    .closed
+                    .contains(&(cmd.tenant.clone(), i.invoice_id.clone()))
+            });
+            let links = Links {
+                unsubscribe_url: (channel == Channel::Email).then(|| unsubscribe_url(&w.d, cmd)),
+            };
+            match template::render(&open, channel, &links) {
+                Ok(rendered) => Plan::Send { rendered, calls },
+                Err(e) => Plan::Broken(e.to_string()),
+            }
+        };
+        let tp = telemetry::traceparent(&item.span);
+        let base = |state: State, reason: Option<String>| Update {
+            tenant: cmd.tenant.clone(),
+            command_id: cmd.command_id.clone(),
+            state,
+            provider_message_id: None,
+            reason,
+            sent_at: None,
+            segments: None,
+            call: false,
+        };
+        match &plan {
+            Plan::Done => {
+                item.span.record("regua.outcome", "duplicate");
+            }
+            Plan::Unknown => {
+                item.span.record("regua.outcome", "unknown");
+                updates.push(base(State::Unknown, Some("outcome_unknown".into())));
+                events.push(store::message_event(
+                    cmd,
+                    channel,
+                    provider,
+                    EventType::MessageUnknown,
+                    item.now,
+                    EventFacts {
+                        reason: Some("outcome_unknown".into()),
+                        attempts: u32::try_from(calls).unwrap_or(0),
+                        ..Default::default()
+                    },
+                    tp,
+                )?);
+            }
+            Plan::Skip { reason, fallback } => {
+                item.span.record("regua.outcome", "skipped");
+                updates.push(base(State::Skipped, Some(reason.clone())));
+                let moved = if *fallback {
+                    store::fallback(cmd, item.now, tp.clone())?
+                } else {
+                    None
+                };
+                events.push(store::message_event(
+                    cmd,
+                    channel,
+                    provider,
+                    EventType::MessageSkipped,
+                    item.now,
+                    EventFacts {
+                        reason: Some(reason.clone()),
+                        fallback_to: moved.as_ref().map(|(c, _)| *c),
+                        ..Default::default()
+                    },
+                    tp,
+                )?);
+                events.extend(moved.map(|(_, m)| m));
+            }
+            Plan::Broken(reason) => {
+                item.span.record("regua.outcome", "failed");
+                let reason = format!("permanent: {reason}");
+                updates.push(base(State::Failed, Some(reason.clone())));
+                let moved = store::fallback(cmd, item.now, tp.clone())?;
+                events.push(store::message_event(
+                    cmd,
+                    channel,
+                    provider,
+                    EventType::MessageFailed,
+                    item.now,
+                    EventFacts {
+                        reason: Some(reason),
+                        fallback_to: moved.as_ref().map(|(c, _)| *c),
+                        ..Default::default()
+                    },
+                    tp,
+                )?);
+                events.extend(moved.map(|(_, m)| m));
+            }
+            Plan::Send { .. } => {
+                let mut u = base(State::Sending, None);
+                u.call = true;
+                updates.push(u);
+            }
+        }
+        plans.push(plan);
+    }
+    store::update(&mut tx, channel, &updates).await?;
+    OUTBOX.enqueue(&mut tx, &events).await?;
+    tx.commit().await?;
+    Ok(plans)
+}
+
+/// The backoff before call `calls + 1`: exponential from the configured base, with
+/// full jitter, at least the provider's `Retry-After`, at most five minutes.
+pub fn retry_delay(
+    base: Duration,
+    calls: i32,
+    retry_after: Option<Duration>,
+    rng: &mut impl Rng,
+) -> Duration {
+    let exp =
+        base.saturating_mul(2u32.saturating_pow(u32::try_from(calls.max(1) - 1).unwrap_or(0)));
+    let capped = exp.min(MAX_BACKOFF);
+    // Half fixed, half jitter: replicas retrying together spread out.
+    let half = capped / 2;
+    let jitter =
+        Duration::from_millis(rng.random_range(0..=u64::try_from(half.as_millis()).unwrap_or(0)));
+    let delay = half + jitter;
+    match retry_after {
+        Some(r) => delay.max(r).min(MAX_BACKOFF.max(r)),
+        None => delay,
+    }
+}
+
+/// Transaction 2: every result, its event, and any fallback command.
+async fn record(
+    w: &Worker,
+    items: &[Item],
+    plans: &[Plan],
+    outcomes: &HashMap<usize, Outcome>,
+) -> Result<Vec<Settle>, DispatchError> {
+    let channel = w.channel();
+    let provider = w.adapter.provider();
+    let max_attempts = i32::try_from(w.d.config.dispatch.max_attempts).unwrap_or(5);
+    let mut updates = Vec::new();
+    let mut events = Vec::new();
+    let mut settles = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let cmd = &item.cmd;
+        let (Plan::Send { rendered, calls }, Some(outcome)) = (&plans[i], outcomes.get(&i)) else {
+            settles.push(Settle::Ack);
+            continue;
+        };
+        // This call is the (calls + 1)th.
+        let calls = calls + 1;
+        let attempts = u32::try_from(calls).unwrap_or(0);
+        let tp = telemetry::traceparent(&item.span);
+        let sent_at = now_for(&w.d, cmd);
+        let segments = rendered
+            .segments
+            .map(|s| u32::try_from(s.count).unwrap_or(u32::MAX));
+        let mut update = Update {
+            tenant: cmd.tenant.clone(),
+            command_id: cmd.command_id.clone(),
+            state: State::Sent,
+            provider_message_id: None,
+            reason: None,
+            sent_at: None,
+            segments: segments.and_then(|s| i32::try_from(s).ok()),
+            call: false,
+        };
+        item.span.record("regua.outcome", outcome_name(outcome));
+        match outcome {
+            Outcome::Sent {
+                provider_message_id,
+            } => {
+                update.provider_message_id = Some(provider_message_id.clone());
+                update.sent_at = Some(sent_at);
+                events.push(store::message_event(
+                    cmd,
+                    channel,
+                    provider,
+                    EventType::MessageSent,
+                    sent_at,
+                    EventFacts {
+                        provider_message_id: Some(provider_message_id.clone()),
+                        sent_at: Some(sent_at),
+                        attempts,
+                        segments,
+                        ..Default::default()
+                    },
+                    tp,
+                )?);
+                settles.push(Settle::Ack);
+            }
+            Outcome::Permanent { reason } => {
+                let reason = format!("permanent: {reason}");
+                update.state = State::Failed;
+                update.reason = Some(reason.clone());
+                let moved = store::fallback(cmd, sent_at, tp.clone())?;
+                events.push(store::message_event(
+                    cmd,
+                    channel,
+                    provider,
+                    EventType::MessageFailed,
+                    sent_at,
+                    EventFacts {
+                        reason: Some(reason),
+                        fallback_to: moved.as_ref().map(|(c, _)| *c),
+                        attempts,
+                        ..Default::default()
+                    },
+                    tp,
+                )?);
+                events.extend(moved.map(|(_, m)| m));
+                settles.push(Settle::Ack);
+            }
+            Outcome::Transient {
+                reason,
+                retry_after,
+            } => {
+                if calls >= max_attempts {
+                    let reason = format!("retries_exhausted: {reason}");
+                    update.state = State::Failed;
+                    update.reason = Some(reason.clone());
+                    events.push(store::message_event(
+                        cmd,
+                        channel,
+                        provider,
+                        EventType::MessageFailed,
+                        sent_at,
+                        EventFacts {
+                            reason: Some(reason.clone()),
+                            attempts,
+                            ..Default::default()
+                        },
+                        tp,
+                    )?);
+                    settles.push(Settle::DeadLetter(reason));
+                } else {
+                    update.state = State::Retry;
+                    update.reason = Some(reason.clone());
+                    settles.push(Settle::Nak(retry_delay(
+                        w.d.config.dispatch.retry_base,
+                        calls,
+                        *retry_after,
+                        &mut rand::rng(),
+                    )));
+                }
+            }
+            Outcome::Unknown { reason } => {
+                update.state = State::Unknown;
+                update.reason = Some(format!("outcome_unknown: {reason}"));
+                events.push(store::message_event(
+                    cmd,
+                    channel,
+                    provider,
+                    EventType::MessageUnknown,
+                    sent_at,
+                    EventFacts {
+                        reason: Some(format!("outcome_unknown: {reason}")),
+                        attempts,
+                        ..Default::default()
+                    },
+                    tp,
+                )?);
+                settles.push(Settle::Ack);
+            }
+        }
+        updates.push(update);
+    }
+    let mut tx = w.d.pool.begin().await?;
+    store::update(&mut tx, channel, &updates).await?;
+    OUTBOX.enqueue(&mut tx, &events).await?;
+    tx.commit().await?;
+    Ok(settles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_jitters_honours_retry_after_and_is_capped() {
+        let mut rng = rand::rng();
+        let base = Duration::from_secs(1);
+        for calls in 1..8 {
+            let d = retry_delay(base, calls, None, &mut rng);
+            let full = base * 2u32.pow(u32::try_from(calls - 1).unwrap());
+            assert!(d >= full / 2 && d <= full, "{calls}: {d:?}");
+        }
+        assert!(retry_delay(base, 30, None, &mut rng) <= MAX_BACKOFF);
+        let r = retry_delay(base, 1, Some(Duration::from_secs(7)), &mut rng);
+        assert_eq!(r, Duration::from_secs(7));
+    }
+}

@@ -1,0 +1,212 @@
+//! What the guard knows, built from domain events: invoices paid or canceled,
+//! customers' WhatsApp opt-ins, and opt-outs from any source. Every replica of every
+//! channel shares one durable consumer; each batch is one transaction with its event
+//! ids, acked after commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt;
+use regua_contract::events::{
+    CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerUpserted, InvoiceCanceled,
+    InvoiceChanged, InvoicePaid,
+};
+use regua_contract::{Envelope, EventType, subjects};
+use regua_platform::nats;
+use regua_platform::shutdown::Backoff;
+use serde_json::value::RawValue;
+use sqlx::PgConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::{DispatchError, Dispatcher};
+
+const BATCH: usize = 500;
+const MAX_DELIVER: i64 = 5;
+
+/// The durable consumer of domain events.
+pub fn consumer_config() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(subjects::CONSUMER_DISPATCH_STATE.into()),
+        description: Some("regua dispatchers: invoices closed, opt-ins and opt-outs".into()),
+        filter_subject: subjects::events_all(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_wait: Duration::from_secs(60),
+        max_deliver: MAX_DELIVER,
+        max_ack_pending: i64::try_from(BATCH).unwrap_or(500),
+        ..Default::default()
+    }
+}
+
+/// Consumes until `cancel`.
+pub async fn run(d: Arc<Dispatcher>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(200));
+    while !cancel.is_cancelled() {
+        let fetched = tokio::select! {
+            () = cancel.cancelled() => break,
+            f = consumer.fetch().max_messages(BATCH).expires(Duration::from_millis(1000)).messages() => f,
+        };
+        let mut batch = match fetched {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatch-state fetch failed; retrying");
+                if !backoff.wait(&cancel).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        let mut msgs = Vec::new();
+        while let Some(Ok(m)) = batch.next().await {
+            msgs.push(m);
+        }
+        if msgs.is_empty() {
+            continue;
+        }
+        match apply(&d, &msgs).await {
+            Ok(()) => {
+                for m in &msgs {
+                    if let Err(e) = m.ack().await {
+                        tracing::warn!(error = %e, "ack failed; the event will be redelivered");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatch-state batch failed; retrying one by one");
+                for m in &msgs {
+                    match apply(&d, std::slice::from_ref(m)).await {
+                        Ok(()) => {
+                            let _ = m.ack().await;
+                        }
+                        Err(e) => {
+                            let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+                            if delivered >= MAX_DELIVER {
+                                let tenant = m.subject.split('.').nth(3).unwrap_or("_");
+                                if let Err(dl) = nats::dead_letter(
+                                    &d.js,
+                                    m,
+                                    subjects::CONSUMER_DISPATCH_STATE,
+                                    tenant,
+                                    &e.to_string(),
+                                )
+                                .await
+                                {
+                                    tracing::error!(error = %dl, "dead-lettering failed");
+                                }
+                            } else {
+                                let _ =
+                                    m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, DispatchError> {
+    Ok(serde_json::from_str(raw.get())?)
+}
+
+async fn apply(d: &Dispatcher, msgs: &[jetstream::Message]) -> Result<(), DispatchError> {
+    let mut tx = d.pool.begin().await?;
+    for m in msgs {
+        let Ok(env) = serde_json::from_slice::<Envelope<&RawValue>>(&m.payload) else {
+            // Not an event of this contract: nothing for the guard.
+            continue;
+        };
+        let fresh =
+            sqlx::query("INSERT INTO dispatch.processed (id) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(env.id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+        if fresh {
+            apply_one(&mut tx, &env).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn apply_one(
+    conn: &mut PgConnection,
+    env: &Envelope<&RawValue>,
+) -> Result<(), DispatchError> {
+    let tenant = env.tenant.as_str();
+    let close = |invoice_id: String, reason: &'static str| {
+        sqlx::query(
+            "INSERT INTO dispatch.closed_invoices (tenant, invoice_id, reason) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant.to_owned())
+        .bind(invoice_id)
+        .bind(reason)
+    };
+    match env.event_type {
+        EventType::InvoicePaid => {
+            let p: InvoicePaid = typed(env.data)?;
+            close(p.invoice_id, "paid").execute(&mut *conn).await?;
+        }
+        EventType::InvoiceCanceled => {
+            let c: InvoiceCanceled = typed(env.data)?;
+            close(c.invoice_id, "canceled").execute(&mut *conn).await?;
+        }
+        EventType::InvoiceOpened => {
+            // An id reused for a new invoice opens it again.
+            let o: InvoiceChanged = typed(env.data)?;
+            sqlx::query(
+                "DELETE FROM dispatch.closed_invoices WHERE tenant = $1 AND invoice_id = $2",
+            )
+            .bind(tenant)
+            .bind(&o.invoice.invoice_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        EventType::CustomerUpserted => {
+            let c: CustomerUpserted = typed(env.data)?;
+            sqlx::query(
+                "INSERT INTO dispatch.customers (tenant, customer_id, whatsapp_opt_in) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant, customer_id) DO UPDATE SET whatsapp_opt_in = EXCLUDED.whatsapp_opt_in",
+            )
+            .bind(tenant)
+            .bind(&c.customer.customer_id)
+            .bind(c.customer.whatsapp_opt_in)
+            .execute(&mut *conn)
+            .await?;
+        }
+        EventType::CustomerChannelOptedOut => {
+            let o: CustomerChannelOptedOut = typed(env.data)?;
+            sqlx::query(
+                "INSERT INTO dispatch.opt_outs (tenant, customer_id, channel, source, at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant)
+            .bind(&o.customer_id)
+            .bind(o.channel.as_str())
+            .bind(&o.source)
+            .bind(env.occurred_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        EventType::CustomerChannelOptedIn => {
+            let o: CustomerChannelOptedIn = typed(env.data)?;
+            sqlx::query(
+                "DELETE FROM dispatch.opt_outs WHERE tenant = $1 AND customer_id = $2 AND channel = $3 \
+                 AND at <= $4",
+            )
+            .bind(tenant)
+            .bind(&o.customer_id)
+            .bind(o.channel.as_str())
+            .bind(env.occurred_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
