@@ -624,7 +624,7 @@ async fn opt_out_by_each_route_stops_later_sends_until_opt_in(pool: PgPool) {
     }
 
     // The next step on each channel is skipped (and the e-mail one moves to SMS).
-    let mut later: Vec<DispatchCommand> = first.iter().cloned().collect();
+    let mut later: Vec<DispatchCommand> = first.to_vec();
     for c in &mut later {
         c.command_id = DispatchCommand::id_for(TENANT, &c.invoices[0].invoice_id, "vence_hoje", 1);
         c.step = "vence_hoje".into();

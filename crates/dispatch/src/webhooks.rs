@@ -244,24 +244,39 @@ async fn apply_status(d: &Dispatcher, s: StatusReport<'_>) -> Result<(), Dispatc
 
 // ---- Twilio ----
 
+/// Why a callback was refused.
+enum Refused {
+    Unauthorized(&'static str),
+    BadRequest(&'static str),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Unauthorized(why) => unauthorized(why),
+            Refused::BadRequest(why) => (StatusCode::BAD_REQUEST, why).into_response(),
+        }
+    }
+}
+
 /// Parses and verifies a Twilio callback posted to `path`.
 fn twilio_params(
     d: &Dispatcher,
     path: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Vec<(String, String)>, Response> {
+) -> Result<Vec<(String, String)>, Refused> {
     let token = d.config.providers.twilio_auth_token.expose();
     let Some(signature) = headers
         .get("X-Twilio-Signature")
         .and_then(|v| v.to_str().ok())
     else {
-        return Err(unauthorized("missing X-Twilio-Signature"));
+        return Err(Refused::Unauthorized("missing X-Twilio-Signature"));
     };
-    let params: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-        .map_err(|_| (StatusCode::BAD_REQUEST, "not a form body").into_response())?;
+    let params: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|_| Refused::BadRequest("not a form body"))?;
     if token.is_empty() || !sign::twilio_verify(token, &d.public(path), &params, signature) {
-        return Err(unauthorized("bad X-Twilio-Signature"));
+        return Err(Refused::Unauthorized("bad X-Twilio-Signature"));
     }
     Ok(params)
 }
@@ -280,7 +295,7 @@ async fn twilio_status(
 ) -> Response {
     let params = match twilio_params(&d, TWILIO_STATUS, &headers, &body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (Some(sid), Some(status)) = (
         param(&params, "MessageSid"),
@@ -322,7 +337,7 @@ async fn twilio_inbound(
 ) -> Response {
     let params = match twilio_params(&d, TWILIO_INBOUND, &headers, &body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (Some(from), Some(text)) = (param(&params, "From"), param(&params, "Body")) else {
         return (StatusCode::BAD_REQUEST, "From and Body are required").into_response();

@@ -52,9 +52,7 @@ pub fn segments(text: &str) -> Segments {
         ),
     };
     let units: usize = widths.iter().sum();
-    let count = if units == 0 {
-        1
-    } else if units <= single {
+    let count = if units <= single {
         1
     } else {
         // Greedy packing: a character that does not fit whole starts the next segment.

@@ -227,7 +227,7 @@ fn format_amount(cents: i64, currency: &str, locale: &str) -> String {
     let units = (abs / scale).to_string();
     let mut grouped = String::new();
     for (i, c) in units.chars().enumerate() {
-        if i > 0 && (units.len() - i) % 3 == 0 {
+        if i > 0 && (units.len() - i).is_multiple_of(3) {
             grouped.push(thousands);
         }
         grouped.push(c);

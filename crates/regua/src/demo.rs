@@ -184,6 +184,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let pool = db::connect(config.database_url.expose(), 4).await?;
     Intake::migrate(&pool).await?;
     regua_scheduler::Scheduler::migrate(&pool).await?;
+    regua_dispatch::Dispatcher::migrate(&pool).await?;
     let run_started = SystemClock.now();
     // The demo tenant lives on a test clock that starts at local midnight today; a
     // second run continues from wherever the clock is.
@@ -365,7 +366,16 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         .filter_map(|(_, b)| b["invoice_id"].as_str().map(str::to_owned))
         .filter(|id| !id.starts_with("DEMO-9"))
         .collect();
-    regua_run(&pool, &tenant, &accepted, now, args.days, args.wait_secs).await?;
+    regua_run(
+        &pool,
+        &js,
+        &tenant,
+        &accepted,
+        now,
+        args.days,
+        args.wait_secs,
+    )
+    .await?;
     say(&format!(
         "try: curl -s -H \"Authorization: Bearer $(cat {key})\" http://{addr}/v1/tenants/{tenant}/invoices/DEMO-000001/plan",
         key = args.key_file.display(),
@@ -378,6 +388,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
 /// at a time, and prints the régua's decisions per local day and channel.
 async fn regua_run(
     pool: &sqlx::PgPool,
+    js: &async_nats::jetstream::Context,
     tenant: &TenantId,
     invoice_ids: &[String],
     start: DateTime<Utc>,
@@ -417,7 +428,10 @@ async fn regua_run(
         "advancing {tenant}'s test clock {days} days from {} (times are São Paulo's):",
         start.format("%Y-%m-%d")
     ));
-    say("  day              sent: whatsapp   sms  email | deferred skipped escalated");
+    say("                  steps sent (per invoice)   | messages at the fake providers |");
+    say(
+        "  day             whatsapp   sms  email     | whatsapp   sms  email  fell back | deferred skipped escalated",
+    );
     let mut at = start;
     for _ in 0..days {
         let to = at + TimeDelta::days(1);
@@ -435,6 +449,22 @@ async fn regua_run(
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        wait_dispatched(pool, js, wait_secs).await?;
+        let sent: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT state, channel, count(*) FROM dispatch.attempts WHERE tenant = $1 \
+             AND (command->>'scheduled_for')::timestamptz >= $2 AND (command->>'scheduled_for')::timestamptz < $3 GROUP BY 1, 2",
+        )
+        .bind(tenant.as_str())
+        .bind(at)
+        .bind(to)
+        .fetch_all(pool)
+        .await?;
+        let at_provider = |state: &str, channel: Option<&str>| -> i64 {
+            sent.iter()
+                .filter(|(s, c, _)| s == state && channel.is_none_or(|ch| c == ch))
+                .map(|(_, _, n)| n)
+                .sum()
+        };
         let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
             "SELECT state, channel, count(*) FROM scheduler.step_log WHERE tenant = $1 AND at >= $2 AND at < $3 GROUP BY 1, 2",
         )
@@ -456,10 +486,14 @@ async fn regua_run(
             say(&format!("  {day}   (nothing due)"));
         } else {
             say(&format!(
-                "  {day}   {:>13} {:>5} {:>6} | {:>8} {:>7} {:>9}",
+                "  {day}   {:>8} {:>5} {:>6}     | {:>8} {:>5} {:>6} {:>10} | {:>8} {:>7} {:>9}",
                 count("sent", Some("whatsapp")),
                 count("sent", Some("sms")),
                 count("sent", Some("email")),
+                at_provider("sent", Some("whatsapp")),
+                at_provider("sent", Some("sms")),
+                at_provider("sent", Some("email")),
+                at_provider("failed", None) + at_provider("skipped", None),
                 count("deferred", None),
                 count("skipped", None),
                 count("escalated", None),
@@ -471,10 +505,43 @@ async fn regua_run(
         .bind(tenant.as_str())
         .fetch_one(pool)
         .await?;
+    let delivered: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT channel || ' ' || state, count(*) FROM dispatch.attempts WHERE tenant = $1 GROUP BY 1 ORDER BY 1",
+    )
+    .bind(tenant.as_str())
+    .fetch_all(pool)
+    .await?;
+    let delivered: Vec<String> = delivered.iter().map(|(k, n)| format!("{k} {n}")).collect();
     say(&format!(
-        "{commands} dispatch commands are on {} (regua.v1.cmd.{tenant}.dispatch.<channel>); \
-         the channel dispatchers that send them come next",
-        subjects::STREAM_COMMANDS
+        "{commands} dispatch commands went out on {} (regua.v1.cmd.{tenant}.dispatch.<channel>); \
+         the dispatchers' record: {}",
+        subjects::STREAM_COMMANDS,
+        delivered.join(", ")
     ));
     Ok(())
+}
+
+/// Waits until the dispatchers have taken every command and settled every attempt.
+async fn wait_dispatched(
+    pool: &sqlx::PgPool,
+    js: &async_nats::jetstream::Context,
+    wait_secs: u64,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs);
+    loop {
+        let mut stream = js.get_stream(subjects::STREAM_COMMANDS).await?;
+        let queued = stream.info().await?.state.messages;
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dispatch.attempts WHERE state IN ('pending', 'sending', 'retry')",
+        )
+        .fetch_one(pool)
+        .await?;
+        if queued == 0 && open == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the dispatchers did not catch up ({queued} queued, {open} in flight)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,6 +1,7 @@
 //! The `regua` command line: thin wiring over the service libraries.
 
 mod demo;
+mod fakes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ enum Command {
     },
     /// Load a demo portfolio through the public NATS subjects and report what happened.
     Demo(demo::DemoArgs),
+    /// Run the provider fakes (SMTP, Twilio-shaped, Meta-shaped) for the demo.
+    Fakes(fakes::FakesArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -142,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = telemetry::init("regua-admin", &config)?;
             tenant(config, command).await
         }
+        Command::Fakes(args) => fakes::run(args).await,
         Command::Demo(args) => {
             let _telemetry = telemetry::init("regua-demo", &config)?;
             demo::run(&config, args).await

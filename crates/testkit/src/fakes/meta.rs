@@ -89,7 +89,17 @@ impl FakeMeta {
         token: &str,
         app_secret: &str,
     ) -> std::io::Result<FakeMeta> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        FakeMeta::start_on("127.0.0.1:0", phone_number_id, token, app_secret).await
+    }
+
+    /// Like [`FakeMeta::start`], on `addr`.
+    pub async fn start_on(
+        addr: &str,
+        phone_number_id: &str,
+        token: &str,
+        app_secret: &str,
+    ) -> std::io::Result<FakeMeta> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Mutex::new(Inner::default()));
         regua_platform::tls::init();

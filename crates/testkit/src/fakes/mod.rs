@@ -13,6 +13,16 @@ pub use twilio::FakeTwilio;
 
 use regua_platform::{Config, Secret};
 
+/// One message a fake received, for people to read.
+#[derive(Debug, Clone)]
+pub struct InboxLine {
+    pub at: std::time::Instant,
+    pub channel: &'static str,
+    pub to: String,
+    /// The e-mail subject, the SMS text, the WhatsApp template and parameters.
+    pub text: String,
+}
+
 /// All three fakes, with the credentials regua must be configured with.
 #[derive(Clone)]
 pub struct FakeProviders {
@@ -32,11 +42,47 @@ pub const WA_VERIFY_TOKEN: &str = "fake-verify-token";
 
 impl FakeProviders {
     pub async fn start() -> std::io::Result<FakeProviders> {
+        FakeProviders::start_on("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0").await
+    }
+
+    /// On fixed addresses (the demo's).
+    pub async fn start_on(smtp: &str, twilio: &str, meta: &str) -> std::io::Result<FakeProviders> {
         Ok(FakeProviders {
-            smtp: SmtpSink::start().await?,
-            twilio: FakeTwilio::start(TWILIO_SID, TWILIO_TOKEN).await?,
-            meta: FakeMeta::start(WA_PHONE_NUMBER_ID, WA_TOKEN, WA_APP_SECRET).await?,
+            smtp: SmtpSink::start_on(smtp).await?,
+            twilio: FakeTwilio::start_on(twilio, TWILIO_SID, TWILIO_TOKEN).await?,
+            meta: FakeMeta::start_on(meta, WA_PHONE_NUMBER_ID, WA_TOKEN, WA_APP_SECRET).await?,
         })
+    }
+
+    /// Everything the fakes received, newest last, as one line each.
+    pub fn inbox(&self) -> Vec<InboxLine> {
+        let mut lines: Vec<InboxLine> = Vec::new();
+        for m in self.smtp.mails() {
+            lines.push(InboxLine {
+                at: m.at,
+                channel: "email",
+                to: m.to.join(", "),
+                text: m.subject(),
+            });
+        }
+        for s in self.twilio.sent() {
+            lines.push(InboxLine {
+                at: s.at,
+                channel: "sms",
+                to: s.to.clone(),
+                text: s.body.clone(),
+            });
+        }
+        for w in self.meta.sent() {
+            lines.push(InboxLine {
+                at: w.at,
+                channel: "whatsapp",
+                to: w.to.clone(),
+                text: format!("[{}] {}", w.template_name(), w.params().join(" | ")),
+            });
+        }
+        lines.sort_by_key(|l| l.at);
+        lines
     }
 
     /// Points `config`'s providers at the fakes.

@@ -85,7 +85,12 @@ pub struct SmtpSink {
 impl SmtpSink {
     /// Listens on a free loopback port.
     pub async fn start() -> std::io::Result<SmtpSink> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        SmtpSink::start_on("127.0.0.1:0").await
+    }
+
+    /// Listens on `addr`.
+    pub async fn start_on(addr: &str) -> std::io::Result<SmtpSink> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Mutex::new(Inner::default()));
         let state = Arc::clone(&inner);

@@ -62,7 +62,12 @@ impl FakeTwilio {
     /// Starts on a free loopback port with account `sid` and auth `token`; status
     /// callbacks (sent, delivered) are on.
     pub async fn start(sid: &str, token: &str) -> std::io::Result<FakeTwilio> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        FakeTwilio::start_on("127.0.0.1:0", sid, token).await
+    }
+
+    /// Like [`FakeTwilio::start`], on `addr`.
+    pub async fn start_on(addr: &str, sid: &str, token: &str) -> std::io::Result<FakeTwilio> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Mutex::new(Inner {
             callbacks: true,

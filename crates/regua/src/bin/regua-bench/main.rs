@@ -1,4 +1,5 @@
-//! `regua-bench intake` and `regua-bench scheduler` ([`scheduler`]).
+//! `regua-bench intake`, `regua-bench scheduler` ([`scheduler`]) and `regua-bench
+//! dispatch` ([`dispatch`]).
 //!
 //! `regua-bench intake`: intake throughput against the machine's own ceilings, measured
 //! in the same run, because these machines are small and noisy.
@@ -13,6 +14,7 @@
 //! Everything runs on a private nats-server child (temp store) and a fresh database on
 //! the local Postgres, both removed afterwards.
 
+mod dispatch;
 mod scheduler;
 
 use std::io::Write;
@@ -79,6 +81,24 @@ enum Bench {
         /// Length of the lateness run.
         #[arg(long, default_value_t = 60)]
         lateness_secs: u64,
+    },
+    /// One dispatcher worker's throughput against the same HTTP client's ceiling.
+    Dispatch {
+        /// Messages to send.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Postgres server to create the throwaway database on.
+        #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
+        postgres: String,
+        /// REGUA_DISPATCH_BATCH_SIZE of the worker.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// REGUA_DISPATCH_WORKERS of the worker.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// How long the fake provider takes to answer (0: a free provider).
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
     },
 }
 
@@ -147,7 +167,7 @@ fn spawn_service(
 ) -> anyhow::Result<tokio::process::Child> {
     let exe: PathBuf = std::env::current_exe()?.with_file_name("regua");
     let mut cmd = tokio::process::Command::new(&exe);
-    cmd.arg(service)
+    cmd.args(service.split_whitespace())
         .env("REGUA_NATS_URL", nats_url)
         .env("REGUA_DATABASE_URL", db_url)
         .env("REGUA_HTTP_ADDR", "127.0.0.1:0")
@@ -439,5 +459,12 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Bench::Dispatch {
+            messages,
+            postgres,
+            batch,
+            workers,
+            latency_ms,
+        } => dispatch::run(messages, &postgres, batch, workers, latency_ms).await,
     }
 }

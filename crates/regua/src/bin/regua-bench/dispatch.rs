@@ -1,0 +1,219 @@
+//! `regua-bench dispatch`: one SMS worker's throughput against the raw ceiling of the
+//! same HTTP client, both against the same local Twilio-shaped fake with no rate limit,
+//! measured in the same run.
+//!
+//! 1. Ceiling: the dispatcher's own HTTP client (`regua_dispatch::channels::
+//!    http_client`) posting N Twilio message forms to the fake, with the same number of
+//!    requests in flight as the worker keeps (batch size × workers).
+//! 2. Worker: N dispatch commands preloaded on `regua.v1.cmd.bench.dispatch.sms`, then
+//!    one `regua dispatch sms` process started; timed from the fake's first accepted
+//!    message to its N-th. Every message goes through the whole pipeline: claim and
+//!    guard (Postgres), render, send, record with its `message.sent` event (outbox),
+//!    ack.
+//!
+//! `--latency-ms` makes both fakes answer after a delay, like a real provider API
+//! (Twilio answers in the order of 100 ms): with it, the ratio shows what the pipeline
+//! costs in production; without it, what it costs against a free provider.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use chrono::TimeDelta;
+use regua_contract::commands::{
+    CommandInvoice, CommandKind, Creditor, DispatchCommand, Recipient, SmsOptions,
+};
+use regua_contract::inbound::Channel;
+use regua_contract::subjects;
+use regua_platform::{Clock, Config, SystemClock, nats};
+use regua_testkit::fakes::{self, FakeTwilio};
+
+use crate::{Rig, say, spawn_service};
+
+fn command(i: usize, now: chrono::DateTime<chrono::Utc>) -> DispatchCommand {
+    let due = now.date_naive() + TimeDelta::days(3);
+    DispatchCommand {
+        command_id: DispatchCommand::id_for("bench", &format!("NF-{i}"), "lembrete", 1),
+        kind: CommandKind::Step,
+        tenant: "bench".into(),
+        creditor: Creditor {
+            legal_name: "Bench Comércio Ltda".into(),
+            cnpj: "11222333000181".into(),
+            address: "Av. Paulista, 1000, São Paulo - SP".into(),
+            contact: "0800 000 0000".into(),
+        },
+        recipient: Recipient {
+            customer_id: format!("C-{i}"),
+            name: format!("Cliente {i}"),
+            email: None,
+            phone: Some(format!("+55119{:08}", i % 100_000_000)),
+            whatsapp_opt_in: false,
+            locale: "pt-BR".into(),
+            timezone: "America/Sao_Paulo".into(),
+        },
+        channel: Channel::Sms,
+        fallback: Vec::new(),
+        template: "lembrete_vencimento".into(),
+        step: "lembrete".into(),
+        policy: "padrao".into(),
+        policy_version: 1,
+        invoices: vec![CommandInvoice {
+            invoice_id: format!("NF-{i}"),
+            amount_cents: 15_990,
+            currency: "BRL".into(),
+            due_date: due,
+            effective_due_date: due,
+            description: None,
+            payment: None,
+            late_fee: None,
+        }],
+        scheduled_for: now,
+        not_after: now + TimeDelta::days(1),
+        test_clock: false,
+        sms: SmsOptions::default(),
+        templates: None,
+    }
+}
+
+async fn wait_sent(fake: &FakeTwilio, n: usize, what: &str) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let mut last = Instant::now();
+    while fake.sent().len() < n {
+        if t.elapsed() > Duration::from_secs(1800) {
+            bail!("{what}: {} of {n} after 30 minutes", fake.sent().len());
+        }
+        if last.elapsed() > Duration::from_secs(10) {
+            say(&format!("  … {what}: {} of {n}", fake.sent().len()));
+            last = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Requests per second from the first accepted message to the last of `sent`.
+fn rate(sent: &[fakes::twilio::Sms]) -> (f64, f64) {
+    let first = sent.iter().map(|s| s.at).min();
+    let last = sent.iter().map(|s| s.at).max();
+    match (first, last) {
+        (Some(a), Some(b)) if b > a => {
+            let secs = b.duration_since(a).as_secs_f64();
+            ((sent.len() - 1) as f64 / secs, secs)
+        }
+        _ => (0.0, 0.0),
+    }
+}
+
+pub async fn run(
+    n: usize,
+    postgres: &str,
+    batch: usize,
+    workers: usize,
+    latency_ms: u64,
+) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
+    let in_flight = batch * workers;
+    say(&format!(
+        "regua-bench dispatch: N = {n}, {cores} cores, batch {batch} × {workers} workers = {in_flight} in flight, provider latency {latency_ms} ms"
+    ));
+    let rig = Rig::start(n.min(100_000), postgres).await?;
+
+    // Ceiling: the same client, the same fake, the same concurrency.
+    let ceiling_fake = FakeTwilio::start(fakes::TWILIO_SID, fakes::TWILIO_TOKEN).await?;
+    ceiling_fake.callbacks(false);
+    ceiling_fake.latency(Duration::from_millis(latency_ms));
+    let mut config = Config::default();
+    config.providers.twilio_api_base = ceiling_fake.base();
+    let client = regua_dispatch::channels::http_client(&config)?;
+    let url = format!(
+        "{}/2010-04-01/Accounts/{}/Messages.json",
+        ceiling_fake.base(),
+        fakes::TWILIO_SID
+    );
+    let body = "Bench Comércio Ltda: Cliente, sua fatura de R$ 159,90 vence em 27/11/2026.";
+    let requests = futures::stream::iter(0..n).map(|i| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let to = format!("+55119{:08}", i % 100_000_000);
+            let form = [
+                ("To", to.as_str()),
+                ("From", fakes::TWILIO_FROM),
+                ("Body", body),
+                (
+                    "StatusCallback",
+                    "http://127.0.0.1:9/webhooks/twilio/status",
+                ),
+            ];
+            client
+                .post(&url)
+                .basic_auth(fakes::TWILIO_SID, Some(fakes::TWILIO_TOKEN))
+                .form(&form)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    let statuses: Vec<_> =
+        futures::StreamExt::collect(futures::StreamExt::buffer_unordered(requests, in_flight))
+            .await;
+    if statuses.iter().any(|s| !matches!(s, Ok(201))) {
+        bail!("the ceiling run had failed requests");
+    }
+    let (ceiling, ceiling_secs) = rate(&ceiling_fake.sent());
+    say(&format!(
+        "ceiling  http client → fake twilio {ceiling:>10.0} req/s ({ceiling_secs:.1} s)"
+    ));
+
+    // The worker, as its own process, over a preloaded backlog.
+    let fake = FakeTwilio::start(fakes::TWILIO_SID, fakes::TWILIO_TOKEN).await?;
+    fake.callbacks(false);
+    fake.latency(Duration::from_millis(latency_ms));
+    nats::ensure_streams(&rig.js).await?;
+    regua_dispatch::Dispatcher::migrate(&rig.pool).await?;
+    let now = SystemClock.now();
+    let messages = (0..n).map(|i| {
+        let cmd = command(i, now);
+        (
+            subjects::dispatch("bench", Channel::Sms),
+            async_nats::jetstream::message::PublishMessage::build()
+                .message_id(DispatchCommand::message_id(&cmd.command_id).to_string())
+                .payload(serde_json::to_vec(&cmd).unwrap_or_default().into()),
+        )
+    });
+    nats::publish_windowed(&rig.js, messages).await?;
+    let mut child = spawn_service(
+        "dispatch sms",
+        &rig.nats_url(),
+        &rig.db_url,
+        &[
+            ("REGUA_TWILIO_API_BASE", fake.base()),
+            ("REGUA_TWILIO_ACCOUNT_SID", fakes::TWILIO_SID.into()),
+            ("REGUA_TWILIO_AUTH_TOKEN", fakes::TWILIO_TOKEN.into()),
+            ("REGUA_TWILIO_FROM", fakes::TWILIO_FROM.into()),
+            ("REGUA_SMS_RATE_PER_SEC", "0".into()),
+            ("REGUA_DISPATCH_BATCH_SIZE", batch.to_string()),
+            ("REGUA_DISPATCH_WORKERS", workers.to_string()),
+        ],
+    )?;
+    let started = Instant::now();
+    wait_sent(&fake, n, "worker").await?;
+    let wall = started.elapsed().as_secs_f64();
+    child.kill().await.ok();
+    let sent = fake.sent();
+    let (worker, worker_secs) = rate(&sent);
+    let mut tos: Vec<&str> = sent.iter().map(|s| s.to.as_str()).collect();
+    tos.sort_unstable();
+    tos.dedup();
+    say(&format!(
+        "worker   regua dispatch sms         {worker:>10.0} msg/s ({worker_secs:.1} s first to last send; {wall:.1} s from process start; {} distinct recipients)",
+        tos.len()
+    ));
+    say(&format!(
+        "ratio    worker / http ceiling = {:.2} (target ≥ 0.60)",
+        worker / ceiling
+    ));
+    rig.finish().await
+}
+
+use futures::StreamExt as _;
