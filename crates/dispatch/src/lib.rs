@@ -134,9 +134,9 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// The webhooks of `channels` (and the unsubscribe link with e-mail).
-    pub fn router(self: &Arc<Self>, channels: &[Channel]) -> axum::Router {
-        webhooks::router(Arc::clone(self), channels)
+    /// The webhooks and the unsubscribe link.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        webhooks::router(Arc::clone(self))
     }
 
     /// The URL of a webhook or link path on this deployment.

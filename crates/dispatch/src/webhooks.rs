@@ -51,24 +51,19 @@ pub const STOP_WORDS: [&str; 8] = [
 /// Replies that opt a customer back in.
 pub const START_WORDS: [&str; 4] = ["VOLTAR", "START", "UNSTOP", "YES"];
 
-/// The routes of `channels`.
-pub fn router(d: Arc<Dispatcher>, channels: &[Channel]) -> Router {
-    let mut r = Router::new();
-    if channels.contains(&Channel::Whatsapp) {
-        r = r.route(WHATSAPP, get(whatsapp_handshake).post(whatsapp_post));
-    }
-    if channels.contains(&Channel::Sms) {
-        r = r
-            .route(TWILIO_STATUS, post(twilio_status))
-            .route(TWILIO_INBOUND, post(twilio_inbound));
-    }
-    if channels.contains(&Channel::Email) {
-        r = r.route(
+/// Every webhook and the unsubscribe link. Each dispatcher process serves them all,
+/// whatever channel it sends, so any replica behind one public address can take any
+/// callback; a provider whose secret this process lacks gets 401.
+pub fn router(d: Arc<Dispatcher>) -> Router {
+    Router::new()
+        .route(WHATSAPP, get(whatsapp_handshake).post(whatsapp_post))
+        .route(TWILIO_STATUS, post(twilio_status))
+        .route(TWILIO_INBOUND, post(twilio_inbound))
+        .route(
             &format!("{UNSUBSCRIBE}/{{token}}"),
             get(unsubscribe_page).post(unsubscribe),
-        );
-    }
-    r.with_state(d)
+        )
+        .with_state(d)
 }
 
 fn unauthorized(why: &str) -> Response {

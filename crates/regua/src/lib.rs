@@ -132,7 +132,7 @@ impl Platform {
             let dispatcher =
                 Dispatcher::from_parts(config.clone(), pool.clone(), client.clone(), clock);
             dispatcher.start(services.dispatch, &shutdown).await?;
-            router = router.merge(dispatcher.router(services.dispatch));
+            router = router.merge(dispatcher.router());
         }
 
         let listener = tokio::net::TcpListener::bind(config.http_addr)
