@@ -14,7 +14,7 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use regua_platform::Config;
 
-use super::{Outcome, Outgoing};
+use super::{Outcome, Outgoing, redact};
 use crate::DispatchError;
 
 pub const PROVIDER: &str = "smtp";
@@ -82,7 +82,9 @@ impl Email {
             Some(out.cmd.recipient.name.clone()),
             address
                 .parse()
-                .map_err(|e| permanent(format!("invalid address: {e}")))?,
+                .map_err(|e: lettre::address::AddressError| {
+                    permanent(format!("invalid address: {}", redact(&e.to_string())))
+                })?,
         );
         let from = Mailbox::new(
             Some(out.cmd.creditor.legal_name.clone()),
@@ -134,7 +136,7 @@ impl Email {
 
 /// The SMTP retry rule.
 fn classify(e: &lettre::transport::smtp::Error) -> Outcome {
-    let reason = e.to_string();
+    let reason = redact(&e.to_string());
     if e.is_permanent() {
         Outcome::Permanent { reason }
     } else if e.is_transient() || reason.starts_with("Connection error") || e.is_tls() {

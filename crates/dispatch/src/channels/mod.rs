@@ -160,3 +160,52 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
 }
+
+/// A provider's error text without phone numbers or e-mail addresses in it (Twilio
+/// repeats the `To` number in its messages): reasons go into events and the database.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.chars().filter(char::is_ascii_digit).count() >= 8 {
+            out.push_str("***");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() || (c == '+' && run.is_empty()) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out.split(' ')
+        .map(|w| if w.contains('@') { "***" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_numbers_and_addresses_and_keeps_error_codes() {
+        assert_eq!(
+            redact("http 400: 21211 The 'To' number +5511900000001 is not a valid phone number."),
+            "http 400: 21211 The 'To' number *** is not a valid phone number."
+        );
+        assert_eq!(
+            redact("550 5.1.1 <joao@example.com> unknown"),
+            "550 5.1.1 *** unknown"
+        );
+        assert_eq!(
+            redact("(#131026) Message undeliverable"),
+            "(#131026) Message undeliverable"
+        );
+    }
+}

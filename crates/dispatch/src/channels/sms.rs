@@ -13,7 +13,7 @@
 use regua_platform::Config;
 use serde::Deserialize;
 
-use super::{Outcome, Outgoing, request_error, retry_after};
+use super::{Outcome, Outgoing, redact, request_error, retry_after};
 use crate::DispatchError;
 
 pub const PROVIDER: &str = "twilio";
@@ -127,7 +127,7 @@ impl Sms {
                 )
             })
             .unwrap_or_default();
-        let reason = format!("http {}: {}", status.as_u16(), detail.trim());
+        let reason = redact(&format!("http {}: {}", status.as_u16(), detail.trim()));
         match status.as_u16() {
             429 | 401 | 403 | 500..=599 => Outcome::Transient {
                 reason,

@@ -15,7 +15,7 @@ use regua_platform::Config;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Outcome, Outgoing, phone_digits, request_error, retry_after};
+use super::{Outcome, Outgoing, phone_digits, redact, request_error, retry_after};
 use crate::DispatchError;
 
 pub const PROVIDER: &str = "whatsapp_cloud";
@@ -164,12 +164,12 @@ impl Whatsapp {
             .ok()
             .map(|b| b.error);
         let code = error.as_ref().and_then(|e| e.code);
-        let reason = format!(
+        let reason = redact(&format!(
             "http {}: {} {}",
             status.as_u16(),
             code.map(|c| c.to_string()).unwrap_or_default(),
             error.and_then(|e| e.message).unwrap_or_default()
-        );
+        ));
         let retriable = matches!(status.as_u16(), 429 | 401 | 403 | 500..=599)
             || code.is_some_and(|c| RETRIABLE_CODES.contains(&c));
         if retriable {
