@@ -975,6 +975,7 @@ async fn four_replicas_share_one_rate_limit_and_drain_without_loss(pool: PgPool)
     let span = at[at.len() - 1].duration_since(at[0]).as_secs_f64();
     let rate = f64::from(N - 1) / span;
     let ratio = rate / f64::from(R);
+    println!("four replicas: {rate:.2} msgs/s against R = {R} ({ratio:.3}) over {span:.1} s");
     assert!(
         (0.95..=1.05).contains(&ratio),
         "combined rate {rate:.2}/s against R = {R} ({ratio:.3})"

@@ -1,7 +1,8 @@
 //! Traces across the asynchronous hop: an invoice POSTed over HTTP is planned by the
 //! scheduler in the same trace; days later (on a test clock) its step fires in a new
 //! trace whose span links back to the planning, and the dispatch command's publish
-//! belongs to the firing trace. Asserted with an in-memory exporter, alone in its
+//! belongs to the firing trace, as do the dispatcher's processing, its provider call
+//! (to the WhatsApp fake) and the `message.sent` it publishes. Asserted with an in-memory exporter, alone in its
 //! binary because it installs the global subscriber.
 #![allow(
     clippy::unwrap_used,
@@ -29,8 +30,10 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
     let (exporter, provider) = trace::capture();
 
     let server = NatsServer::start().await;
-    let config = common::config(&server.url(), &pool);
-    let platform = Platform::start(&config, Arc::new(SystemClock), Services::CORE)
+    let fakes = regua_testkit::fakes::FakeProviders::start().await.unwrap();
+    let mut config = common::config(&server.url(), &pool);
+    fakes.configure(&mut config);
+    let platform = Platform::start(&config, Arc::new(SystemClock), Services::ALL)
         .await
         .unwrap();
     let url = format!("http://{}", platform.addr);
@@ -89,7 +92,11 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
         (c["status"] == "ready" && c["now"] == "2026-12-07T14:00:00Z").then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the whatsapp message", Duration::from_secs(30), || async {
+        (fakes.meta.sent().len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     provider.force_flush().unwrap();
     let spans = exporter.get_finished_spans().unwrap();
 
@@ -122,6 +129,35 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
     assert_eq!(attr(fired, "regua.step").as_deref(), Some("lembrete"));
     assert_eq!(attr(fired, "regua.channel").as_deref(), Some("whatsapp"));
     assert_eq!(attr(fired, "regua.outcome").as_deref(), Some("sent"));
+
+    // The dispatcher continues the firing trace: processing, the provider call, the event.
+    let dispatched = find(&spans, "process regua.v1.cmd.trc.dispatch.whatsapp");
+    assert_eq!(
+        dispatched.span_context.trace_id(),
+        fired.span_context.trace_id()
+    );
+    assert_eq!(dispatched.parent_span_id, command.span_context.span_id());
+    assert_eq!(attr(dispatched, "regua.tenant").as_deref(), Some("trc"));
+    assert_eq!(
+        attr(dispatched, "regua.invoice_id").as_deref(),
+        Some("NF-TRACE")
+    );
+    assert_eq!(attr(dispatched, "regua.outcome").as_deref(), Some("sent"));
+    assert_eq!(
+        attr(dispatched, "messaging.consumer.group.name").as_deref(),
+        Some("dispatch-whatsapp")
+    );
+    let call = find(&spans, "provider send");
+    assert_eq!(call.parent_span_id, dispatched.span_context.span_id());
+    assert_eq!(attr(call, "regua.channel").as_deref(), Some("whatsapp"));
+    assert_eq!(
+        attr(call, "regua.provider").as_deref(),
+        Some("whatsapp_cloud")
+    );
+    assert_eq!(attr(call, "regua.step").as_deref(), Some("lembrete"));
+    assert_eq!(attr(call, "regua.outcome").as_deref(), Some("sent"));
+    let sent = find(&spans, "send regua.v1.evt.trc.message.sent");
+    assert_eq!(sent.span_context.trace_id(), fired.span_context.trace_id());
 
     // No PII in any span of the whole run.
     let pii = trace::pii_of(&body);

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use rand::Rng;
 use regua_contract::commands::DispatchCommand;
 use regua_contract::inbound::Channel;
@@ -103,30 +102,17 @@ pub fn consumer_config(channel: Channel, config: &Config) -> consumer::pull::Con
 /// Consumes until `cancel`: stops fetching, and finishes the batch in hand.
 pub async fn run(w: Arc<Worker>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200));
-    while !cancel.is_cancelled() {
-        let fetched = tokio::select! {
-            () = cancel.cancelled() => break,
-            f = consumer
-                .fetch()
-                .max_messages(w.fetch_size())
-                .expires(Duration::from_millis(1000))
-                .messages() => f,
-        };
-        let mut batch = match fetched {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, channel = w.channel().as_str(), "dispatch fetch failed; retrying");
-                if !backoff.wait(&cancel).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        backoff.reset();
-        let mut msgs = Vec::new();
-        while let Some(Ok(m)) = batch.next().await {
-            msgs.push(m);
-        }
+    let expires = Duration::from_millis(1000);
+    while let Some(msgs) = nats::fetch_batch(
+        &consumer,
+        w.fetch_size(),
+        expires,
+        &mut backoff,
+        &cancel,
+        &w.consumer_name,
+    )
+    .await
+    {
         if msgs.is_empty() {
             continue;
         }

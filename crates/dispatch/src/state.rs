@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt;
 use regua_contract::events::{
     CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerUpserted, InvoiceCanceled,
     InvoiceChanged, InvoicePaid,
@@ -42,26 +41,16 @@ pub fn consumer_config() -> consumer::pull::Config {
 /// Consumes until `cancel`.
 pub async fn run(d: Arc<Dispatcher>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200));
-    while !cancel.is_cancelled() {
-        let fetched = tokio::select! {
-            () = cancel.cancelled() => break,
-            f = consumer.fetch().max_messages(BATCH).expires(Duration::from_millis(1000)).messages() => f,
-        };
-        let mut batch = match fetched {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "dispatch-state fetch failed; retrying");
-                if !backoff.wait(&cancel).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        backoff.reset();
-        let mut msgs = Vec::new();
-        while let Some(Ok(m)) = batch.next().await {
-            msgs.push(m);
-        }
+    while let Some(msgs) = nats::fetch_batch(
+        &consumer,
+        BATCH,
+        Duration::from_millis(1000),
+        &mut backoff,
+        &cancel,
+        subjects::CONSUMER_DISPATCH_STATE,
+    )
+    .await
+    {
         if msgs.is_empty() {
             continue;
         }

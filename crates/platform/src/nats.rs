@@ -133,6 +133,48 @@ pub async fn ensure_pull_consumer(
     }
 }
 
+/// Fetches the next batch of up to `max` messages from `consumer`, waiting at most
+/// `expires` for them. A failed fetch is logged (as `what`) and retried after
+/// `backoff`; `None` once `cancel` fires. A fetch under way is not cut short (keep
+/// `expires` short): messages it brings are returned, to be finished, rather than left
+/// unacked until their ack wait runs out. An empty batch is `Some(vec![])`.
+pub async fn fetch_batch(
+    consumer: &consumer::PullConsumer,
+    max: usize,
+    expires: Duration,
+    backoff: &mut crate::shutdown::Backoff,
+    cancel: &tokio_util::sync::CancellationToken,
+    what: &str,
+) -> Option<Vec<jetstream::Message>> {
+    loop {
+        if cancel.is_cancelled() {
+            return None;
+        }
+        match consumer
+            .fetch()
+            .max_messages(max)
+            .expires(expires)
+            .messages()
+            .await
+        {
+            Ok(mut batch) => {
+                backoff.reset();
+                let mut msgs = Vec::new();
+                while let Some(Ok(m)) = futures::StreamExt::next(&mut batch).await {
+                    msgs.push(m);
+                }
+                return Some(msgs);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, consumer = what, "fetch failed; retrying");
+                if !backoff.wait(cancel).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// Most publishes [`publish_windowed`] keeps awaiting acks. The JetStream context allows
 /// 5,000 in flight and blocks the next publish beyond that, so holding more unawaited
 /// ack futures than that would deadlock.

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use regua_contract::events::{
     CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerUpserted, InvoiceCanceled,
     InvoiceChanged, InvoicePaid, TenantCreated,
@@ -52,28 +51,16 @@ pub fn consumer_config(batch: usize) -> consumer::pull::Config {
 /// Consumes until `cancel`; the batch in hand is finished first.
 pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200));
-    while !cancel.is_cancelled() {
-        let fetched = consumer
-            .fetch()
-            .max_messages(s.config.scheduler_batch_size)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await;
-        let mut batch = match fetched {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "scheduler fetch failed; retrying");
-                if !backoff.wait(&cancel).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        backoff.reset();
-        let mut msgs = Vec::new();
-        while let Some(Ok(m)) = batch.next().await {
-            msgs.push(m);
-        }
+    while let Some(msgs) = nats::fetch_batch(
+        &consumer,
+        s.config.scheduler_batch_size,
+        Duration::from_millis(500),
+        &mut backoff,
+        &cancel,
+        subjects::CONSUMER_SCHEDULER,
+    )
+    .await
+    {
         if !msgs.is_empty() {
             process(&s, msgs).await;
         }

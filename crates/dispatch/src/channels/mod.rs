@@ -152,6 +152,72 @@ fn without_url(e: &reqwest::Error) -> String {
     s
 }
 
+/// A provider's HTTP answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// A success answer's provider message id, found by `id`; an answer without one is
+    /// unknown (the provider accepted something).
+    pub fn accepted<T: serde::de::DeserializeOwned>(
+        &self,
+        id: impl FnOnce(T) -> Option<String>,
+    ) -> Outcome {
+        match serde_json::from_slice::<T>(&self.body).ok().and_then(id) {
+            Some(provider_message_id) => Outcome::Sent {
+                provider_message_id,
+            },
+            None => Outcome::Unknown {
+                reason: "accepted with an unreadable answer".into(),
+            },
+        }
+    }
+
+    /// An error answer's outcome: retriable when `retriable` says so.
+    pub fn refused(&self, reason: String, retriable: bool) -> Outcome {
+        let reason = redact(&reason);
+        if retriable {
+            Outcome::Transient {
+                reason,
+                retry_after: self.retry_after,
+            }
+        } else {
+            Outcome::Permanent { reason }
+        }
+    }
+}
+
+/// Sends `request` and reads the answer; what goes wrong before an answer is the
+/// outcome.
+pub async fn call(request: reqwest::RequestBuilder) -> Result<Answer, Outcome> {
+    let response = request.send().await.map_err(|e| request_error(&e))?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    match response.bytes().await {
+        Ok(body) => Ok(Answer {
+            status: status.as_u16(),
+            retry_after,
+            body,
+        }),
+        Err(e) if status.is_success() => Err(Outcome::Unknown {
+            reason: format!("accepted but the answer broke: {e}"),
+        }),
+        Err(_) => Ok(Answer {
+            status: status.as_u16(),
+            retry_after,
+            body: bytes::Bytes::new(),
+        }),
+    }
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is treated as absent).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers

@@ -13,7 +13,7 @@
 use regua_platform::Config;
 use serde::Deserialize;
 
-use super::{Outcome, Outgoing, redact, request_error, retry_after};
+use super::{Outcome, Outgoing, call};
 use crate::DispatchError;
 
 pub const PROVIDER: &str = "twilio";
@@ -86,39 +86,19 @@ impl Sms {
             ("Body", out.rendered.text.as_str()),
             ("StatusCallback", out.status_callback.as_str()),
         ];
-        let response = match self
+        let request = self
             .client
             .post(&self.url)
             .basic_auth(&self.sid, Some(self.token.expose()))
-            .form(&form)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return request_error(&e),
+            .form(&form);
+        let answer = match call(request).await {
+            Ok(a) => a,
+            Err(outcome) => return outcome,
         };
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) if status.is_success() => {
-                return Outcome::Unknown {
-                    reason: format!("accepted but the answer broke: {e}"),
-                };
-            }
-            Err(_) => Default::default(),
-        };
-        if status.is_success() {
-            return match serde_json::from_slice::<Created>(&body) {
-                Ok(c) => Outcome::Sent {
-                    provider_message_id: c.sid,
-                },
-                Err(e) => Outcome::Unknown {
-                    reason: format!("accepted with an unreadable answer: {e}"),
-                },
-            };
+        if answer.is_success() {
+            return answer.accepted(|c: Created| Some(c.sid));
         }
-        let detail = serde_json::from_slice::<ApiError>(&body)
+        let detail = serde_json::from_slice::<ApiError>(&answer.body)
             .map(|e| {
                 format!(
                     "{} {}",
@@ -127,13 +107,9 @@ impl Sms {
                 )
             })
             .unwrap_or_default();
-        let reason = redact(&format!("http {}: {}", status.as_u16(), detail.trim()));
-        match status.as_u16() {
-            429 | 401 | 403 | 500..=599 => Outcome::Transient {
-                reason,
-                retry_after: wait,
-            },
-            _ => Outcome::Permanent { reason },
-        }
+        answer.refused(
+            format!("http {}: {}", answer.status, detail.trim()),
+            matches!(answer.status, 429 | 401 | 403 | 500..=599),
+        )
     }
 }

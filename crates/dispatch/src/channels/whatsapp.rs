@@ -15,7 +15,7 @@ use regua_platform::Config;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Outcome, Outgoing, phone_digits, redact, request_error, retry_after};
+use super::{Outcome, Outgoing, call, phone_digits};
 use crate::DispatchError;
 
 pub const PROVIDER: &str = "whatsapp_cloud";
@@ -125,60 +125,30 @@ impl Whatsapp {
             Ok(b) => b,
             Err(o) => return o,
         };
-        let response = match self
+        let request = self
             .client
             .post(&self.url)
             .bearer_auth(self.token.expose())
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return request_error(&e),
+            .json(&body);
+        let answer = match call(request).await {
+            Ok(a) => a,
+            Err(outcome) => return outcome,
         };
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let bytes = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) if status.is_success() => {
-                return Outcome::Unknown {
-                    reason: format!("accepted but the answer broke: {e}"),
-                };
-            }
-            Err(_) => Default::default(),
-        };
-        if status.is_success() {
-            return match serde_json::from_slice::<Sent>(&bytes)
-                .ok()
-                .and_then(|s| s.messages.into_iter().next())
-            {
-                Some(m) => Outcome::Sent {
-                    provider_message_id: m.id,
-                },
-                None => Outcome::Unknown {
-                    reason: "accepted with an unreadable answer".into(),
-                },
-            };
+        if answer.is_success() {
+            return answer.accepted(|s: Sent| s.messages.into_iter().next().map(|m| m.id));
         }
-        let error = serde_json::from_slice::<ErrorBody>(&bytes)
+        let error = serde_json::from_slice::<ErrorBody>(&answer.body)
             .ok()
             .map(|b| b.error);
         let code = error.as_ref().and_then(|e| e.code);
-        let reason = redact(&format!(
+        let reason = format!(
             "http {}: {} {}",
-            status.as_u16(),
+            answer.status,
             code.map(|c| c.to_string()).unwrap_or_default(),
             error.and_then(|e| e.message).unwrap_or_default()
-        ));
-        let retriable = matches!(status.as_u16(), 429 | 401 | 403 | 500..=599)
+        );
+        let retriable = matches!(answer.status, 429 | 401 | 403 | 500..=599)
             || code.is_some_and(|c| RETRIABLE_CODES.contains(&c));
-        if retriable {
-            Outcome::Transient {
-                reason,
-                retry_after: wait,
-            }
-        } else {
-            Outcome::Permanent { reason }
-        }
+        answer.refused(reason, retriable)
     }
 }
