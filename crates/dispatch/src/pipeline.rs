@@ -336,88 +336,116 @@ pub fn unsubscribe_url(d: &Dispatcher, cmd: &DispatchCommand) -> String {
     d.public(&format!("{}/{token}", crate::webhooks::UNSUBSCRIBE))
 }
 
-/// Transaction 1: claims every command's attempt, applies the guard, renders what may
-/// go, and marks it `sending` before any provider call.
+/// The guard's decision for a command seen for the first time: skip, broken (render
+/// failed), or send.
+fn guard(w: &Worker, item: &Item, facts: &store::GuardFacts) -> Plan {
+    let channel = w.channel();
+    let cmd = &item.cmd;
+    let closed = |invoice_id: &str| {
+        facts
+            .closed
+            .contains(&(cmd.tenant.clone(), invoice_id.to_owned()))
+    };
+    let customer = (cmd.tenant.clone(), cmd.recipient.customer_id.clone());
+    let skip = |reason: &str, fallback: bool| Plan::Skip {
+        reason: reason.to_owned(),
+        fallback,
+    };
+    if cmd.invoices.iter().all(|i| closed(&i.invoice_id)) {
+        skip("invoice_closed", false)
+    } else if facts.opted_out.contains(&customer) {
+        skip("opted_out", true)
+    } else if channel == Channel::Whatsapp
+        && (!cmd.recipient.whatsapp_opt_in || facts.no_whatsapp.contains(&customer))
+    {
+        skip("no_whatsapp_opt_in", true)
+    } else if item.now > cmd.not_after {
+        skip("window_closed", false)
+    } else {
+        // Invoices closed since the command was made leave the message.
+        let mut open = cmd.clone();
+        open.invoices.retain(|i| !closed(&i.invoice_id));
+        let links = Links {
+            unsubscribe_url: (channel == Channel::Email).then(|| unsubscribe_url(&w.d, cmd)),
+        };
+        match template::render(&open, channel, &links) {
+            Ok(rendered) => Plan::Send { rendered, calls: 0 },
+            Err(e) => Plan::Broken(format!("permanent: {e}")),
+        }
+    }
+}
+
+/// Transaction 1: applies the guard, renders what may go, and claims every command's
+/// attempt in its decided state — `sending` before any provider call. A command seen
+/// before (a redelivery) is locked and decided from its attempt instead: final ones are
+/// done, one still `sending` is unknown, one waiting for a retry goes again.
 async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, DispatchError> {
     let channel = w.channel();
     let provider = w.adapter.provider();
+    let mut tx = w.d.pool.begin().await?;
+    let cmds: Vec<&DispatchCommand> = items.iter().map(|i| &i.cmd).collect();
+    let facts = store::guard_facts(&mut tx, channel, &cmds).await?;
+    let first: Vec<Plan> = items.iter().map(|item| guard(w, item, &facts)).collect();
     let mut new = Vec::with_capacity(items.len());
-    for item in items {
+    for (item, plan) in items.iter().zip(&first) {
+        let (state, reason) = match plan {
+            Plan::Skip { reason, .. } => (State::Skipped, Some(reason.clone())),
+            Plan::Broken(reason) => (State::Failed, Some(reason.clone())),
+            _ => (State::Sending, None),
+        };
         new.push(NewAttempt {
             cmd: &item.cmd,
             address_key: channels::address_key(&item.cmd, channel),
             provider,
             json: String::from_utf8_lossy(&item.msg.payload).into_owned(),
+            state,
+            reason,
         });
     }
-    let mut tx = w.d.pool.begin().await?;
-    let claimed = store::claim(&mut tx, channel, &new).await?;
-    let cmds: Vec<&DispatchCommand> = items.iter().map(|i| &i.cmd).collect();
-    let facts = store::guard_facts(&mut tx, channel, &cmds).await?;
+    let fresh = store::claim(&mut tx, channel, &new).await?;
+    let seen: Vec<&DispatchCommand> = cmds
+        .iter()
+        .copied()
+        .filter(|c| !fresh.contains(&(c.tenant.clone(), c.command_id.clone())))
+        .collect();
+    let existing = store::lock(&mut tx, channel, &seen).await?;
     let mut plans = Vec::with_capacity(items.len());
     let mut updates = Vec::new();
     let mut events: Vec<OutboxMessage> = Vec::new();
-    for item in items {
+    for (item, plan) in items.iter().zip(first) {
         let cmd = &item.cmd;
         let key = (cmd.tenant.clone(), cmd.command_id.clone());
-        let (state, calls) = claimed.get(&key).copied().unwrap_or((State::Pending, 0));
-        let customer = (cmd.tenant.clone(), cmd.recipient.customer_id.clone());
+        let is_fresh = fresh.contains(&key);
+        let (state, calls) = if is_fresh {
+            (State::Pending, 0)
+        } else {
+            existing.get(&key).copied().unwrap_or((State::Pending, 0))
+        };
         let plan = if state.is_final() {
             Plan::Done
         } else if state == State::Sending {
             Plan::Unknown
-        } else if cmd.invoices.iter().all(|i| {
-            facts
-                .closed
-                .contains(&(cmd.tenant.clone(), i.invoice_id.clone()))
-        }) {
-            Plan::Skip {
-                reason: "invoice_closed".into(),
-                fallback: false,
-            }
-        } else if facts.opted_out.contains(&customer) {
-            Plan::Skip {
-                reason: "opted_out".into(),
-                fallback: true,
-            }
-        } else if channel == Channel::Whatsapp
-            && (!cmd.recipient.whatsapp_opt_in || facts.no_whatsapp.contains(&customer))
-        {
-            Plan::Skip {
-                reason: "no_whatsapp_opt_in".into(),
-                fallback: true,
-            }
-        } else if item.now > cmd.not_after {
-            Plan::Skip {
-                reason: "window_closed".into(),
-                fallback: false,
-            }
         } else {
-            // Invoices closed since the command was made leave the message.
-            let mut open = cmd.clone();
-            open.invoices.retain(|i| {
-                !facts
-                    .closed
-                    .contains(&(cmd.tenant.clone(), i.invoice_id.clone()))
-            });
-            let links = Links {
-                unsubscribe_url: (channel == Channel::Email).then(|| unsubscribe_url(&w.d, cmd)),
-            };
-            match template::render(&open, channel, &links) {
-                Ok(rendered) => Plan::Send { rendered, calls },
-                Err(e) => Plan::Broken(e.to_string()),
+            match plan {
+                Plan::Send { rendered, .. } => Plan::Send { rendered, calls },
+                other => other,
             }
         };
         let tp = telemetry::traceparent(&item.span);
-        let base = |state: State, reason: Option<String>| Update {
-            tenant: cmd.tenant.clone(),
-            command_id: cmd.command_id.clone(),
-            state,
-            provider_message_id: None,
-            reason,
-            sent_at: None,
-            segments: None,
-            call: false,
+        // A fresh attempt was inserted in its decided state; a seen one is updated.
+        let mut base = |state: State, reason: Option<String>, call: bool| {
+            if !is_fresh {
+                updates.push(Update {
+                    tenant: cmd.tenant.clone(),
+                    command_id: cmd.command_id.clone(),
+                    state,
+                    provider_message_id: None,
+                    reason,
+                    sent_at: None,
+                    segments: None,
+                    call,
+                });
+            }
         };
         match &plan {
             Plan::Done => {
@@ -425,7 +453,7 @@ async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, Dispat
             }
             Plan::Unknown => {
                 item.span.record("regua.outcome", "unknown");
-                updates.push(base(State::Unknown, Some("outcome_unknown".into())));
+                base(State::Unknown, Some("outcome_unknown".into()), false);
                 events.push(store::message_event(
                     cmd,
                     channel,
@@ -442,7 +470,7 @@ async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, Dispat
             }
             Plan::Skip { reason, fallback } => {
                 item.span.record("regua.outcome", "skipped");
-                updates.push(base(State::Skipped, Some(reason.clone())));
+                base(State::Skipped, Some(reason.clone()), false);
                 let moved = if *fallback {
                     store::fallback(cmd, item.now, tp.clone())?
                 } else {
@@ -465,8 +493,7 @@ async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, Dispat
             }
             Plan::Broken(reason) => {
                 item.span.record("regua.outcome", "failed");
-                let reason = format!("permanent: {reason}");
-                updates.push(base(State::Failed, Some(reason.clone())));
+                base(State::Failed, Some(reason.clone()), false);
                 let moved = store::fallback(cmd, item.now, tp.clone())?;
                 events.push(store::message_event(
                     cmd,
@@ -475,7 +502,7 @@ async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, Dispat
                     EventType::MessageFailed,
                     item.now,
                     EventFacts {
-                        reason: Some(reason),
+                        reason: Some(reason.clone()),
                         fallback_to: moved.as_ref().map(|(c, _)| *c),
                         ..Default::default()
                     },
@@ -483,11 +510,7 @@ async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, Dispat
                 )?);
                 events.extend(moved.map(|(_, m)| m));
             }
-            Plan::Send { .. } => {
-                let mut u = base(State::Sending, None);
-                u.call = true;
-                updates.push(u);
-            }
+            Plan::Send { .. } => base(State::Sending, None, true),
         }
         plans.push(plan);
     }

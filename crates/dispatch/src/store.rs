@@ -59,22 +59,27 @@ impl State {
     }
 }
 
-/// A command about to be claimed.
+/// A command about to be claimed, in the state the guard decided for it.
 pub struct NewAttempt<'a> {
     pub cmd: &'a DispatchCommand,
     pub address_key: Option<String>,
     pub provider: &'static str,
     pub json: String,
+    /// `sending` (counted as a call), `skipped` or `failed`.
+    pub state: State,
+    pub reason: Option<String>,
 }
 
 const SEP: &str = "\u{1f}";
 
-/// Inserts missing attempts and locks all of them; returns each one's state and calls.
+/// Inserts the attempts of commands never seen, in their decided state, and returns
+/// their keys. A command already claimed (or being claimed by a transaction that
+/// commits first) is left alone: [`lock`] reads it.
 pub async fn claim(
     conn: &mut PgConnection,
     channel: Channel,
     items: &[NewAttempt<'_>],
-) -> Result<HashMap<(String, String), (State, i32)>, sqlx::Error> {
+) -> Result<HashSet<(String, String)>, sqlx::Error> {
     let mut tenants = Vec::with_capacity(items.len());
     let mut ids = Vec::with_capacity(items.len());
     let mut customers = Vec::with_capacity(items.len());
@@ -84,6 +89,9 @@ pub async fn claim(
     let mut providers = Vec::with_capacity(items.len());
     let mut clocks = Vec::with_capacity(items.len());
     let mut commands = Vec::with_capacity(items.len());
+    let mut states = Vec::with_capacity(items.len());
+    let mut reasons = Vec::with_capacity(items.len());
+    let mut calls = Vec::with_capacity(items.len());
     for a in items {
         tenants.push(a.cmd.tenant.as_str());
         ids.push(a.cmd.command_id.as_str());
@@ -101,14 +109,19 @@ pub async fn claim(
         providers.push(a.provider);
         clocks.push(a.cmd.test_clock);
         commands.push(a.json.as_str());
+        states.push(a.state.as_str());
+        reasons.push(a.reason.as_deref());
+        calls.push(i32::from(a.state == State::Sending));
     }
-    sqlx::query(
+    let rows = sqlx::query(
         "INSERT INTO dispatch.attempts (tenant, command_id, channel, state, customer_id, address_key, \
-         step, invoice_ids, provider, test_clock, command) \
-         SELECT t, c, $1, 'pending', cu, ad, st, string_to_array(inv, $11), pr, tc, cmd::jsonb \
+         step, invoice_ids, provider, test_clock, command, reason, calls) \
+         SELECT t, c, $1, s, cu, ad, st, string_to_array(inv, $11), pr, tc, cmd::jsonb, r, n \
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                     $8::text[], $9::bool[], $10::text[]) AS u(t, c, cu, ad, st, inv, pr, tc, cmd) \
-         ON CONFLICT (tenant, command_id, channel) DO NOTHING",
+                     $8::text[], $9::bool[], $10::text[], $12::text[], $13::text[], $14::int[]) \
+              AS u(t, c, cu, ad, st, inv, pr, tc, cmd, s, r, n) \
+         ON CONFLICT (tenant, command_id, channel) DO NOTHING \
+         RETURNING tenant, command_id",
     )
     .bind(channel.as_str())
     .bind(&tenants)
@@ -121,8 +134,27 @@ pub async fn claim(
     .bind(&clocks)
     .bind(&commands)
     .bind(SEP)
-    .execute(&mut *conn)
+    .bind(&states)
+    .bind(&reasons)
+    .bind(&calls)
+    .fetch_all(&mut *conn)
     .await?;
+    rows.into_iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Locks the attempts of commands seen before; returns each one's state and calls.
+pub async fn lock(
+    conn: &mut PgConnection,
+    channel: Channel,
+    cmds: &[&DispatchCommand],
+) -> Result<HashMap<(String, String), (State, i32)>, sqlx::Error> {
+    if cmds.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let tenants: Vec<&str> = cmds.iter().map(|c| c.tenant.as_str()).collect();
+    let ids: Vec<&str> = cmds.iter().map(|c| c.command_id.as_str()).collect();
     let rows = sqlx::query(
         "SELECT tenant, command_id, state, calls FROM dispatch.attempts \
          WHERE channel = $1 AND (tenant, command_id) IN (SELECT * FROM UNNEST($2::text[], $3::text[])) \

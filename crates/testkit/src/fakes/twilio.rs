@@ -109,6 +109,11 @@ impl FakeTwilio {
         self.lock().requests
     }
 
+    /// How many messages were accepted (cheaper than `sent().len()`).
+    pub fn count(&self) -> usize {
+        self.lock().sent.len()
+    }
+
     /// The `To` of every request received, answered or not.
     pub fn received(&self) -> Vec<String> {
         self.lock().received.clone()

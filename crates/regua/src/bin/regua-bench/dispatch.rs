@@ -77,15 +77,15 @@ fn command(i: usize, now: chrono::DateTime<chrono::Utc>) -> DispatchCommand {
 async fn wait_sent(fake: &FakeTwilio, n: usize, what: &str) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut last = Instant::now();
-    while fake.sent().len() < n {
+    while fake.count() < n {
         if t.elapsed() > Duration::from_secs(1800) {
-            bail!("{what}: {} of {n} after 30 minutes", fake.sent().len());
+            bail!("{what}: {} of {n} after 30 minutes", fake.count());
         }
         if last.elapsed() > Duration::from_secs(10) {
-            say(&format!("  … {what}: {} of {n}", fake.sent().len()));
+            say(&format!("  … {what}: {} of {n}", fake.count()));
             last = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
 }
