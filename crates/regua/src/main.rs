@@ -132,7 +132,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Dispatch { channel } => {
             run_services(config, regua::Services::dispatch(channel.into())).await
         }
-        Command::All => run_services(config, regua::Services::ALL).await,
+        Command::All => {
+            let services = all_services(&config);
+            run_services(config, services).await
+        }
         Command::Policy { command } => {
             let _telemetry = telemetry::init("regua-admin", &config)?;
             policy(config, command).await
@@ -150,6 +153,26 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = telemetry::init("regua-demo", &config)?;
             demo::run(&config, args).await
         }
+    }
+}
+
+/// Every service; a channel whose provider is not configured is left out with a
+/// warning (`regua dispatch <channel>` refuses to start instead).
+fn all_services(config: &Config) -> regua::Services {
+    let mut channels = Vec::new();
+    for channel in regua_contract::inbound::Channel::ALL {
+        match regua_dispatch::channels::Adapter::from_config(channel, config) {
+            Ok(_) => channels.push(channel),
+            Err(e) => eprintln!(
+                "regua all: not running the {} dispatcher: {e}",
+                channel.as_str()
+            ),
+        }
+    }
+    regua::Services {
+        // Built once per process, for its whole life.
+        dispatch: Box::leak(channels.into_boxed_slice()),
+        ..regua::Services::ALL
     }
 }
 
