@@ -21,6 +21,16 @@ use tokio_util::sync::CancellationToken;
 use crate::{DispatchError, Dispatcher};
 
 const BATCH: usize = 500;
+
+/// The events the guard's facts come from.
+const GUARD_EVENTS: [EventType; 6] = [
+    EventType::InvoicePaid,
+    EventType::InvoiceCanceled,
+    EventType::InvoiceOpened,
+    EventType::CustomerUpserted,
+    EventType::CustomerChannelOptedOut,
+    EventType::CustomerChannelOptedIn,
+];
 const MAX_DELIVER: i64 = 5;
 
 /// The durable consumer of domain events.
@@ -107,6 +117,11 @@ async fn apply(d: &Dispatcher, msgs: &[jetstream::Message]) -> Result<(), Dispat
             // Not an event of this contract: nothing for the guard.
             continue;
         };
+        if !GUARD_EVENTS.contains(&env.event_type) {
+            // Most events (the dispatchers' own message.*) say nothing to the guard:
+            // no write for them.
+            continue;
+        }
         let fresh =
             sqlx::query("INSERT INTO dispatch.processed (id) VALUES ($1) ON CONFLICT DO NOTHING")
                 .bind(env.id)

@@ -209,6 +209,10 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
             items.push(i);
         }
     }
+    if items.is_empty() {
+        // Only events the scheduler does not act on (message.*, intake.rejected, …).
+        return Ok(());
+    }
     let mut tx = s.pool.begin().await?;
     let ids: Vec<Uuid> = items.iter().map(|i| i.envelope.id).collect();
     let now = s.clock.now();
