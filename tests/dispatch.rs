@@ -16,10 +16,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use chrono::{TimeDelta, Utc};
 use regua::{Platform, Services};
-use regua_contract::commands::{
-    CommandInvoice, CommandKind, Creditor, DispatchCommand, Recipient, SmsOptions,
-};
-use regua_contract::inbound::{Channel, PaymentData};
+use regua_contract::commands::DispatchCommand;
+use regua_contract::inbound::Channel;
 use regua_contract::{EventType, subjects};
 use regua_platform::{Config, SystemClock, nats};
 use regua_testkit::fakes::{self, FakeProviders};
@@ -222,53 +220,7 @@ impl World {
 }
 
 fn command(n: u32, channel: Channel, fallback: &[Channel]) -> DispatchCommand {
-    let now = Utc::now();
-    let due = now.date_naive() + TimeDelta::days(3);
-    DispatchCommand {
-        command_id: DispatchCommand::id_for(TENANT, &format!("NF-{n}"), "lembrete", 1),
-        kind: CommandKind::Step,
-        tenant: TENANT.into(),
-        creditor: Creditor {
-            legal_name: "Loja Exemplo Comércio Ltda".into(),
-            cnpj: "11222333000181".into(),
-            address: "Rua Augusta, 100, São Paulo - SP".into(),
-            contact: "0800 123 4567".into(),
-        },
-        recipient: Recipient {
-            customer_id: format!("C-{n}"),
-            name: format!("João da Silva {n}"),
-            email: Some(format!("joao{n}@example.com")),
-            phone: Some(format!("+55119{n:08}")),
-            whatsapp_opt_in: true,
-            locale: "pt-BR".into(),
-            timezone: "America/Sao_Paulo".into(),
-        },
-        channel,
-        fallback: fallback.to_vec(),
-        template: "lembrete_vencimento".into(),
-        step: "lembrete".into(),
-        policy: "padrao".into(),
-        policy_version: 1,
-        invoices: vec![CommandInvoice {
-            invoice_id: format!("NF-{n}"),
-            amount_cents: 15_990,
-            currency: "BRL".into(),
-            due_date: due,
-            effective_due_date: due,
-            description: Some("Plano fibra".into()),
-            payment: Some(PaymentData {
-                pix_copy_paste: Some("00020126580014br.gov.bcb.pix0136fake".into()),
-                boleto_line: None,
-                payment_url: Some(format!("https://pay.example.com/{n}")),
-            }),
-            late_fee: None,
-        }],
-        scheduled_for: now,
-        not_after: now + TimeDelta::hours(2),
-        test_clock: false,
-        sms: SmsOptions::default(),
-        templates: None,
-    }
+    regua_testkit::dispatch_command(TENANT, n, channel, fallback, Utc::now())
 }
 
 #[sqlx::test]

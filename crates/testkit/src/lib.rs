@@ -221,3 +221,65 @@ pub fn tenant(id: &str) -> Value {
         "contact": "cobranca@acme.example.com",
     })
 }
+
+/// A dispatch command as the scheduler sends it: step `lembrete` of invoice `NF-<n>`
+/// for customer `C-<n>` (e-mail `joao<n>@example.com`, phone `+55119<n:08>`, WhatsApp
+/// opt-in), on `channel` with `fallback`, made `now` and sendable for two hours.
+pub fn dispatch_command(
+    tenant: &str,
+    n: u32,
+    channel: regua_contract::inbound::Channel,
+    fallback: &[regua_contract::inbound::Channel],
+    now: chrono::DateTime<chrono::Utc>,
+) -> regua_contract::commands::DispatchCommand {
+    use regua_contract::commands::{
+        CommandInvoice, CommandKind, Creditor, DispatchCommand, Recipient, SmsOptions,
+    };
+    use regua_contract::inbound::PaymentData;
+    let due = now.date_naive() + chrono::TimeDelta::days(3);
+    DispatchCommand {
+        command_id: DispatchCommand::id_for(tenant, &format!("NF-{n}"), "lembrete", 1),
+        kind: CommandKind::Step,
+        tenant: tenant.into(),
+        creditor: Creditor {
+            legal_name: "Loja Exemplo Comércio Ltda".into(),
+            cnpj: "11222333000181".into(),
+            address: "Rua Augusta, 100, São Paulo - SP".into(),
+            contact: "0800 123 4567".into(),
+        },
+        recipient: Recipient {
+            customer_id: format!("C-{n}"),
+            name: format!("João da Silva {n}"),
+            email: Some(format!("joao{n}@example.com")),
+            phone: Some(format!("+55119{n:08}")),
+            whatsapp_opt_in: true,
+            locale: "pt-BR".into(),
+            timezone: "America/Sao_Paulo".into(),
+        },
+        channel,
+        fallback: fallback.to_vec(),
+        template: "lembrete_vencimento".into(),
+        step: "lembrete".into(),
+        policy: "padrao".into(),
+        policy_version: 1,
+        invoices: vec![CommandInvoice {
+            invoice_id: format!("NF-{n}"),
+            amount_cents: 15_990,
+            currency: "BRL".into(),
+            due_date: due,
+            effective_due_date: due,
+            description: Some("Plano fibra".into()),
+            payment: Some(PaymentData {
+                pix_copy_paste: Some("00020126580014br.gov.bcb.pix0136fake".into()),
+                boleto_line: None,
+                payment_url: Some(format!("https://pay.example.com/{n}")),
+            }),
+            late_fee: None,
+        }],
+        scheduled_for: now,
+        not_after: now + chrono::TimeDelta::hours(2),
+        test_clock: false,
+        sms: SmsOptions::default(),
+        templates: None,
+    }
+}

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use chrono::TimeDelta;
-use regua_contract::commands::{
-    CommandInvoice, CommandKind, Creditor, DispatchCommand, Recipient, SmsOptions,
-};
+use regua_contract::commands::DispatchCommand;
 use regua_contract::inbound::Channel;
 use regua_contract::subjects;
 use regua_platform::{Clock, Config, SystemClock, nats};
@@ -30,48 +28,11 @@ use regua_testkit::fakes::{self, FakeTwilio};
 use crate::{Rig, say, spawn_service};
 
 fn command(i: usize, now: chrono::DateTime<chrono::Utc>) -> DispatchCommand {
-    let due = now.date_naive() + TimeDelta::days(3);
-    DispatchCommand {
-        command_id: DispatchCommand::id_for("bench", &format!("NF-{i}"), "lembrete", 1),
-        kind: CommandKind::Step,
-        tenant: "bench".into(),
-        creditor: Creditor {
-            legal_name: "Bench Comércio Ltda".into(),
-            cnpj: "11222333000181".into(),
-            address: "Av. Paulista, 1000, São Paulo - SP".into(),
-            contact: "0800 000 0000".into(),
-        },
-        recipient: Recipient {
-            customer_id: format!("C-{i}"),
-            name: format!("Cliente {i}"),
-            email: None,
-            phone: Some(format!("+55119{:08}", i % 100_000_000)),
-            whatsapp_opt_in: false,
-            locale: "pt-BR".into(),
-            timezone: "America/Sao_Paulo".into(),
-        },
-        channel: Channel::Sms,
-        fallback: Vec::new(),
-        template: "lembrete_vencimento".into(),
-        step: "lembrete".into(),
-        policy: "padrao".into(),
-        policy_version: 1,
-        invoices: vec![CommandInvoice {
-            invoice_id: format!("NF-{i}"),
-            amount_cents: 15_990,
-            currency: "BRL".into(),
-            due_date: due,
-            effective_due_date: due,
-            description: None,
-            payment: None,
-            late_fee: None,
-        }],
-        scheduled_for: now,
-        not_after: now + TimeDelta::days(1),
-        test_clock: false,
-        sms: SmsOptions::default(),
-        templates: None,
-    }
+    let n = u32::try_from(i).unwrap_or(u32::MAX);
+    let mut cmd = regua_testkit::dispatch_command("bench", n, Channel::Sms, &[], now);
+    cmd.invoices[0].payment = None;
+    cmd.not_after = now + TimeDelta::days(1);
+    cmd
 }
 
 async fn wait_sent(fake: &FakeTwilio, n: usize, what: &str) -> anyhow::Result<()> {
