@@ -64,32 +64,18 @@ fn rate(sent: &[fakes::twilio::Sms]) -> (f64, f64) {
     }
 }
 
-pub async fn run(
-    n: usize,
-    postgres: &str,
-    batch: usize,
-    workers: usize,
-    latency_ms: u64,
-) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism()
-        .map(|c| c.get())
-        .unwrap_or(1);
-    let in_flight = batch * workers;
-    say(&format!(
-        "regua-bench dispatch: N = {n}, {cores} cores, batch {batch} × {workers} workers = {in_flight} in flight, provider latency {latency_ms} ms"
-    ));
-    let rig = Rig::start(n.min(100_000), postgres).await?;
-
-    // Ceiling: the same client, the same fake, the same concurrency.
-    let ceiling_fake = FakeTwilio::start(fakes::TWILIO_SID, fakes::TWILIO_TOKEN).await?;
-    ceiling_fake.callbacks(false);
-    ceiling_fake.latency(Duration::from_millis(latency_ms));
+/// The dispatcher's HTTP client posting `n` Twilio forms to a fresh fake, `in_flight`
+/// at a time: requests per second, first to last accepted, and the seconds that took.
+async fn ceiling(n: usize, in_flight: usize, latency_ms: u64) -> anyhow::Result<(f64, f64)> {
+    let fake = FakeTwilio::start(fakes::TWILIO_SID, fakes::TWILIO_TOKEN).await?;
+    fake.callbacks(false);
+    fake.latency(Duration::from_millis(latency_ms));
     let mut config = Config::default();
-    config.providers.twilio_api_base = ceiling_fake.base();
+    config.providers.twilio_api_base = fake.base();
     let client = regua_dispatch::channels::http_client(&config)?;
     let url = format!(
         "{}/2010-04-01/Accounts/{}/Messages.json",
-        ceiling_fake.base(),
+        fake.base(),
         fakes::TWILIO_SID
     );
     let body = "Bench Comércio Ltda: Cliente, sua fatura de R$ 159,90 vence em 27/11/2026.";
@@ -121,9 +107,39 @@ pub async fn run(
     if statuses.iter().any(|s| !matches!(s, Ok(201))) {
         bail!("the ceiling run had failed requests");
     }
-    let (ceiling, ceiling_secs) = rate(&ceiling_fake.sent());
+    Ok(rate(&fake.sent()))
+}
+
+pub async fn run(
+    n: usize,
+    postgres: &str,
+    batch: usize,
+    workers: usize,
+    latency_ms: u64,
+) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
+    let in_flight = batch * workers;
     say(&format!(
-        "ceiling  http client → fake twilio {ceiling:>10.0} req/s ({ceiling_secs:.1} s)"
+        "regua-bench dispatch: N = {n}, {cores} cores, batch {batch} × {workers} workers = {in_flight} in flight, provider latency {latency_ms} ms"
+    ));
+    let rig = Rig::start(n.min(100_000), postgres).await?;
+
+    // Ceilings: the same client against the same kind of fake, one request at a time
+    // (a tight loop, literally) and with the worker's concurrency (the headline).
+    let sequential_n = if latency_ms == 0 {
+        n.min(5_000)
+    } else {
+        n.min(50)
+    };
+    let (sequential, _) = ceiling(sequential_n, 1, latency_ms).await?;
+    say(&format!(
+        "ceiling  http client, one at a time {sequential:>10.0} req/s ({sequential_n} requests)"
+    ));
+    let (ceiling, ceiling_secs) = ceiling(n, in_flight, latency_ms).await?;
+    say(&format!(
+        "ceiling  http client, {in_flight} in flight {ceiling:>10.0} req/s ({ceiling_secs:.1} s)"
     ));
 
     // The worker, as its own process, over a preloaded backlog.
@@ -171,8 +187,9 @@ pub async fn run(
         tos.len()
     ));
     say(&format!(
-        "ratio    worker / http ceiling = {:.2} (target ≥ 0.60)",
-        worker / ceiling
+        "ratio    worker / http ceiling at {in_flight} in flight = {:.2} (target ≥ 0.60); worker / one-at-a-time loop = {:.2}",
+        worker / ceiling,
+        worker / sequential
     ));
     rig.finish().await
 }
