@@ -29,12 +29,22 @@ export REGUA_WHATSAPP_RATE_PER_SEC="${REGUA_WHATSAPP_RATE_PER_SEC:-300}"
 export REGUA_EMAIL_RATE_PER_SEC="${REGUA_EMAIL_RATE_PER_SEC:-300}"
 mkdir -p .regua-demo
 cargo build --locked -p regua --bin regua
+# The demo has a broker of its own (JetStream store in .regua-demo/nats), so it never
+# touches the machine's. Every run starts from a fresh database and a fresh store
+# (DEMO_KEEP=1 continues the last run, whose test clock is already two months on).
+export REGUA_NATS_URL="nats://127.0.0.1:${DEMO_NATS_PORT:-4233}"
+if [ "${DEMO_KEEP:-0}" != 1 ]; then
+  psql "${REGUA_DATABASE_URL%/*}/postgres" -qc "DROP DATABASE IF EXISTS ${REGUA_DATABASE_URL##*/} WITH (FORCE)"
+  rm -rf .regua-demo/nats
+fi
+nats-server -js -a 127.0.0.1 -p "${DEMO_NATS_PORT:-4233}" -sd .regua-demo/nats > .regua-demo/nats.log 2>&1 &
+nats_pid=$!
 target/debug/regua migrate
 target/debug/regua fakes --public-url "$REGUA_PUBLIC_URL" > .regua-demo/providers.log 2>&1 &
 fakes_pid=$!
 target/debug/regua all > .regua-demo/regua.log 2>&1 &
 regua_pid=$!
-trap 'kill -TERM $regua_pid 2>/dev/null; wait $regua_pid 2>/dev/null; kill -TERM $fakes_pid 2>/dev/null; wait $fakes_pid 2>/dev/null; echo "regua stopped"' EXIT
+trap 'kill -TERM $regua_pid 2>/dev/null; wait $regua_pid 2>/dev/null; kill -TERM $fakes_pid $nats_pid 2>/dev/null; wait $fakes_pid $nats_pid 2>/dev/null; echo "regua stopped"' EXIT
 for _ in $(seq 1 100); do
   curl -fsS "http://$REGUA_HTTP_ADDR/readyz" >/dev/null 2>&1 && break
   kill -0 $regua_pid 2>/dev/null || { cat .regua-demo/regua.log; exit 1; }
@@ -42,8 +52,8 @@ for _ in $(seq 1 100); do
 done
 echo "regua all is up on http://$REGUA_HTTP_ADDR (log: .regua-demo/regua.log)"
 target/debug/regua demo --tenant demo --invoices "${DEMO_INVOICES:-1000}"
-echo "the last messages the fake providers received (all of them: .regua-demo/providers.log, http://127.0.0.1:8029/):"
-tail -n 8 .regua-demo/providers.log
+echo "the last messages each fake provider received (all of them: .regua-demo/providers.log, http://127.0.0.1:8029/):"
+for channel in whatsapp sms email; do grep "^$channel " .regua-demo/providers.log | tail -n 3; done
 if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
 echo "running; Ctrl-C to stop"
 wait $regua_pid
