@@ -384,84 +384,77 @@ pub fn fallback(
     )))
 }
 
-/// Opts `customer` out of `channel`; emits `customer.channel_opted_out` the first time.
-pub async fn opt_out(
+/// Opts `customer_id` out of `channel` (`out`) or back in, as `source` asked; when that
+/// changed anything, emits `customer.channel_opted_out` or `customer.channel_opted_in`.
+pub async fn set_opt_out(
     conn: &mut PgConnection,
     tenant: &str,
     customer_id: &str,
     channel: Channel,
     source: &str,
     now: DateTime<Utc>,
+    out: bool,
 ) -> Result<bool, DispatchError> {
-    let inserted = sqlx::query(
-        "INSERT INTO dispatch.opt_outs (tenant, customer_id, channel, source, at) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-    )
-    .bind(tenant)
-    .bind(customer_id)
-    .bind(channel.as_str())
-    .bind(source)
-    .bind(now)
+    let changed = if out {
+        sqlx::query(
+            "INSERT INTO dispatch.opt_outs (tenant, customer_id, channel, source, at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(customer_id)
+        .bind(channel.as_str())
+        .bind(source)
+        .bind(now)
+    } else {
+        sqlx::query(
+            "DELETE FROM dispatch.opt_outs WHERE tenant = $1 AND customer_id = $2 AND channel = $3",
+        )
+        .bind(tenant)
+        .bind(customer_id)
+        .bind(channel.as_str())
+    }
     .execute(&mut *conn)
     .await?
     .rows_affected()
         > 0;
-    if inserted {
-        let event = outbox::event_message(
-            now,
-            tenant,
-            EventType::CustomerChannelOptedOut,
-            &CustomerChannelOptedOut {
-                customer_id: customer_id.to_owned(),
+    if changed {
+        let (customer_id, source) = (customer_id.to_owned(), source.to_owned());
+        let event = if out {
+            let data = CustomerChannelOptedOut {
+                customer_id,
                 channel,
-                source: source.to_owned(),
-            },
-            customer_id,
-            source,
-            None,
-        )?;
+                source,
+            };
+            let kind = EventType::CustomerChannelOptedOut;
+            outbox::event_message(
+                now,
+                tenant,
+                kind,
+                &data,
+                &data.customer_id,
+                &data.source,
+                None,
+            )?
+        } else {
+            let data = CustomerChannelOptedIn {
+                customer_id,
+                channel,
+                source,
+            };
+            let kind = EventType::CustomerChannelOptedIn;
+            outbox::event_message(
+                now,
+                tenant,
+                kind,
+                &data,
+                &data.customer_id,
+                &data.source,
+                None,
+            )?
+        };
         OUTBOX.enqueue(conn, &[event]).await?;
     }
-    Ok(inserted)
-}
-
-/// Opts `customer` back in to `channel`; emits `customer.channel_opted_in` if they
-/// were out.
-pub async fn opt_in(
-    conn: &mut PgConnection,
-    tenant: &str,
-    customer_id: &str,
-    channel: Channel,
-    source: &str,
-    now: DateTime<Utc>,
-) -> Result<bool, DispatchError> {
-    let deleted = sqlx::query(
-        "DELETE FROM dispatch.opt_outs WHERE tenant = $1 AND customer_id = $2 AND channel = $3",
-    )
-    .bind(tenant)
-    .bind(customer_id)
-    .bind(channel.as_str())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        > 0;
-    if deleted {
-        let event = outbox::event_message(
-            now,
-            tenant,
-            EventType::CustomerChannelOptedIn,
-            &CustomerChannelOptedIn {
-                customer_id: customer_id.to_owned(),
-                channel,
-                source: source.to_owned(),
-            },
-            customer_id,
-            source,
-            None,
-        )?;
-        OUTBOX.enqueue(conn, &[event]).await?;
-    }
-    Ok(deleted)
+    Ok(changed)
 }
 
 /// The customers (tenant, customer id) that were sent to `address_key` on `channel`.

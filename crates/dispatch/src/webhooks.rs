@@ -117,15 +117,8 @@ async fn apply_reply(
     let customers = store::customers_at(&mut tx, channel, address_key).await?;
     let mut changed = 0;
     for (tenant, customer) in &customers {
-        let did = match intent {
-            ReplyIntent::OptOut => {
-                store::opt_out(&mut tx, tenant, customer, channel, source, now).await?
-            }
-            ReplyIntent::OptIn => {
-                store::opt_in(&mut tx, tenant, customer, channel, source, now).await?
-            }
-            ReplyIntent::Other => false,
-        };
+        let out = intent == ReplyIntent::OptOut;
+        let did = store::set_opt_out(&mut tx, tenant, customer, channel, source, now, out).await?;
         changed += usize::from(did);
     }
     tx.commit().await?;
@@ -519,13 +512,14 @@ async fn unsubscribe(State(d): State<Arc<Dispatcher>>, Path(token): Path<String>
     let now = d.clock.now();
     let result = async {
         let mut tx = d.pool.begin().await?;
-        store::opt_out(
+        store::set_opt_out(
             &mut tx,
             &subject.tenant,
             &subject.customer_id,
             subject.channel,
             "email_unsubscribe",
             now,
+            true,
         )
         .await?;
         tx.commit().await?;
