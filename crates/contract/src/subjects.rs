@@ -94,6 +94,12 @@ pub fn tenant_output_prefixes(tenant: &str) -> [String; 2] {
     ]
 }
 
+/// The tenant token of any `regua.v1.<kind>.<tenant>.…` subject (`_` when there is
+/// none), for dead letters of messages that may not decode.
+pub fn tenant_token(subject: &str) -> &str {
+    subject.split('.').nth(3).unwrap_or("_")
+}
+
 /// `regua.v1.dlq.>`
 pub fn dead_letter_all() -> String {
     format!("{ROOT}.v1.dlq.>")

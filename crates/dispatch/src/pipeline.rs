@@ -174,12 +174,7 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
     let channel = w.channel();
     let mut items = Vec::with_capacity(msgs.len());
     for msg in msgs {
-        let id = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default();
+        let id = nats::message_id(&msg);
         let span = nats::process_span(&msg.subject, &id, &w.consumer_name, msg.headers.as_ref());
         let decoded: Result<DispatchCommand, String> =
             serde_json::from_slice(&msg.payload).map_err(|e| e.to_string());
@@ -208,8 +203,8 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
                     Err(e) => format!("malformed dispatch command: {e}"),
                 };
                 span.record("regua.outcome", "dead_letter");
-                let tenant = msg.subject.split('.').nth(3).unwrap_or("_").to_owned();
-                nats::dead_letter(&w.d.js, &msg, &w.consumer_name, &tenant, &reason).await?;
+                let tenant = subjects::tenant_token(&msg.subject);
+                nats::dead_letter(&w.d.js, &msg, &w.consumer_name, tenant, &reason).await?;
             }
         }
     }

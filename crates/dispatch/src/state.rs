@@ -82,7 +82,7 @@ pub async fn run(d: Arc<Dispatcher>, consumer: consumer::PullConsumer, cancel: C
                         Err(e) => {
                             let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
                             if delivered >= MAX_DELIVER {
-                                let tenant = m.subject.split('.').nth(3).unwrap_or("_");
+                                let tenant = subjects::tenant_token(&m.subject);
                                 if let Err(dl) = nats::dead_letter(
                                     &d.js,
                                     m,

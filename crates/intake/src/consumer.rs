@@ -117,13 +117,7 @@ async fn process(intake: &Intake, msgs: Vec<jetstream::Message>, cancel: &Cancel
             ack(&msg, AckKind::Ack).await;
             continue;
         }
-        let message_id = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.as_str().to_owned())
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| format!("seq-{stream_seq}"));
+        let message_id = nats::message_id(&msg);
         let span = nats::process_span(
             &subject,
             &message_id,

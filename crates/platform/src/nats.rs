@@ -265,6 +265,20 @@ pub fn traced_publish(
         .payload(payload)
 }
 
+/// A consumed message's id: its `Nats-Msg-Id`, or `seq-<stream sequence>` when the
+/// publisher set none.
+pub fn message_id(msg: &jetstream::Message) -> String {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .map(|v| v.as_str().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            format!("seq-{seq}")
+        })
+}
+
 /// Copies `msg` to the dead-letter subject with its reason, waits for the PubAck, then
 /// terminates the original so it is never delivered again.
 pub async fn dead_letter(

@@ -87,14 +87,14 @@ async fn process(s: &Scheduler, msgs: Vec<jetstream::Message>) {
                     Ok(()) => settle(m, AckKind::Ack).await,
                     Err(e) => {
                         let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
-                        let tenant = m.subject.split('.').nth(3).unwrap_or("_").to_owned();
+                        let tenant = subjects::tenant_token(&m.subject);
                         // A malformed event will never apply: dead-letter it at once.
                         if delivered >= MAX_DELIVER || matches!(e, EventError::Malformed(_)) {
                             if let Err(dl) = nats::dead_letter(
                                 &s.js,
                                 m,
                                 subjects::CONSUMER_SCHEDULER,
-                                &tenant,
+                                tenant,
                                 &e.to_string(),
                             )
                             .await
