@@ -11,7 +11,7 @@
 //!    transaction, through the outbox);
 //! 6. ack, nak with a backoff (transient failures), or dead-letter (retries exhausted).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,19 +43,28 @@ pub struct Worker {
     pub adapter: Adapter,
     pub limiter: Limiter,
     consumer_name: String,
+    /// Commands fetched at once: the batch size, but no more than half a second of the
+    /// rate limit, so reserved slots stay close to now.
+    fetch_size: usize,
+    /// Where providers post delivery statuses.
+    status_callback: String,
 }
 
 impl Worker {
     pub fn new(d: Arc<Dispatcher>, channel: Channel) -> Result<Worker, DispatchError> {
         let adapter = Adapter::from_config(channel, &d.config)?;
-        let rate = match channel {
-            Channel::Email => d.config.dispatch.email_rate,
-            Channel::Sms => d.config.dispatch.sms_rate,
-            Channel::Whatsapp => d.config.dispatch.whatsapp_rate,
-        };
+        let rate = d.config.dispatch.rate(channel);
         let limiter = Limiter::new(d.pool.clone(), adapter.account(), rate);
+        let batch = d.config.dispatch.batch_size;
+        let fetch_size = if rate == 0 {
+            batch
+        } else {
+            batch.min(usize::try_from(rate / 2).unwrap_or(1).max(1))
+        };
         Ok(Worker {
             consumer_name: subjects::dispatch_consumer(channel),
+            fetch_size,
+            status_callback: d.public(crate::webhooks::TWILIO_STATUS),
             d,
             adapter,
             limiter,
@@ -66,20 +75,40 @@ impl Worker {
         self.adapter.channel()
     }
 
-    /// Commands fetched at once: the batch size, but no more than half a second of the
-    /// rate limit, so reserved slots stay close to now.
-    fn fetch_size(&self) -> usize {
-        let rate = match self.channel() {
-            Channel::Email => self.d.config.dispatch.email_rate,
-            Channel::Sms => self.d.config.dispatch.sms_rate,
-            Channel::Whatsapp => self.d.config.dispatch.whatsapp_rate,
-        };
-        let batch = self.d.config.dispatch.batch_size;
-        if rate == 0 {
-            batch
-        } else {
-            batch.min(usize::try_from(rate / 2).unwrap_or(1).max(1))
-        }
+    /// A `message.*` event about `cmd` on this worker's channel.
+    fn event(
+        &self,
+        cmd: &DispatchCommand,
+        kind: EventType,
+        at: DateTime<Utc>,
+        facts: EventFacts,
+        traceparent: Option<String>,
+    ) -> Result<OutboxMessage, DispatchError> {
+        let (channel, provider) = (self.channel(), self.adapter.provider());
+        store::message_event(cmd, channel, provider, kind, at, facts, traceparent)
+    }
+
+    /// [`store::ended`] on this worker's channel.
+    fn ended(
+        &self,
+        cmd: &DispatchCommand,
+        kind: EventType,
+        at: DateTime<Utc>,
+        facts: EventFacts,
+        fallback: bool,
+        traceparent: Option<String>,
+    ) -> Result<Vec<OutboxMessage>, DispatchError> {
+        let (channel, provider) = (self.channel(), self.adapter.provider());
+        store::ended(
+            cmd,
+            channel,
+            provider,
+            kind,
+            at,
+            facts,
+            fallback,
+            traceparent,
+        )
     }
 }
 
@@ -105,7 +134,7 @@ pub async fn run(w: Arc<Worker>, consumer: consumer::PullConsumer, cancel: Cance
     let expires = Duration::from_millis(1000);
     while let Some(msgs) = nats::fetch_batch(
         &consumer,
-        w.fetch_size(),
+        w.fetch_size,
         expires,
         &mut backoff,
         &cancel,
@@ -141,16 +170,15 @@ enum Plan {
     /// Already handled: ack again.
     Done,
     /// Skip, maybe moving to the next channel.
-    Skip {
-        reason: String,
-        fallback: bool,
-    },
+    Skip { reason: String, fallback: bool },
     /// A worker died mid-send.
     Unknown,
     /// Render failed: permanent on this channel.
     Broken(String),
     Send {
         rendered: Rendered,
+        /// The signed unsubscribe link the message carries (e-mail).
+        unsubscribe_url: Option<String>,
         calls: i32,
     },
 }
@@ -216,49 +244,51 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
     let plans = claim_and_guard(w, &items).await?;
 
     // Rate limit, then send concurrently.
-    let sends: Vec<usize> = plans
+    let sends: Vec<(usize, &Rendered, Option<&str>)> = plans
         .iter()
         .enumerate()
-        .filter(|(_, p)| matches!(p, Plan::Send { .. }))
-        .map(|(i, _)| i)
+        .filter_map(|(i, p)| match p {
+            Plan::Send {
+                rendered,
+                unsubscribe_url,
+                ..
+            } => Some((i, rendered, unsubscribe_url.as_deref())),
+            _ => None,
+        })
         .collect();
     let slots = w.limiter.reserve(sends.len()).await?;
-    let mut outcomes: HashMap<usize, Outcome> = HashMap::with_capacity(sends.len());
-    let calls = sends.iter().zip(slots).map(|(&i, slot)| {
-        let item = &items[i];
-        let Plan::Send { rendered, .. } = &plans[i] else {
-            return futures::future::Either::Left(async move { (i, None) });
-        };
-        let out = Outgoing {
-            cmd: &item.cmd,
-            rendered,
-            key: key_of(&item.cmd, channel),
-            unsubscribe_url: (channel == Channel::Email).then(|| unsubscribe_url(&w.d, &item.cmd)),
-            status_callback: w.d.public(crate::webhooks::TWILIO_STATUS),
-        };
-        let span = tracing::info_span!(
-            parent: &item.span,
-            "provider send",
-            otel.kind = "client",
-            regua.channel = channel.as_str(),
-            regua.provider = w.adapter.provider(),
-            regua.step = item.cmd.step.as_str(),
-            regua.outcome = tracing::field::Empty,
-        );
-        futures::future::Either::Right(
+    let calls = sends
+        .into_iter()
+        .zip(slots)
+        .map(|((i, rendered, unsubscribe_url), slot)| {
+            let item = &items[i];
+            let out = Outgoing {
+                cmd: &item.cmd,
+                rendered,
+                key: key_of(&item.cmd, channel),
+                unsubscribe_url,
+                status_callback: &w.status_callback,
+            };
+            let span = tracing::info_span!(
+                parent: &item.span,
+                "provider send",
+                otel.kind = "client",
+                regua.channel = channel.as_str(),
+                regua.provider = w.adapter.provider(),
+                regua.step = item.cmd.step.as_str(),
+                regua.outcome = tracing::field::Empty,
+            );
             async move {
                 tokio::time::sleep_until(slot).await;
                 let outcome = w.adapter.send(&out).await;
                 tracing::Span::current().record("regua.outcome", outcome_name(&outcome));
-                (i, Some(outcome))
+                (i, outcome)
             }
-            .instrument(span),
-        )
-    });
+            .instrument(span)
+        });
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
     for (i, outcome) in futures::future::join_all(calls).await {
-        if let Some(o) = outcome {
-            outcomes.insert(i, o);
-        }
+        outcomes[i] = Some(outcome);
     }
 
     // Record, with a few tries: an attempt left `sending` would be reported unknown.
@@ -358,13 +388,22 @@ fn guard(w: &Worker, item: &Item, facts: &store::GuardFacts) -> Plan {
         skip("window_closed", false)
     } else {
         // Invoices closed since the command was made leave the message.
-        let mut open = cmd.clone();
-        open.invoices.retain(|i| !closed(&i.invoice_id));
+        let open = if cmd.invoices.iter().any(|i| closed(&i.invoice_id)) {
+            let mut open = cmd.clone();
+            open.invoices.retain(|i| !closed(&i.invoice_id));
+            Cow::Owned(open)
+        } else {
+            Cow::Borrowed(cmd)
+        };
         let links = Links {
             unsubscribe_url: (channel == Channel::Email).then(|| unsubscribe_url(&w.d, cmd)),
         };
         match template::render(&open, channel, &links) {
-            Ok(rendered) => Plan::Send { rendered, calls: 0 },
+            Ok(rendered) => Plan::Send {
+                rendered,
+                unsubscribe_url: links.unsubscribe_url,
+                calls: 0,
+            },
             Err(e) => Plan::Broken(format!("permanent: {e}")),
         }
     }
@@ -422,7 +461,15 @@ async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, Dispat
             Plan::Unknown
         } else {
             match plan {
-                Plan::Send { rendered, .. } => Plan::Send { rendered, calls },
+                Plan::Send {
+                    rendered,
+                    unsubscribe_url,
+                    ..
+                } => Plan::Send {
+                    rendered,
+                    unsubscribe_url,
+                    calls,
+                },
                 other => other,
             }
         };
@@ -431,16 +478,15 @@ async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, Dispat
         let mut base = |state: State, reason: Option<String>, call: bool| {
             if !is_fresh {
                 updates.push(Update {
-                    tenant: cmd.tenant.clone(),
-                    command_id: cmd.command_id.clone(),
-                    state,
-                    provider_message_id: None,
                     reason,
-                    sent_at: None,
-                    segments: None,
                     call,
+                    ..Update::new(cmd, state)
                 });
             }
+        };
+        let because = |reason: &str| EventFacts {
+            reason: Some(reason.to_owned()),
+            ..Default::default()
         };
         match &plan {
             Plan::Done => {
@@ -449,61 +495,23 @@ async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, Dispat
             Plan::Unknown => {
                 item.span.record("regua.outcome", "unknown");
                 base(State::Unknown, Some("outcome_unknown".into()), false);
-                events.push(store::message_event(
-                    cmd,
-                    channel,
-                    provider,
-                    EventType::MessageUnknown,
-                    item.now,
-                    EventFacts {
-                        reason: Some("outcome_unknown".into()),
-                        attempts: u32::try_from(calls).unwrap_or(0),
-                        ..Default::default()
-                    },
-                    tp,
-                )?);
+                let facts = EventFacts {
+                    attempts: u32::try_from(calls).unwrap_or(0),
+                    ..because("outcome_unknown")
+                };
+                events.push(w.event(cmd, EventType::MessageUnknown, item.now, facts, tp)?);
             }
             Plan::Skip { reason, fallback } => {
                 item.span.record("regua.outcome", "skipped");
                 base(State::Skipped, Some(reason.clone()), false);
-                let moved = if *fallback {
-                    store::fallback(cmd, item.now, tp.clone())?
-                } else {
-                    None
-                };
-                events.push(store::message_event(
-                    cmd,
-                    channel,
-                    provider,
-                    EventType::MessageSkipped,
-                    item.now,
-                    EventFacts {
-                        reason: Some(reason.clone()),
-                        fallback_to: moved.as_ref().map(|(c, _)| *c),
-                        ..Default::default()
-                    },
-                    tp,
-                )?);
-                events.extend(moved.map(|(_, m)| m));
+                let kind = EventType::MessageSkipped;
+                events.extend(w.ended(cmd, kind, item.now, because(reason), *fallback, tp)?);
             }
             Plan::Broken(reason) => {
                 item.span.record("regua.outcome", "failed");
                 base(State::Failed, Some(reason.clone()), false);
-                let moved = store::fallback(cmd, item.now, tp.clone())?;
-                events.push(store::message_event(
-                    cmd,
-                    channel,
-                    provider,
-                    EventType::MessageFailed,
-                    item.now,
-                    EventFacts {
-                        reason: Some(reason.clone()),
-                        fallback_to: moved.as_ref().map(|(c, _)| *c),
-                        ..Default::default()
-                    },
-                    tp,
-                )?);
-                events.extend(moved.map(|(_, m)| m));
+                let kind = EventType::MessageFailed;
+                events.extend(w.ended(cmd, kind, item.now, because(reason), true, tp)?);
             }
             Plan::Send { .. } => base(State::Sending, None, true),
         }
@@ -542,17 +550,21 @@ async fn record(
     w: &Worker,
     items: &[Item],
     plans: &[Plan],
-    outcomes: &HashMap<usize, Outcome>,
+    outcomes: &[Option<Outcome>],
 ) -> Result<Vec<Settle>, DispatchError> {
-    let channel = w.channel();
-    let provider = w.adapter.provider();
     let max_attempts = i32::try_from(w.d.config.dispatch.max_attempts).unwrap_or(5);
     let mut updates = Vec::new();
     let mut events = Vec::new();
     let mut settles = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let cmd = &item.cmd;
-        let (Plan::Send { rendered, calls }, Some(outcome)) = (&plans[i], outcomes.get(&i)) else {
+        let (
+            Plan::Send {
+                rendered, calls, ..
+            },
+            Some(outcome),
+        ) = (&plans[i], &outcomes[i])
+        else {
             settles.push(Settle::Ack);
             continue;
         };
@@ -565,14 +577,13 @@ async fn record(
             .segments
             .map(|s| u32::try_from(s.count).unwrap_or(u32::MAX));
         let mut update = Update {
-            tenant: cmd.tenant.clone(),
-            command_id: cmd.command_id.clone(),
-            state: State::Sent,
-            provider_message_id: None,
-            reason: None,
-            sent_at: None,
             segments: segments.and_then(|s| i32::try_from(s).ok()),
-            call: false,
+            ..Update::new(cmd, State::Sent)
+        };
+        let tried = |reason: String| EventFacts {
+            reason: Some(reason),
+            attempts,
+            ..Default::default()
         };
         item.span.record("regua.outcome", outcome_name(outcome));
         match outcome {
@@ -581,43 +592,22 @@ async fn record(
             } => {
                 update.provider_message_id = Some(provider_message_id.clone());
                 update.sent_at = Some(sent_at);
-                events.push(store::message_event(
-                    cmd,
-                    channel,
-                    provider,
-                    EventType::MessageSent,
-                    sent_at,
-                    EventFacts {
-                        provider_message_id: Some(provider_message_id.clone()),
-                        sent_at: Some(sent_at),
-                        attempts,
-                        segments,
-                        ..Default::default()
-                    },
-                    tp,
-                )?);
+                let facts = EventFacts {
+                    provider_message_id: Some(provider_message_id.clone()),
+                    sent_at: Some(sent_at),
+                    attempts,
+                    segments,
+                    ..Default::default()
+                };
+                events.push(w.event(cmd, EventType::MessageSent, sent_at, facts, tp)?);
                 settles.push(Settle::Ack);
             }
             Outcome::Permanent { reason } => {
                 let reason = format!("permanent: {reason}");
                 update.state = State::Failed;
                 update.reason = Some(reason.clone());
-                let moved = store::fallback(cmd, sent_at, tp.clone())?;
-                events.push(store::message_event(
-                    cmd,
-                    channel,
-                    provider,
-                    EventType::MessageFailed,
-                    sent_at,
-                    EventFacts {
-                        reason: Some(reason),
-                        fallback_to: moved.as_ref().map(|(c, _)| *c),
-                        attempts,
-                        ..Default::default()
-                    },
-                    tp,
-                )?);
-                events.extend(moved.map(|(_, m)| m));
+                let kind = EventType::MessageFailed;
+                events.extend(w.ended(cmd, kind, sent_at, tried(reason), true, tp)?);
                 settles.push(Settle::Ack);
             }
             Outcome::Transient {
@@ -628,19 +618,8 @@ async fn record(
                     let reason = format!("retries_exhausted: {reason}");
                     update.state = State::Failed;
                     update.reason = Some(reason.clone());
-                    events.push(store::message_event(
-                        cmd,
-                        channel,
-                        provider,
-                        EventType::MessageFailed,
-                        sent_at,
-                        EventFacts {
-                            reason: Some(reason.clone()),
-                            attempts,
-                            ..Default::default()
-                        },
-                        tp,
-                    )?);
+                    let facts = tried(reason.clone());
+                    events.push(w.event(cmd, EventType::MessageFailed, sent_at, facts, tp)?);
                     settles.push(Settle::DeadLetter(reason));
                 } else {
                     update.state = State::Retry;
@@ -654,28 +633,18 @@ async fn record(
                 }
             }
             Outcome::Unknown { reason } => {
+                let reason = format!("outcome_unknown: {reason}");
                 update.state = State::Unknown;
-                update.reason = Some(format!("outcome_unknown: {reason}"));
-                events.push(store::message_event(
-                    cmd,
-                    channel,
-                    provider,
-                    EventType::MessageUnknown,
-                    sent_at,
-                    EventFacts {
-                        reason: Some(format!("outcome_unknown: {reason}")),
-                        attempts,
-                        ..Default::default()
-                    },
-                    tp,
-                )?);
+                update.reason = Some(reason.clone());
+                let facts = tried(reason);
+                events.push(w.event(cmd, EventType::MessageUnknown, sent_at, facts, tp)?);
                 settles.push(Settle::Ack);
             }
         }
         updates.push(update);
     }
     let mut tx = w.d.pool.begin().await?;
-    store::update(&mut tx, channel, &updates).await?;
+    store::update(&mut tx, w.channel(), &updates).await?;
     OUTBOX.enqueue(&mut tx, &events).await?;
     tx.commit().await?;
     Ok(settles)

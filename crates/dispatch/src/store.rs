@@ -263,6 +263,22 @@ pub struct Update {
     pub call: bool,
 }
 
+impl Update {
+    /// `cmd`'s attempt moving to `state`, with nothing else to record yet.
+    pub fn new(cmd: &DispatchCommand, state: State) -> Update {
+        Update {
+            tenant: cmd.tenant.clone(),
+            command_id: cmd.command_id.clone(),
+            state,
+            provider_message_id: None,
+            reason: None,
+            sent_at: None,
+            segments: None,
+            call: false,
+        }
+    }
+}
+
 /// Applies `updates` on `channel` in one statement.
 pub async fn update(
     conn: &mut PgConnection,
@@ -359,6 +375,39 @@ pub fn message_event(
         &cmd.command_id,
         traceparent,
     )?)
+}
+
+/// The `kind` event of a message that ends on `channel`, followed, when `fallback` is
+/// asked and the step has a next channel, by the command moved there (named in the
+/// event's `fallback_to`).
+#[allow(clippy::too_many_arguments)]
+pub fn ended(
+    cmd: &DispatchCommand,
+    channel: Channel,
+    provider: &str,
+    kind: EventType,
+    at: DateTime<Utc>,
+    mut facts: EventFacts,
+    fallback: bool,
+    traceparent: Option<String>,
+) -> Result<Vec<OutboxMessage>, DispatchError> {
+    let moved = if fallback {
+        self::fallback(cmd, at, traceparent.clone())?
+    } else {
+        None
+    };
+    facts.fallback_to = moved.as_ref().map(|(next, _)| *next);
+    let mut out = vec![message_event(
+        cmd,
+        channel,
+        provider,
+        kind,
+        at,
+        facts,
+        traceparent,
+    )?];
+    out.extend(moved.map(|(_, m)| m));
+    Ok(out)
 }
 
 /// The command moved to its next channel, if it has one.

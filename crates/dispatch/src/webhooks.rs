@@ -196,34 +196,20 @@ async fn apply_status(d: &Dispatcher, s: StatusReport<'_>) -> Result<(), Dispatc
         attempts: u32::try_from(calls).unwrap_or(0),
         ..Default::default()
     };
-    let mut out = Vec::new();
-    if kind == EventType::MessageFailed && AttemptState::parse(&state) == AttemptState::Sent {
+    // A failure after the provider accepted the message is permanent: the attempt
+    // fails and the message moves to the step's next channel.
+    let moves_on =
+        kind == EventType::MessageFailed && AttemptState::parse(&state) == AttemptState::Sent;
+    if moves_on {
         let reason = format!("permanent: {}", s.reason.unwrap_or_else(|| "failed".into()));
-        store::update(
-            &mut tx,
-            channel,
-            &[Update {
-                tenant: cmd.tenant.clone(),
-                command_id: cmd.command_id.clone(),
-                state: AttemptState::Failed,
-                provider_message_id: None,
-                reason: Some(reason.clone()),
-                sent_at: None,
-                segments: None,
-                call: false,
-            }],
-        )
-        .await?;
+        let update = Update {
+            reason: Some(reason.clone()),
+            ..Update::new(&cmd, AttemptState::Failed)
+        };
+        store::update(&mut tx, channel, &[update]).await?;
         facts.reason = Some(reason);
-        if let Some((next, m)) = store::fallback(&cmd, at, None)? {
-            facts.fallback_to = Some(next);
-            out.push(m);
-        }
     }
-    out.insert(
-        0,
-        store::message_event(&cmd, channel, s.provider, kind, at, facts, None)?,
-    );
+    let out = store::ended(&cmd, channel, s.provider, kind, at, facts, moves_on, None)?;
     OUTBOX.enqueue(&mut tx, &out).await?;
     tx.commit().await?;
     d.outbox_wake.notify_one();

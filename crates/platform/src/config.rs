@@ -136,6 +136,18 @@ pub struct DispatchSettings {
     pub ack_wait: Duration,
 }
 
+impl DispatchSettings {
+    /// The rate limit of `channel`'s provider account (0 = unlimited).
+    pub fn rate(&self, channel: regua_contract::inbound::Channel) -> u32 {
+        use regua_contract::inbound::Channel;
+        match channel {
+            Channel::Email => self.email_rate,
+            Channel::Sms => self.sms_rate,
+            Channel::Whatsapp => self.whatsapp_rate,
+        }
+    }
+}
+
 /// The signing secret used when `REGUA_LINK_SECRET` is not set: fine for a laptop,
 /// never for production (anyone could forge unsubscribe links).
 pub const DEV_LINK_SECRET: &str = "regua-development-link-secret";

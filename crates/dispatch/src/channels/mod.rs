@@ -42,9 +42,9 @@ pub struct Outgoing<'a> {
     /// Stable per (command, channel): the e-mail `Message-ID`'s local part.
     pub key: uuid::Uuid,
     /// The signed one-click unsubscribe URL (e-mail).
-    pub unsubscribe_url: Option<String>,
+    pub unsubscribe_url: Option<&'a str>,
     /// Where the provider posts delivery statuses.
-    pub status_callback: String,
+    pub status_callback: &'a str,
 }
 
 /// A channel's provider client.

@@ -84,7 +84,7 @@ impl Sms {
             ("To", to),
             (from_key, self.from.as_str()),
             ("Body", out.rendered.text.as_str()),
-            ("StatusCallback", out.status_callback.as_str()),
+            ("StatusCallback", out.status_callback),
         ];
         let request = self
             .client
