@@ -201,18 +201,22 @@ pub fn exists(
     locale: &str,
     overrides: Option<&ChannelTemplates>,
 ) -> bool {
-    let has = |t: &ChannelTemplates| match channel {
-        Channel::Sms => t.sms.is_some(),
-        Channel::Email => t.email.is_some(),
-        Channel::Whatsapp => t.whatsapp.is_some(),
-    };
-    overrides.is_some_and(has)
+    overrides.is_some_and(|o| has(o, channel))
         || shipped().is_ok_and(|s| {
             s.files
                 .get(locale_of(locale))
                 .and_then(|f| f.templates.get(template))
-                .is_some_and(has)
+                .is_some_and(|t| has(t, channel))
         })
+}
+
+/// Whether `t` has a text for `channel`.
+fn has(t: &ChannelTemplates, channel: Channel) -> bool {
+    match channel {
+        Channel::Sms => t.sms.is_some(),
+        Channel::Email => t.email.is_some(),
+        Channel::Whatsapp => t.whatsapp.is_some(),
+    }
 }
 
 fn format_amount(cents: i64, currency: &str, locale: &str) -> String {
@@ -398,11 +402,13 @@ pub fn render(
     let overrides = cmd.templates.as_ref();
     let file = shipped.files.get(locale);
     let base = file.and_then(|f| f.templates.get(&cmd.template));
-    let not_found = || TemplateError::NotFound {
-        template: cmd.template.clone(),
-        channel: channel.as_str(),
-        locale,
-    };
+    if !overrides.is_some_and(|o| has(o, channel)) && !base.is_some_and(|b| has(b, channel)) {
+        return Err(TemplateError::NotFound {
+            template: cmd.template.clone(),
+            channel: channel.as_str(),
+            locale,
+        });
+    }
     // Renders part `key`: the override's source when given, else the shipped template.
     let part = |key: &str, source: Option<&str>| -> Result<String, TemplateError> {
         let out = match source {
@@ -417,9 +423,6 @@ pub fn render(
     match channel {
         Channel::Sms => {
             let source = overrides.and_then(|o| o.sms.as_deref());
-            if source.is_none() && base.and_then(|b| b.sms.as_ref()).is_none() {
-                return Err(not_found());
-            }
             let mut text = part("sms", source)?.trim().to_owned();
             if cmd.sms.transliterate {
                 text = sms::transliterate(&text);
@@ -435,9 +438,6 @@ pub fn render(
         }
         Channel::Email => {
             let own = overrides.and_then(|o| o.email.as_ref());
-            if own.is_none() && base.and_then(|b| b.email.as_ref()).is_none() {
-                return Err(not_found());
-            }
             let subject = part("email.subject", own.map(|e| e.subject.as_str()))?
                 .trim()
                 .to_owned();
@@ -482,10 +482,11 @@ pub fn render(
         }
         Channel::Whatsapp => {
             let own: Option<&WhatsappTemplate> = overrides.and_then(|o| o.whatsapp.as_ref());
-            let (name, count) = match (own, base.and_then(|b| b.whatsapp.as_ref())) {
-                (Some(w), _) | (None, Some(w)) => (w.name.clone(), w.params.len()),
-                (None, None) => return Err(not_found()),
+            // One of them is there: checked above.
+            let Some(w) = own.or(base.and_then(|b| b.whatsapp.as_ref())) else {
+                return Err(err("no whatsapp text".into()));
             };
+            let (name, count) = (w.name.clone(), w.params.len());
             let mut params = Vec::with_capacity(count);
             for i in 0..count {
                 let source = own.and_then(|w| w.params.get(i)).map(String::as_str);
