@@ -310,25 +310,17 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
     }
     w.d.outbox_wake.notify_one();
     for (item, settle) in items.iter().zip(settles) {
-        let result = match settle {
-            Settle::Ack => item.msg.ack().await.map_err(|e| e.to_string()),
-            Settle::Nak(delay) => item
-                .msg
-                .ack_with(AckKind::Nak(Some(delay)))
-                .await
-                .map_err(|e| e.to_string()),
-            Settle::DeadLetter(reason) => nats::dead_letter(
-                &w.d.js,
-                &item.msg,
-                &w.consumer_name,
-                &item.cmd.tenant,
-                &reason,
-            )
-            .await
-            .map_err(|e| e.to_string()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "settling a dispatch command failed; it will be redelivered and found done");
+        match settle {
+            Settle::Ack => nats::settle(&item.msg, AckKind::Ack).await,
+            Settle::Nak(delay) => nats::settle(&item.msg, AckKind::Nak(Some(delay))).await,
+            Settle::DeadLetter(reason) => {
+                let (js, consumer) = (&w.d.js, &w.consumer_name);
+                if let Err(e) =
+                    nats::dead_letter(js, &item.msg, consumer, &item.cmd.tenant, &reason).await
+                {
+                    tracing::warn!(error = %e, "dead-lettering failed; the command will be redelivered and found done");
+                }
+            }
         }
     }
     Ok(())

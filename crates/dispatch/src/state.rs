@@ -67,37 +67,25 @@ pub async fn run(d: Arc<Dispatcher>, consumer: consumer::PullConsumer, cancel: C
         match apply(&d, &msgs).await {
             Ok(()) => {
                 for m in &msgs {
-                    if let Err(e) = m.ack().await {
-                        tracing::warn!(error = %e, "ack failed; the event will be redelivered");
-                    }
+                    nats::settle(m, AckKind::Ack).await;
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "dispatch-state batch failed; retrying one by one");
                 for m in &msgs {
                     match apply(&d, std::slice::from_ref(m)).await {
-                        Ok(()) => {
-                            let _ = m.ack().await;
-                        }
+                        Ok(()) => nats::settle(m, AckKind::Ack).await,
                         Err(e) => {
-                            let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
-                            if delivered >= MAX_DELIVER {
-                                let tenant = subjects::tenant_token(&m.subject);
-                                if let Err(dl) = nats::dead_letter(
-                                    &d.js,
-                                    m,
-                                    subjects::CONSUMER_DISPATCH_STATE,
-                                    tenant,
-                                    &e.to_string(),
-                                )
-                                .await
-                                {
-                                    tracing::error!(error = %dl, "dead-lettering failed");
-                                }
-                            } else {
-                                let _ =
-                                    m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                            }
+                            let consumer = subjects::CONSUMER_DISPATCH_STATE;
+                            nats::settle_failure(
+                                &d.js,
+                                m,
+                                consumer,
+                                MAX_DELIVER,
+                                &e.to_string(),
+                                false,
+                            )
+                            .await;
                         }
                     }
                 }

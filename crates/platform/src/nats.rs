@@ -265,6 +265,37 @@ pub fn traced_publish(
         .payload(payload)
 }
 
+/// Settles `msg` with `kind`; a failure is logged (the message will be redelivered).
+pub async fn settle(msg: &jetstream::Message, kind: jetstream::AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+    }
+}
+
+/// Settles a message that failed on its own with `error`: dead-lettered for `consumer`
+/// when it fails for good (`poison`: it never will apply; or its deliveries reached
+/// `max_deliver`), otherwise naked with a delay that doubles per delivery.
+pub async fn settle_failure(
+    js: &jetstream::Context,
+    msg: &jetstream::Message,
+    consumer: &str,
+    max_deliver: i64,
+    error: &str,
+    poison: bool,
+) {
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    if poison || delivered >= max_deliver {
+        let tenant = subjects::tenant_token(&msg.subject);
+        if let Err(dl) = dead_letter(js, msg, consumer, tenant, error).await {
+            tracing::error!(error = %dl, "dead-lettering failed; the message will be redelivered");
+        }
+    } else {
+        let delay =
+            Duration::from_millis(250 * 2u64.pow(u32::try_from(delivered).unwrap_or(1).min(7)));
+        settle(msg, jetstream::AckKind::Nak(Some(delay))).await;
+    }
+}
+
 /// A consumed message's id: its `Nats-Msg-Id`, or `seq-<stream sequence>` when the
 /// publisher set none.
 pub fn message_id(msg: &jetstream::Message) -> String {

@@ -67,46 +67,31 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
     }
 }
 
-async fn settle(msg: &jetstream::Message, kind: AckKind) {
-    if let Err(e) = msg.ack_with(kind).await {
-        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
-    }
-}
-
 async fn process(s: &Scheduler, msgs: Vec<jetstream::Message>) {
     match apply_batch(s, &msgs).await {
         Ok(()) => {
             for m in &msgs {
-                settle(m, AckKind::Ack).await;
+                nats::settle(m, AckKind::Ack).await;
             }
         }
         Err(e) => {
             tracing::warn!(error = %e, n = msgs.len(), "scheduler batch failed; retrying one by one");
             for m in &msgs {
                 match apply_batch(s, std::slice::from_ref(m)).await {
-                    Ok(()) => settle(m, AckKind::Ack).await,
+                    Ok(()) => nats::settle(m, AckKind::Ack).await,
+                    // A malformed event will never apply: dead-letter it at once.
                     Err(e) => {
-                        let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
-                        let tenant = subjects::tenant_token(&m.subject);
-                        // A malformed event will never apply: dead-letter it at once.
-                        if delivered >= MAX_DELIVER || matches!(e, EventError::Malformed(_)) {
-                            if let Err(dl) = nats::dead_letter(
-                                &s.js,
-                                m,
-                                subjects::CONSUMER_SCHEDULER,
-                                tenant,
-                                &e.to_string(),
-                            )
-                            .await
-                            {
-                                tracing::error!(error = %dl, "dead-lettering failed; the message will be redelivered");
-                            }
-                        } else {
-                            let delay = Duration::from_millis(
-                                250 * 2u64.pow(u32::try_from(delivered).unwrap_or(1).min(7)),
-                            );
-                            settle(m, AckKind::Nak(Some(delay))).await;
-                        }
+                        let poison = matches!(e, EventError::Malformed(_));
+                        let consumer = subjects::CONSUMER_SCHEDULER;
+                        nats::settle_failure(
+                            &s.js,
+                            m,
+                            consumer,
+                            MAX_DELIVER,
+                            &e.to_string(),
+                            poison,
+                        )
+                        .await;
                     }
                 }
             }
