@@ -10,93 +10,31 @@
 )]
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use chrono::{TimeDelta, Utc};
-use regua::{Platform, Services};
+use regua::Services;
 use regua_contract::commands::DispatchCommand;
 use regua_contract::inbound::Channel;
 use regua_contract::{EventType, subjects};
-use regua_platform::{Config, SystemClock, nats};
+use regua_platform::{Config, nats};
 use regua_testkit::fakes::{self, FakeProviders};
 use regua_testkit::{NatsServer, eventually, read_stream};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
 mod common;
+use common::Running;
 
 const TENANT: &str = "loja";
 
 const DISPATCH_ONLY: Services = Services {
     intake: false,
     scheduler: false,
+    reconcile: false,
     dispatch: &Channel::ALL,
 };
-
-/// A platform process in a runtime of its own, so a test can kill it outright or
-/// drain it as SIGTERM does.
-struct Running {
-    rt: Option<tokio::runtime::Runtime>,
-    drain: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::sync::oneshot::Receiver<bool>>,
-}
-
-impl Running {
-    async fn start(config: &Config, services: Services) -> Running {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let config = config.clone();
-        rt.spawn(async move {
-            let platform = Platform::start(&config, Arc::new(SystemClock), services)
-                .await
-                .unwrap();
-            ready_tx.send(()).unwrap();
-            let _ = drain_rx.await;
-            // What `regua` does on SIGTERM.
-            let clean = platform.drain(&config).await;
-            let _ = done_tx.send(clean);
-        });
-        ready_rx.await.unwrap();
-        Running {
-            rt: Some(rt),
-            drain: Some(drain_tx),
-            done: Some(done_rx),
-        }
-    }
-
-    /// No drain: tasks stop mid-work, transactions are cut, acks never sent.
-    fn kill(mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-
-    /// Stops fetching, finishes in-flight work, flushes; true when it finished in time.
-    async fn terminate(mut self) -> bool {
-        self.drain.take().unwrap().send(()).unwrap();
-        let clean = self.done.take().unwrap().await.unwrap();
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-        clean
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
 
 struct World {
     _server: NatsServer,

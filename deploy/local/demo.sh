@@ -2,9 +2,10 @@
 # Runs the platform locally with a seeded demo portfolio: installs and starts NATS and
 # PostgreSQL if missing, migrates, starts the fake providers (SMTP, Twilio-shaped,
 # Meta-shaped) and `regua all` against them, creates the `demo` tenant, publishes 1,000
-# invoices through the public subjects and advances the tenant's test clock, so that
-# real messages arrive at the fakes (printed in .regua-demo/providers.log, listed at
-# http://127.0.0.1:8029/). Ctrl-C stops it gracefully.
+# invoices through the public subjects and advances the tenant's test clock while
+# simulated customers pay (or not), so that real messages arrive at the fakes (printed
+# in .regua-demo/providers.log, listed at http://127.0.0.1:8029/), stop when a customer
+# pays, and a thank-you follows. Ctrl-C stops it gracefully.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/local/setup.sh
@@ -44,7 +45,7 @@ target/debug/regua fakes --public-url "$REGUA_PUBLIC_URL" > .regua-demo/provider
 fakes_pid=$!
 target/debug/regua all > .regua-demo/regua.log 2>&1 &
 regua_pid=$!
-trap 'kill -TERM $regua_pid 2>/dev/null; wait $regua_pid 2>/dev/null; kill -TERM $fakes_pid $nats_pid 2>/dev/null; wait $fakes_pid $nats_pid 2>/dev/null; echo "regua stopped"' EXIT
+trap 'kill -TERM $regua_pid 2>/dev/null; wait $regua_pid 2>/dev/null || true; kill -TERM $fakes_pid $nats_pid 2>/dev/null; wait $fakes_pid $nats_pid 2>/dev/null || true; echo "regua stopped"' EXIT
 for _ in $(seq 1 100); do
   curl -fsS "http://$REGUA_HTTP_ADDR/readyz" >/dev/null 2>&1 && break
   kill -0 $regua_pid 2>/dev/null || { cat .regua-demo/regua.log; exit 1; }

@@ -53,6 +53,11 @@ pub struct CommandInvoice {
     pub payment: Option<PaymentData>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub late_fee: Option<LateFee>,
+    /// What is owed on the day the message is decided: principal, fine, interest, what
+    /// was already paid, and the balance. Messages state it (transparency is part of
+    /// respectful collection); absent for commands from before reconciliation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<crate::events::AmountDue>,
 }
 
 /// Why the message is sent.

@@ -40,10 +40,18 @@ pub enum EventType {
     MessageSkipped,
     #[serde(rename = "message.unknown")]
     MessageUnknown,
+    #[serde(rename = "invoice.partially_paid")]
+    InvoicePartiallyPaid,
+    #[serde(rename = "payment.matched")]
+    PaymentMatched,
+    #[serde(rename = "payment.unmatched")]
+    PaymentUnmatched,
+    #[serde(rename = "tenant.clock_advanced")]
+    TenantClockAdvanced,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 16] = [
+    pub const ALL: [EventType; 20] = [
         EventType::TenantCreated,
         EventType::CustomerUpserted,
         EventType::InvoiceOpened,
@@ -60,6 +68,10 @@ impl EventType {
         EventType::MessageFailed,
         EventType::MessageSkipped,
         EventType::MessageUnknown,
+        EventType::InvoicePartiallyPaid,
+        EventType::PaymentMatched,
+        EventType::PaymentUnmatched,
+        EventType::TenantClockAdvanced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +92,10 @@ impl EventType {
             EventType::MessageFailed => "message.failed",
             EventType::MessageSkipped => "message.skipped",
             EventType::MessageUnknown => "message.unknown",
+            EventType::InvoicePartiallyPaid => "invoice.partially_paid",
+            EventType::PaymentMatched => "payment.matched",
+            EventType::PaymentUnmatched => "payment.unmatched",
+            EventType::TenantClockAdvanced => "tenant.clock_advanced",
         }
     }
 }

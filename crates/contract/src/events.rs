@@ -67,6 +67,9 @@ pub struct InvoiceState {
     pub due_date: NaiveDate,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Nosso número, PIX `txid` or the integrator's own reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentData>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +119,30 @@ pub struct IntakeRejected {
     pub payload_truncated: bool,
 }
 
+impl IntakeRejected {
+    /// The report of `payload`, echoed up to [`REJECTED_PAYLOAD_ECHO_BYTES`].
+    pub fn new(
+        source_subject: String,
+        message_id: String,
+        stream_sequence: Option<u64>,
+        errors: Vec<FieldIssue<RejectCode>>,
+        warnings: Vec<FieldIssue<WarnCode>>,
+        payload: &[u8],
+    ) -> IntakeRejected {
+        let echo_len = payload.len().min(REJECTED_PAYLOAD_ECHO_BYTES);
+        IntakeRejected {
+            source_subject,
+            message_id,
+            stream_sequence,
+            errors,
+            warnings,
+            payload: String::from_utf8_lossy(&payload[..echo_len]).into_owned(),
+            payload_bytes: payload.len(),
+            payload_truncated: payload.len() > echo_len,
+        }
+    }
+}
+
 /// `tenant.created`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TenantCreated {
@@ -157,6 +184,84 @@ pub struct InvoicePaid {
     pub currency: String,
     /// Days after the effective due date; 0 when paid on time.
     pub days_late: u32,
+    /// Paid beyond the amount due, held as the customer's credit (and flagged for
+    /// review); 0 when the payment was exact.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub overpaid_cents: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// What an invoice owes on one day (see `GET /v1/tenants/{tenant}/invoices/{id}`).
+/// Fine and interest follow the rules in `regua_domain::charges`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AmountDue {
+    /// The day it is computed for, on the tenant's calendar (test clock included).
+    pub on: NaiveDate,
+    pub principal_cents: i64,
+    pub fine_cents: i64,
+    pub interest_cents: i64,
+    pub paid_cents: i64,
+    pub balance_cents: i64,
+    pub days_late: u32,
+}
+
+/// `invoice.partially_paid`: a payment covered part of the invoice. The régua goes
+/// on; later messages state `balance_cents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct InvoicePartiallyPaid {
+    pub invoice_id: String,
+    pub customer_id: String,
+    pub payment_id: String,
+    pub paid_at: DateTime<Utc>,
+    /// This payment.
+    pub amount_paid_cents: i64,
+    pub currency: String,
+    /// The account after it, on the payment's day.
+    pub due: AmountDue,
+}
+
+/// `payment.matched`: a payment was tied to an invoice and applied to its ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentMatched {
+    pub payment_id: String,
+    pub invoice_id: String,
+    pub customer_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub paid_at: DateTime<Utc>,
+    /// `invoice_id`, `reference`, `document_amount` (the payer's document and the
+    /// exact amount of their single open invoice) or `manual`.
+    pub matched_by: String,
+    /// The invoice is settled by it.
+    pub settled: bool,
+    /// The part beyond what was due, held as credit; 0 when none.
+    pub credit_cents: i64,
+}
+
+/// `payment.unmatched`: a payment no rule could tie to one open invoice. It waits in
+/// `GET /v1/tenants/{tenant}/payments/unmatched` for a manual match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentUnmatched {
+    pub payment_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub paid_at: DateTime<Utc>,
+    /// `unknown_invoice`, `unknown_reference`, `no_candidate`, `ambiguous`,
+    /// `invoice_closed` or `currency_mismatch`.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// `tenant.clock_advanced`: a test-clock tenant's simulated time moved to `now`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantClockAdvanced {
+    pub now: DateTime<Utc>,
 }
 
 /// `customer.channel_opted_out`: the customer asked not to be contacted on `channel`

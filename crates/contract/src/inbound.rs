@@ -143,6 +143,11 @@ pub struct InvoiceUpsert {
     pub due_date: NaiveDate,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// What a payment names to settle this invoice: the boleto's nosso número, the PIX
+    /// `txid`, or the integrator's own reference. Unique per tenant among open invoices;
+    /// reconciliation matches `payment.received.reference` against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentData>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

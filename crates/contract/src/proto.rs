@@ -12,9 +12,10 @@ use uuid::Uuid;
 use crate::commands::{CommandInvoice, CommandKind, Creditor, DispatchCommand, Recipient};
 use crate::envelope::{Envelope, EventType};
 use crate::events::{
-    CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerState, CustomerUpserted, DocumentKind,
-    IntakeRejected, InvoiceCanceled, InvoiceChanged, InvoiceEscalated, InvoicePaid, InvoiceState,
-    MessageEvent, TenantCreated,
+    AmountDue, CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerState, CustomerUpserted,
+    DocumentKind, IntakeRejected, InvoiceCanceled, InvoiceChanged, InvoiceEscalated, InvoicePaid,
+    InvoicePartiallyPaid, InvoiceState, MessageEvent, PaymentMatched, PaymentUnmatched,
+    TenantClockAdvanced, TenantCreated,
 };
 use crate::inbound::{
     Channel, CustomerUpsert, InvoiceCancel, InvoiceCustomer, InvoiceUpsert, LateFee, PaymentData,
@@ -199,7 +200,70 @@ pub fn messages() -> Vec<Message> {
                     amount_paid_cents: 15990,
                     currency: "BRL".into(),
                     days_late: 2,
+                    overpaid_cents: 0,
                 },
+            )),
+        ),
+        event_message(
+            EventType::InvoicePartiallyPaid,
+            "A payment covered part of an invoice; the régua goes on with the balance",
+            schema::<Envelope<InvoicePartiallyPaid>>(),
+            example(&ex.envelope(
+                EventType::InvoicePartiallyPaid,
+                InvoicePartiallyPaid {
+                    invoice_id: "NF-2026-000123".into(),
+                    customer_id: "C-1001".into(),
+                    payment_id: "PAY-77120".into(),
+                    paid_at: ex.at,
+                    amount_paid_cents: 10000,
+                    currency: "BRL".into(),
+                    due: ex.amount_due(),
+                },
+            )),
+        ),
+        event_message(
+            EventType::PaymentMatched,
+            "A payment was tied to an invoice and applied",
+            schema::<Envelope<PaymentMatched>>(),
+            example(&ex.envelope(
+                EventType::PaymentMatched,
+                PaymentMatched {
+                    payment_id: "PAY-77120".into(),
+                    invoice_id: "NF-2026-000123".into(),
+                    customer_id: "C-1001".into(),
+                    amount_cents: 10000,
+                    currency: "BRL".into(),
+                    paid_at: ex.at,
+                    matched_by: "reference".into(),
+                    settled: false,
+                    credit_cents: 0,
+                },
+            )),
+        ),
+        event_message(
+            EventType::PaymentUnmatched,
+            "A payment matched no single open invoice; it waits for review",
+            schema::<Envelope<PaymentUnmatched>>(),
+            example(&ex.envelope(
+                EventType::PaymentUnmatched,
+                PaymentUnmatched {
+                    payment_id: "PAY-77121".into(),
+                    amount_cents: 4990,
+                    currency: "BRL".into(),
+                    paid_at: ex.at,
+                    reason: "unknown_reference".into(),
+                    invoice_id: None,
+                    reference: Some("E2E-TXID-0001".into()),
+                },
+            )),
+        ),
+        event_message(
+            EventType::TenantClockAdvanced,
+            "A test-clock tenant's simulated time moved",
+            schema::<Envelope<TenantClockAdvanced>>(),
+            example(&ex.envelope(
+                EventType::TenantClockAdvanced,
+                TenantClockAdvanced { now: ex.at },
             )),
         ),
         event_message(
@@ -534,6 +598,7 @@ impl Examples {
             issued_on: Self::date(2026, 11, 1),
             due_date: Self::date(2026, 12, 10),
             description: Some("Plano Fibra 500 Mega - dezembro".into()),
+            reference: Some("34191790010".into()),
             payment: Some(PaymentData {
                 pix_copy_paste: Some("00020126580014br.gov.bcb.pix0136a1b2c3d4-e5f6-7890-abcd-ef1234567890520400005303986540515.995802BR5913REGUA DEMO SA6009SAO PAULO62070503***6304ABCD".into()),
                 boleto_line: Some("34191.79001 01043.510047 91020.150008 1 98760000015990".into()),
@@ -553,6 +618,18 @@ impl Examples {
             invoice_id: "NF-2026-000123".into(),
             revision: Some(4),
             reason: Some("renegotiated".into()),
+        }
+    }
+
+    pub fn amount_due(&self) -> AmountDue {
+        AmountDue {
+            on: Self::date(2026, 12, 14),
+            principal_cents: 15990,
+            fine_cents: 320,
+            interest_cents: 21,
+            paid_cents: 10000,
+            balance_cents: 6331,
+            days_late: 4,
         }
     }
 
@@ -598,6 +675,7 @@ impl Examples {
                 issued_on: u.issued_on,
                 due_date: u.due_date,
                 description: u.description,
+                reference: u.reference,
                 payment: u.payment,
                 late_fee: u.late_fee,
                 tags: u.tags,
@@ -686,6 +764,7 @@ impl Examples {
                 description: i.description,
                 payment: i.payment,
                 late_fee: i.late_fee,
+                due: Some(self.amount_due()),
             }],
             scheduled_for: self.at,
             not_after: self.at,

@@ -26,6 +26,10 @@ pub const CONSUMER_INTAKE: &str = "intake";
 pub const CONSUMER_SCHEDULER: &str = "scheduler";
 /// The dispatchers' durable consumer of domain events (invoices closed, opt-outs).
 pub const CONSUMER_DISPATCH_STATE: &str = "dispatch-state";
+/// Reconciliation's durable consumer of `payment.received` on [`STREAM_INBOUND`].
+pub const CONSUMER_RECONCILE: &str = "reconcile";
+/// Reconciliation's durable consumer of domain events (tenants, customers, invoices).
+pub const CONSUMER_RECONCILE_STATE: &str = "reconcile-state";
 
 /// The durable consumer one channel's dispatchers share: `dispatch-<channel>`.
 pub fn dispatch_consumer(channel: crate::inbound::Channel) -> String {
@@ -52,6 +56,11 @@ pub fn inbound_all() -> String {
 /// `regua.v1.in.<tenant>.<entity>.<action>`
 pub fn inbound(tenant: &TenantId, kind: InboundKind) -> String {
     format!("{ROOT}.v1.in.{}.{}", tenant.as_str(), kind.suffix())
+}
+
+/// `regua.v1.in.*.<entity>.<action>`: one inbound kind, every tenant.
+pub fn inbound_any_tenant(kind: InboundKind) -> String {
+    format!("{ROOT}.v1.in.*.{}", kind.suffix())
 }
 
 /// `regua.v1.evt.>`

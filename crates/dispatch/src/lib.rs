@@ -87,6 +87,8 @@ impl Dispatcher {
     /// Runs the dispatchers' migrations.
     pub async fn migrate(pool: &PgPool) -> Result<(), DispatchError> {
         db::migrate(pool, sqlx::migrate!("./migrations"), SCHEMA).await?;
+        // The guard's last check reads the settlement fence.
+        regua_platform::fence::migrate(pool).await?;
         Ok(())
     }
 

@@ -18,13 +18,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use regua_contract::commands::DispatchCommand;
+use regua_contract::commands::{CommandKind, DispatchCommand};
 use regua_contract::inbound::Channel;
 use regua_contract::{EventType, subjects};
 use regua_domain::template::{self, Links, Rendered};
 use regua_platform::outbox::OutboxMessage;
 use regua_platform::shutdown::Backoff;
-use regua_platform::{Config, nats, telemetry};
+use regua_platform::{Config, fence, nats, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -257,9 +257,56 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
         })
         .collect();
     let slots = w.limiter.reserve(sends.len()).await?;
-    let calls = sends
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
+    // The settlement fence: shared locks on the dunning messages' invoices, held until
+    // their calls return; a message naming a settled invoice is not sent.
+    let gated: Vec<(String, String)> = sends
+        .iter()
+        .filter(|(i, ..)| items[*i].cmd.kind == CommandKind::Step)
+        .flat_map(|(i, ..)| {
+            let cmd = &items[*i].cmd;
+            cmd.invoices
+                .iter()
+                .map(|inv| (cmd.tenant.clone(), inv.invoice_id.clone()))
+        })
+        .collect();
+    let (gate, settled) = match fence::Gate::open(&w.d.pool, &gated).await {
+        Ok(g) => (Some(g.0), Some(g.1)),
+        Err(e) => {
+            tracing::warn!(error = %e, "settlement fence unavailable; dunning messages wait");
+            (None, None)
+        }
+    };
+    let sends: Vec<_> = sends
         .into_iter()
         .zip(slots)
+        .filter(|((i, ..), _)| {
+            let cmd = &items[*i].cmd;
+            if cmd.kind != CommandKind::Step {
+                return true;
+            }
+            let blocked = match &settled {
+                None => Some(Outcome::Transient {
+                    reason: "settlement fence unavailable".into(),
+                    retry_after: None,
+                }),
+                Some(s) => cmd
+                    .invoices
+                    .iter()
+                    .any(|inv| s.contains(&(cmd.tenant.clone(), inv.invoice_id.clone())))
+                    .then_some(Outcome::Fenced),
+            };
+            match blocked {
+                Some(o) => {
+                    outcomes[*i] = Some(o);
+                    false
+                }
+                None => true,
+            }
+        })
+        .collect();
+    let calls = sends
+        .into_iter()
         .map(|((i, rendered, unsubscribe_url), slot)| {
             let item = &items[i];
             let out = Outgoing {
@@ -286,9 +333,14 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
             }
             .instrument(span)
         });
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
     for (i, outcome) in futures::future::join_all(calls).await {
         outcomes[i] = Some(outcome);
+    }
+    if let Some(gate) = gate
+        && let Err(e) = gate.close().await
+    {
+        // A failed commit still ends the transaction and frees its locks.
+        tracing::warn!(error = %e, "closing the settlement fence gate failed");
     }
 
     // Record, with a few tries: an attempt left `sending` would be reported unknown.
@@ -332,6 +384,7 @@ fn outcome_name(o: &Outcome) -> &'static str {
         Outcome::Permanent { .. } => "permanent_failure",
         Outcome::Transient { .. } => "transient_failure",
         Outcome::Unknown { .. } => "unknown",
+        Outcome::Fenced => "skipped",
     }
 }
 
@@ -358,10 +411,12 @@ pub fn unsubscribe_url(d: &Dispatcher, cmd: &DispatchCommand) -> String {
 fn guard(w: &Worker, item: &Item, facts: &store::GuardFacts) -> Plan {
     let channel = w.channel();
     let cmd = &item.cmd;
+    // A closed invoice stops its dunning; the thank-you is sent because it was paid.
     let closed = |invoice_id: &str| {
-        facts
-            .closed
-            .contains(&(cmd.tenant.clone(), invoice_id.to_owned()))
+        cmd.kind == CommandKind::Step
+            && facts
+                .closed
+                .contains(&(cmd.tenant.clone(), invoice_id.to_owned()))
     };
     let customer = (cmd.tenant.clone(), cmd.recipient.customer_id.clone());
     let skip = |reason: &str, fallback: bool| Plan::Skip {
@@ -623,6 +678,18 @@ async fn record(
                         &mut rand::rng(),
                     )));
                 }
+            }
+            Outcome::Fenced => {
+                let reason = "invoice_closed".to_owned();
+                update.state = State::Skipped;
+                update.reason = Some(reason.clone());
+                let facts = EventFacts {
+                    reason: Some(reason),
+                    ..Default::default()
+                };
+                let kind = EventType::MessageSkipped;
+                events.extend(w.ended(cmd, kind, sent_at, facts, false, tp)?);
+                settles.push(Settle::Ack);
             }
             Outcome::Unknown { reason } => {
                 let reason = format!("outcome_unknown: {reason}");

@@ -6,14 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer};
+use async_nats::jetstream::{self, consumer};
 use regua_contract::events::{
     CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerUpserted, InvoiceCanceled,
     InvoiceChanged, InvoicePaid,
 };
 use regua_contract::{Envelope, EventType, subjects};
-use regua_platform::nats;
-use regua_platform::shutdown::Backoff;
+use regua_platform::{nats, outbox};
 use serde_json::value::RawValue;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
@@ -35,63 +34,35 @@ const MAX_DELIVER: i64 = 5;
 
 /// The durable consumer of domain events.
 pub fn consumer_config() -> consumer::pull::Config {
-    consumer::pull::Config {
-        durable_name: Some(subjects::CONSUMER_DISPATCH_STATE.into()),
-        description: Some("regua dispatchers: invoices closed, opt-ins and opt-outs".into()),
-        filter_subject: subjects::events_all(),
-        ack_policy: consumer::AckPolicy::Explicit,
-        deliver_policy: consumer::DeliverPolicy::All,
-        ack_wait: Duration::from_secs(60),
-        max_deliver: MAX_DELIVER,
-        max_ack_pending: i64::try_from(BATCH).unwrap_or(500),
-        ..Default::default()
-    }
+    nats::in_order_events(
+        subjects::CONSUMER_DISPATCH_STATE,
+        "regua dispatchers: invoices closed, opt-ins and opt-outs",
+        BATCH,
+        MAX_DELIVER,
+    )
 }
 
 /// Consumes until `cancel`.
 pub async fn run(d: Arc<Dispatcher>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(200));
-    while let Some(msgs) = nats::fetch_batch(
-        &consumer,
-        BATCH,
-        Duration::from_millis(1000),
-        &mut backoff,
+    let c = nats::BatchConsumer {
+        js: &d.js,
+        consumer: &consumer,
+        name: subjects::CONSUMER_DISPATCH_STATE,
+        batch: BATCH,
+        expires: Duration::from_millis(1000),
+        max_deliver: MAX_DELIVER,
+    };
+    nats::consume_batches(
+        c,
         &cancel,
-        subjects::CONSUMER_DISPATCH_STATE,
+        |msgs| {
+            let d = Arc::clone(&d);
+            Box::pin(async move { apply(&d, msgs).await })
+        },
+        |_| false,
+        || {},
     )
-    .await
-    {
-        if msgs.is_empty() {
-            continue;
-        }
-        match apply(&d, &msgs).await {
-            Ok(()) => {
-                for m in &msgs {
-                    nats::settle(m, AckKind::Ack).await;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "dispatch-state batch failed; retrying one by one");
-                for m in &msgs {
-                    match apply(&d, std::slice::from_ref(m)).await {
-                        Ok(()) => nats::settle(m, AckKind::Ack).await,
-                        Err(e) => {
-                            let consumer = subjects::CONSUMER_DISPATCH_STATE;
-                            nats::settle_failure(
-                                &d.js,
-                                m,
-                                consumer,
-                                MAX_DELIVER,
-                                &e.to_string(),
-                                false,
-                            )
-                            .await;
-                        }
-                    }
-                }
-            }
-        }
-    }
+    .await;
 }
 
 fn typed<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, DispatchError> {
@@ -100,26 +71,11 @@ fn typed<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, DispatchEr
 
 async fn apply(d: &Dispatcher, msgs: &[jetstream::Message]) -> Result<(), DispatchError> {
     let mut tx = d.pool.begin().await?;
-    for m in msgs {
-        let Ok(env) = serde_json::from_slice::<Envelope<&RawValue>>(&m.payload) else {
-            // Not an event of this contract: nothing for the guard.
-            continue;
-        };
-        if !GUARD_EVENTS.contains(&env.event_type) {
-            // Most events (the dispatchers' own message.*) say nothing to the guard:
-            // no write for them.
-            continue;
-        }
-        let fresh =
-            sqlx::query("INSERT INTO dispatch.processed (id) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(env.id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                > 0;
-        if fresh {
-            apply_one(&mut tx, &env).await?;
-        }
+    // Most events (the dispatchers' own `message.*`, say) are not of these kinds: no
+    // write for them.
+    let table = "dispatch.processed";
+    for env in outbox::fresh_events(&mut tx, table, msgs, &GUARD_EVENTS).await? {
+        apply_one(&mut tx, &env).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -4,6 +4,7 @@
 //! the schedule decisions. Services validate with these and keep their own I/O elsewhere.
 
 pub mod calendar;
+pub mod charges;
 pub mod contact;
 pub mod currency;
 pub mod document;

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use chrono::NaiveDate;
 use minijinja::{Environment, Value};
 use regua_contract::commands::{
-    ChannelTemplates, CommandKind, DispatchCommand, SmsOptions, WhatsappTemplate,
+    ChannelTemplates, CommandInvoice, CommandKind, DispatchCommand, SmsOptions, WhatsappTemplate,
 };
 use regua_contract::inbound::Channel;
 use serde::{Deserialize, Serialize};
@@ -96,7 +96,8 @@ const EMAIL_TEXT_LAYOUT: &str = "\
 
 {{ l.invoices }}:
 {% for i in invoices %}- {{ l.invoice }} {{ i.id }}{% if i.description %} ({{ i.description }}){% endif %}: {{ i.amount }}, {{ l.due }} {{ i.due_date }}
-{% endfor %}{% if count > 1 %}{{ l.total }}: {{ total }}
+{% if i.breakdown and not thanks %}  {{ l.principal }} {{ i.principal }}{% if i.fine %} + {{ l.fine }} {{ i.fine }}{% endif %}{% if i.interest %} + {{ l.interest }} {{ i.interest }}{% endif %}{% if i.paid %} - {{ l.paid }} {{ i.paid }}{% endif %} = {{ l.balance }} {{ i.amount }} ({{ l.as_of }} {{ i.as_of }})
+{% endif %}{% endfor %}{% if count > 1 %}{{ l.total }}: {{ total }}
 {% endif %}{% if not thanks %}{% if payment.pix %}
 {{ l.pay_pix }}: {{ payment.pix }}{% endif %}{% if payment.boleto %}
 {{ l.pay_boleto }}: {{ payment.boleto }}{% endif %}{% if payment.url %}
@@ -117,7 +118,8 @@ const EMAIL_HTML_LAYOUT: &str = r#"<!doctype html>
 {% endfor %}<table style="border-collapse:collapse">
 <tr><th align="left">{{ l.invoice }}</th><th align="right">{{ l.amount }}</th><th align="left">{{ l.due }}</th></tr>
 {% for i in invoices %}<tr><td>{{ i.id }}{% if i.description %} ({{ i.description }}){% endif %}</td><td align="right">{{ i.amount }}</td><td>{{ i.due_date }}</td></tr>
-{% endfor %}{% if count > 1 %}<tr><td>{{ l.total }}</td><td align="right">{{ total }}</td><td></td></tr>
+{% if i.breakdown and not thanks %}<tr><td colspan="3" style="font-size:small">{{ l.principal }} {{ i.principal }}{% if i.fine %} + {{ l.fine }} {{ i.fine }}{% endif %}{% if i.interest %} + {{ l.interest }} {{ i.interest }}{% endif %}{% if i.paid %} &minus; {{ l.paid }} {{ i.paid }}{% endif %} = {{ l.balance }} {{ i.amount }} ({{ l.as_of }} {{ i.as_of }})</td></tr>
+{% endif %}{% endfor %}{% if count > 1 %}<tr><td>{{ l.total }}</td><td align="right">{{ total }}</td><td></td></tr>
 {% endif %}</table>
 {% if not thanks %}{% if payment.pix %}<p>{{ l.pay_pix }}:<br><code>{{ payment.pix }}</code></p>
 {% endif %}{% if payment.boleto %}<p>{{ l.pay_boleto }}:<br><code>{{ payment.boleto }}</code></p>
@@ -295,9 +297,19 @@ struct Ctx<'a> {
 #[derive(Serialize)]
 struct CtxInvoice<'a> {
     id: &'a str,
+    /// What is owed now: the balance on the command's day when reconciliation's
+    /// breakdown is known (fine and interest in, payments out), else the principal.
     amount: String,
     due_date: String,
     description: Option<&'a str>,
+    /// True when the amount differs from the principal: the layouts then show
+    /// principal, fine, interest and what was paid.
+    breakdown: bool,
+    principal: String,
+    fine: Option<String>,
+    interest: Option<String>,
+    paid: Option<String>,
+    as_of: String,
 }
 
 #[derive(Serialize, Default)]
@@ -334,11 +346,18 @@ fn context<'a>(cmd: &'a DispatchCommand, locale: &str, links: &'a Links) -> Ctx<
     let currency = cmd.invoices.first().map_or("BRL", |i| i.currency.as_str());
     // Invoices in one command share a currency (the scheduler merges per customer and
     // currency); the sum is checked, and a sum that overflows shows the first amount.
+    // A step shows what is owed on the day; the thank-you shows what was paid.
+    let thanks = cmd.kind == CommandKind::Thanks;
+    let owed = |i: &CommandInvoice| match (&i.due, thanks) {
+        (Some(d), false) => d.balance_cents,
+        (Some(d), true) if d.paid_cents > 0 => d.paid_cents,
+        _ => i.amount_cents,
+    };
     let total = cmd
         .invoices
         .iter()
-        .try_fold(0i64, |acc, i| acc.checked_add(i.amount_cents))
-        .unwrap_or_else(|| cmd.invoices.first().map_or(0, |i| i.amount_cents));
+        .try_fold(0i64, |acc, i| acc.checked_add(owed(i)))
+        .unwrap_or_else(|| cmd.invoices.first().map_or(0, owed));
     let earliest = cmd.invoices.iter().map(|i| i.due_date).min();
     let effective = cmd.invoices.iter().map(|i| i.effective_due_date).min();
     let days_late = effective.map_or(0, |d| {
@@ -365,11 +384,22 @@ fn context<'a>(cmd: &'a DispatchCommand, locale: &str, links: &'a Links) -> Ctx<
         invoices: cmd
             .invoices
             .iter()
-            .map(|i| CtxInvoice {
-                id: &i.invoice_id,
-                amount: format_amount(i.amount_cents, &i.currency, locale),
-                due_date: format_date(i.due_date, locale),
-                description: i.description.as_deref(),
+            .map(|i| {
+                let money = |c: i64| format_amount(c, &i.currency, locale);
+                let nonzero = |c: i64| (c != 0).then(|| money(c));
+                let d = i.due.as_ref();
+                CtxInvoice {
+                    id: &i.invoice_id,
+                    amount: money(owed(i)),
+                    due_date: format_date(i.due_date, locale),
+                    description: i.description.as_deref(),
+                    breakdown: d.is_some_and(|d| d.balance_cents != i.amount_cents),
+                    principal: money(i.amount_cents),
+                    fine: d.and_then(|d| nonzero(d.fine_cents)),
+                    interest: d.and_then(|d| nonzero(d.interest_cents)),
+                    paid: d.and_then(|d| nonzero(d.paid_cents)),
+                    as_of: d.map(|d| format_date(d.on, locale)).unwrap_or_default(),
+                }
             })
             .collect(),
         payment,
@@ -379,7 +409,7 @@ fn context<'a>(cmd: &'a DispatchCommand, locale: &str, links: &'a Links) -> Ctx<
             address: &cmd.creditor.address,
             contact: &cmd.creditor.contact,
         },
-        thanks: cmd.kind == CommandKind::Thanks,
+        thanks,
         unsubscribe_url: links.unsubscribe_url.as_deref(),
     }
 }
@@ -656,6 +686,7 @@ pub fn sample_command(template: &str, locale: &str, sms: SmsOptions) -> Dispatch
                 payment_url: Some("https://pay.example.com/i/AbCdEf123456".into()),
             }),
             late_fee: None,
+            due: None,
         }],
         scheduled_for: due.and_hms_opt(12, 0, 0).unwrap_or_default().and_utc(),
         not_after: due.and_hms_opt(23, 0, 0).unwrap_or_default().and_utc(),

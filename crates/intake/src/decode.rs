@@ -5,9 +5,11 @@
 //! derive would. Unknown fields become warnings. What needs stored state (does the
 //! tenant exist, is a referenced customer known) is checked later, in [`crate::store`].
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use regua_contract::events::{CustomerState, DocumentKind};
-use regua_contract::inbound::{Channel, InvoiceCancel, LateFee, PaymentData, limits};
+use regua_contract::inbound::{
+    Channel, InvoiceCancel, LateFee, PaymentData, PaymentMethod, limits,
+};
 use regua_contract::{FieldIssue, InboundKind, RejectCode, WarnCode};
 use regua_domain::{Currency, Document, DocumentError, Email, Phone};
 use serde_json::{Map, Value};
@@ -119,6 +121,7 @@ pub struct InvoiceDraft {
     pub issued_on: NaiveDate,
     pub due_date: NaiveDate,
     pub description: Option<String>,
+    pub reference: Option<String>,
     pub payment: Option<PaymentData>,
     pub late_fee: Option<LateFee>,
     pub tags: Vec<String>,
@@ -411,6 +414,45 @@ impl<'a> Obj<'a> {
         parsed
     }
 
+    /// An optional CPF or CNPJ, check digits verified.
+    fn document(&mut self, issues: &mut Issues, name: &'static str) -> Option<Document> {
+        let d = self.string(issues, name, false, 32)?;
+        Document::parse(&d)
+            .map_err(|e| {
+                let code = match e {
+                    DocumentError::InvalidCpf => RejectCode::InvalidCpf,
+                    DocumentError::InvalidCnpj => RejectCode::InvalidCnpj,
+                    DocumentError::NotADocument => RejectCode::InvalidDocument,
+                };
+                issues.error(self.path(name), code, e.to_string());
+            })
+            .ok()
+    }
+
+    /// A required RFC 3339 instant with an offset.
+    fn instant(&mut self, issues: &mut Issues, name: &'static str) -> Option<DateTime<Utc>> {
+        let Some(v) = self.get(name) else {
+            self.missing(issues, name);
+            return None;
+        };
+        let Some(s) = v.as_str() else {
+            self.wrong_type(issues, name, "an RFC 3339 date-time string");
+            return None;
+        };
+        let parsed = DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+            .filter(|t| (1900..=2200).contains(&chrono::Datelike::year(t)));
+        if parsed.is_none() {
+            issues.error(
+                self.path(name),
+                RejectCode::InvalidDate,
+                format!("{name} must be an RFC 3339 date-time with an offset, e.g. 2026-12-10T14:03:00-03:00"),
+            );
+        }
+        parsed
+    }
+
     fn object(
         &mut self,
         issues: &mut Issues,
@@ -442,18 +484,7 @@ fn customer(map: &Map<String, Value>, prefix: &str, issues: &mut Issues) -> Opti
     let mut o = Obj::new(map, prefix);
     let customer_id = o.id(issues, "customer_id", true);
     let name = o.string(issues, "name", true, 200);
-    let document = o.string(issues, "document", false, 32).and_then(|d| {
-        Document::parse(&d)
-            .map_err(|e| {
-                let code = match e {
-                    DocumentError::InvalidCpf => RejectCode::InvalidCpf,
-                    DocumentError::InvalidCnpj => RejectCode::InvalidCnpj,
-                    DocumentError::NotADocument => RejectCode::InvalidDocument,
-                };
-                issues.error(o.path("document"), code, e.to_string());
-            })
-            .ok()
-    });
+    let document = o.document(issues, "document");
     let email = o.parsed(
         issues,
         "email",
@@ -552,6 +583,7 @@ fn invoice(map: &Map<String, Value>, issues: &mut Issues) -> Option<InvoiceDraft
         );
     }
     let description = o.text(issues, "description");
+    let reference = o.id(issues, "reference", false);
     let payment = o.object(issues, "payment").map(|p| payment(p, issues));
     let late_fee = o.object(issues, "late_fee").map(|f| late_fee(f, issues));
     if let (Some(fee), Some(CustomerSource::Embedded(c))) = (&late_fee, &customer)
@@ -571,6 +603,7 @@ fn invoice(map: &Map<String, Value>, issues: &mut Issues) -> Option<InvoiceDraft
         issued_on: issued_on?,
         due_date: due_date?,
         description,
+        reference,
         payment,
         late_fee,
         tags,
@@ -820,6 +853,118 @@ fn cancel(map: &Map<String, Value>, issues: &mut Issues) -> Option<InvoiceCancel
         revision,
         reason,
     })
+}
+
+/// A valid `payment.received`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentDraft {
+    pub payment_id: String,
+    pub invoice_id: Option<String>,
+    pub reference: Option<String>,
+    pub amount_cents: i64,
+    pub currency: Currency,
+    pub paid_at: DateTime<Utc>,
+    pub method: PaymentMethod,
+    pub payer_document: Option<Document>,
+}
+
+/// Decodes and validates a `payment.received` body (NATS or HTTP) field by field, like
+/// every other inbound message: a draft, or every problem found.
+pub fn decode_payment(payload: &[u8]) -> (Option<PaymentDraft>, Issues) {
+    let mut issues = Issues::default();
+    if payload.len() > limits::MAX_PAYLOAD_BYTES {
+        issues.error(
+            "",
+            RejectCode::PayloadTooLarge,
+            format!(
+                "payload is {} bytes; the limit is {}",
+                payload.len(),
+                limits::MAX_PAYLOAD_BYTES
+            ),
+        );
+        return (None, issues);
+    }
+    let value: Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => {
+            issues.error(
+                "",
+                RejectCode::MalformedJson,
+                format!("malformed JSON: {e}"),
+            );
+            return (None, issues);
+        }
+    };
+    let Some(map) = value.as_object() else {
+        issues.error("", RejectCode::NotAnObject, "payload must be a JSON object");
+        return (None, issues);
+    };
+    let mut o = Obj::new(map, "");
+    let payment_id = o.id(&mut issues, "payment_id", true);
+    let invoice_id = o.id(&mut issues, "invoice_id", false);
+    let reference = o.id(&mut issues, "reference", false);
+    let amount_cents = amount(&mut o, &mut issues);
+    let currency = o
+        .parsed(
+            &mut issues,
+            "currency",
+            16,
+            RejectCode::InvalidCurrency,
+            Currency::parse,
+            |code| format!("{code} is not an active ISO 4217 code"),
+        )
+        .unwrap_or(Currency::BRL);
+    let paid_at = o.instant(&mut issues, "paid_at");
+    let method = match o.string(&mut issues, "method", true, 16) {
+        Some(m) => {
+            let parsed = serde_json::from_value::<PaymentMethod>(Value::String(m.clone())).ok();
+            if parsed.is_none() {
+                issues.error(
+                    "method",
+                    RejectCode::InvalidValue,
+                    format!("method {m:?} is not one of pix, boleto, card, transfer, cash"),
+                );
+            }
+            parsed
+        }
+        None => None,
+    };
+    let payer_document = o.document(&mut issues, "payer_document");
+    o.finish(&mut issues);
+    if issues.is_rejected() {
+        return (None, issues);
+    }
+    let draft = (|| {
+        Some(PaymentDraft {
+            payment_id: payment_id?,
+            invoice_id,
+            reference,
+            amount_cents: amount_cents?,
+            currency,
+            paid_at: paid_at?,
+            method: method?,
+            payer_document,
+        })
+    })();
+    (draft, issues)
+}
+
+/// A PIX `valor` ("123.45": digits, a point, exactly two decimals, as the Banco
+/// Central's API writes it) as integer centavos, read digit by digit: never a float.
+pub fn pix_valor(valor: &str) -> Option<i64> {
+    let (int, frac) = valor.split_once('.')?;
+    if int.is_empty()
+        || int.len() > 15
+        || frac.len() != 2
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || (int.len() > 1 && int.starts_with('0'))
+    {
+        return None;
+    }
+    let whole: i64 = int.parse().ok()?;
+    let cents: i64 = frac.parse().ok()?;
+    whole.checked_mul(100)?.checked_add(cents)
 }
 
 #[cfg(test)]

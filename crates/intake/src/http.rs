@@ -35,7 +35,17 @@ use regua_platform::outbox::new_id;
 
 /// Intake's routes.
 pub fn router(intake: Arc<Intake>) -> Router {
-    Router::new()
+    routes(true).with_state(intake)
+}
+
+/// Intake's routes without `GET /v1/tenants/{tenant}/invoices/{invoice_id}`, for a
+/// process where reconciliation serves that read (with what the invoice owes).
+pub fn router_without_invoice_reads(intake: Arc<Intake>) -> Router {
+    routes(false).with_state(intake)
+}
+
+fn routes(invoice_reads: bool) -> Router<Arc<Intake>> {
+    let router = Router::new()
         .route("/v1/tenants", post(create_tenant))
         .route(
             "/v1/tenants/{tenant}/invoices",
@@ -50,10 +60,6 @@ pub fn router(intake: Arc<Intake>) -> Router {
             submit_one(InboundKind::InvoiceCancel),
         )
         .route(
-            "/v1/tenants/{tenant}/invoices/{invoice_id}",
-            get(get_invoice),
-        )
-        .route(
             "/v1/tenants/{tenant}/customers",
             submit_one(InboundKind::CustomerUpsert),
         )
@@ -65,8 +71,15 @@ pub fn router(intake: Arc<Intake>) -> Router {
             "/v1/tenants/{tenant}/messages/{message_id}",
             get(get_message),
         )
-        .route("/openapi.json", get(openapi))
-        .with_state(intake)
+        .route("/openapi.json", get(openapi));
+    if invoice_reads {
+        router.route(
+            "/v1/tenants/{tenant}/invoices/{invoice_id}",
+            get(get_invoice),
+        )
+    } else {
+        router
+    }
 }
 
 /// `POST` of one `kind` message: 202 with its outcome, or 422.

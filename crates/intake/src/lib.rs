@@ -107,4 +107,9 @@ impl Intake {
     pub fn router(self: &Arc<Self>) -> axum::Router {
         http::router(Arc::clone(self))
     }
+
+    /// [`Intake::router`] without the invoice read, which reconciliation serves.
+    pub fn router_without_invoice_reads(self: &Arc<Self>) -> axum::Router {
+        http::router_without_invoice_reads(Arc::clone(self))
+    }
 }

@@ -24,7 +24,6 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use regua_contract::events::{
     CustomerUpserted, DocumentKind, IntakeRejected, InvoiceCanceled, InvoiceChanged, InvoiceState,
-    REJECTED_PAYLOAD_ECHO_BYTES,
 };
 use regua_contract::{EventType, RejectCode};
 use regua_platform::outbox::{Outbox, OutboxMessage};
@@ -372,21 +371,17 @@ fn decide(
 }
 
 fn reject(batch: &mut Batch<'_>, item: &Inbound, issues: Issues) -> Result<Applied, StoreError> {
-    let echo_len = item.payload.len().min(REJECTED_PAYLOAD_ECHO_BYTES);
-    let payload = String::from_utf8_lossy(&item.payload[..echo_len]).into_owned();
     batch.emit(
         item,
         EventType::IntakeRejected,
-        &IntakeRejected {
-            source_subject: item.subject.clone(),
-            message_id: item.message_id.clone(),
-            stream_sequence: item.stream_seq,
-            errors: issues.errors.clone(),
-            warnings: issues.warnings.clone(),
-            payload,
-            payload_bytes: item.payload.len(),
-            payload_truncated: item.payload.len() > echo_len,
-        },
+        &IntakeRejected::new(
+            item.subject.clone(),
+            item.message_id.clone(),
+            item.stream_seq,
+            issues.errors.clone(),
+            issues.warnings.clone(),
+            &item.payload,
+        ),
     )?;
     Ok(Applied::new(Outcome::Rejected, issues, None))
 }
@@ -486,6 +481,7 @@ fn upsert_invoice(
         issued_on: draft.issued_on,
         due_date: draft.due_date,
         description: draft.description.clone(),
+        reference: draft.reference.clone(),
         payment: draft.payment.clone(),
         late_fee: draft.late_fee,
         tags: draft.tags.clone(),

@@ -627,6 +627,8 @@ async fn http_single_batch_and_reads(pool: PgPool) {
         .unwrap();
     assert_eq!(api["openapi"], "3.1.0");
     assert!(api["paths"]["/v1/tenants/{tenant}/invoices:batch"].is_object());
+    assert!(api["paths"]["/v1/tenants/{tenant}/payments"]["post"].is_object());
+    assert!(api["components"]["schemas"]["PaymentReceived"].is_object());
     assert_eq!(
         h.http.get(url("/healthz")).send().await.unwrap().status(),
         200

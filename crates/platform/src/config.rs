@@ -17,6 +17,9 @@
 //! | `intake_ack_wait_secs` | `REGUA_INTAKE_ACK_WAIT_SECS` | `60` (redelivery after a crashed worker) |
 //! | `scheduler_batch_size` | `REGUA_SCHEDULER_BATCH_SIZE` | `500` (events per batch, steps per claim) |
 //! | `scheduler_workers` | `REGUA_SCHEDULER_WORKERS` | `2` (concurrent claims per process) |
+//! | `reconcile_batch_size` | `REGUA_RECONCILE_BATCH_SIZE` | `200` (payments fetched per batch) |
+//! | `reconcile_ack_wait_secs` | `REGUA_RECONCILE_ACK_WAIT_SECS` | `30` (a crashed replica's payments come back after this) |
+//! | `reconcile_workers` | `REGUA_RECONCILE_WORKERS` | `8` (payment transactions in flight per process) |
 //! | `scheduler_poll_ms` | `REGUA_SCHEDULER_POLL_MS` | `250` (how often due steps are claimed when idle) |
 //! | `http_outcome_wait_ms` | `REGUA_HTTP_OUTCOME_WAIT_MS` | `5000` |
 //! | `drain_timeout_secs` | `REGUA_DRAIN_TIMEOUT_SECS` | `20` |
@@ -93,6 +96,9 @@ pub struct Config {
     pub scheduler_batch_size: usize,
     pub scheduler_poll: Duration,
     pub scheduler_workers: usize,
+    pub reconcile_batch_size: usize,
+    pub reconcile_workers: usize,
+    pub reconcile_ack_wait: Duration,
     pub http_outcome_wait: Duration,
     pub drain_timeout: Duration,
     pub public_url: String,
@@ -185,6 +191,9 @@ const KEYS: &[(&str, &str)] = &[
     ("scheduler_batch_size", "500"),
     ("scheduler_poll_ms", "250"),
     ("scheduler_workers", "2"),
+    ("reconcile_batch_size", "200"),
+    ("reconcile_workers", "8"),
+    ("reconcile_ack_wait_secs", "30"),
     ("http_outcome_wait_ms", "5000"),
     ("drain_timeout_secs", "20"),
     ("public_url", "http://127.0.0.1:8080"),
@@ -415,6 +424,10 @@ impl Config {
                 .unwrap_or(500),
             scheduler_poll: Duration::from_millis(number("scheduler_poll_ms", 10, 60_000)?),
             scheduler_workers: usize::try_from(number("scheduler_workers", 1, 16)?).unwrap_or(2),
+            reconcile_batch_size: usize::try_from(number("reconcile_batch_size", 1, 5000)?)
+                .unwrap_or(200),
+            reconcile_workers: usize::try_from(number("reconcile_workers", 1, 64)?).unwrap_or(8),
+            reconcile_ack_wait: Duration::from_secs(number("reconcile_ack_wait_secs", 1, 3600)?),
             http_outcome_wait: Duration::from_millis(number("http_outcome_wait_ms", 0, 60_000)?),
             drain_timeout: Duration::from_secs(number("drain_timeout_secs", 1, 3600)?),
             otlp_export: false,

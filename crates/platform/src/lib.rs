@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod fence;
 pub mod http;
 pub mod nats;
 pub mod outbox;

@@ -175,6 +175,81 @@ pub async fn fetch_batch(
     }
 }
 
+/// A durable pull consumer of every domain event (`regua.v1.evt.>`) that applies them
+/// in stream order: at most one batch of `batch` in flight across all replicas.
+pub fn in_order_events(
+    durable: &str,
+    description: &str,
+    batch: usize,
+    max_deliver: i64,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(durable.into()),
+        description: Some(description.into()),
+        filter_subject: subjects::events_all(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_wait: Duration::from_secs(60),
+        max_deliver,
+        max_ack_pending: i64::try_from(batch).unwrap_or(500),
+        ..Default::default()
+    }
+}
+
+/// How a consumer whose batches apply as one unit (one transaction, in stream order)
+/// is run by [`consume_batches`].
+pub struct BatchConsumer<'a> {
+    pub js: &'a jetstream::Context,
+    pub consumer: &'a consumer::PullConsumer,
+    /// The durable's name, for logs and dead letters.
+    pub name: &'a str,
+    pub batch: usize,
+    pub expires: Duration,
+    pub max_deliver: i64,
+}
+
+/// Fetches batches until `cancel` and applies each with `apply`. A batch that applied
+/// is acked; one that failed is retried message by message, and a message that fails
+/// alone is dead-lettered at once when `poison` says it never will apply, else naked
+/// until `max_deliver`. `after` runs after every non-empty batch (to wake a relay).
+pub async fn consume_batches<E: std::fmt::Display>(
+    c: BatchConsumer<'_>,
+    cancel: &tokio_util::sync::CancellationToken,
+    apply: impl for<'m> Fn(&'m [jetstream::Message]) -> futures::future::BoxFuture<'m, Result<(), E>>,
+    poison: impl Fn(&E) -> bool,
+    after: impl Fn(),
+) {
+    let mut backoff = crate::shutdown::Backoff::new(Duration::from_millis(200));
+    while let Some(msgs) =
+        fetch_batch(c.consumer, c.batch, c.expires, &mut backoff, cancel, c.name).await
+    {
+        if msgs.is_empty() {
+            continue;
+        }
+        match apply(&msgs).await {
+            Ok(()) => {
+                for m in &msgs {
+                    settle(m, jetstream::AckKind::Ack).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, consumer = c.name, n = msgs.len(), "batch failed; retrying one by one");
+                for m in &msgs {
+                    match apply(std::slice::from_ref(m)).await {
+                        Ok(()) => settle(m, jetstream::AckKind::Ack).await,
+                        Err(e) => {
+                            let dead = poison(&e);
+                            settle_failure(c.js, m, c.name, c.max_deliver, &e.to_string(), dead)
+                                .await;
+                        }
+                    }
+                }
+            }
+        }
+        after();
+    }
+}
+
 /// Most publishes [`publish_windowed`] keeps awaiting acks. The JetStream context allows
 /// 5,000 in flight and blocks the next publish beyond that, so holding more unawaited
 /// ack futures than that would deadlock.

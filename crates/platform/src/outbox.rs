@@ -262,3 +262,36 @@ impl Relay {
         Ok(rows.len())
     }
 }
+
+/// The events among `msgs` of one of `kinds` that `processed` (a service's
+/// `(id UUID PRIMARY KEY, at TIMESTAMPTZ DEFAULT now())` table) has not seen, marked
+/// seen in the caller's transaction, in stream order. Messages that are not events of
+/// this contract, or of other kinds, are skipped without a write.
+pub async fn fresh_events<'m>(
+    conn: &mut PgConnection,
+    processed: &'static str,
+    msgs: &'m [jetstream::Message],
+    kinds: &[EventType],
+) -> Result<Vec<Envelope<&'m serde_json::value::RawValue>>, sqlx::Error> {
+    let events: Vec<Envelope<&serde_json::value::RawValue>> = msgs
+        .iter()
+        .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+        .filter(|e: &Envelope<&serde_json::value::RawValue>| kinds.contains(&e.event_type))
+        .collect();
+    if events.is_empty() {
+        return Ok(events);
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let fresh: std::collections::HashSet<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "INSERT INTO {processed} (id) SELECT UNNEST($1::uuid[]) ON CONFLICT DO NOTHING RETURNING id"
+    )))
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(events
+        .into_iter()
+        .filter(|e| fresh.contains(&e.id))
+        .collect())
+}

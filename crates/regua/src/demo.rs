@@ -2,6 +2,13 @@
 //! through the public NATS subjects, exactly as an integrator would, reports intake's
 //! outcomes, then advances the tenant's clock day by day over two months and prints
 //! what the régua decided and sent per day and channel.
+//!
+//! Simulated customers pay through `payment.received`, each as its cohort does: some
+//! the day after their first reminder, some only after the firm second notice, some on
+//! the due date, some in part (and some of those the rest later), some never. Amounts
+//! are what reconciliation says is due that day (fine and interest included). The
+//! demo ends with the recovered amount, the recovery rate, messages per channel, the
+//! thank-yous, and a check that no dunning message went out after a payment.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -145,6 +152,7 @@ fn invoice(rng: &mut StdRng, i: usize, today: NaiveDate, customer: Value) -> Val
         "issued_on": issued.to_string(),
         "due_date": due.to_string(),
         "description": format!("Fatura {}/{}", due.format("%m"), due.format("%Y")),
+        "reference": format!("TX{i:06}"),
         "payment": {
             "pix_copy_paste": format!("00020126580014br.gov.bcb.pix0136demo-{i:06}5204000053039865802BR5909REGUA DEMO6009SAO PAULO6304ABCD"),
             "boleto_line": format!("34191.79001 01043.510047 91020.150008 1 {:014}", amount),
@@ -185,6 +193,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     Intake::migrate(&pool).await?;
     regua_scheduler::Scheduler::migrate(&pool).await?;
     regua_dispatch::Dispatcher::migrate(&pool).await?;
+    regua_reconcile::Reconcile::migrate(&pool).await?;
     let run_started = SystemClock.now();
     // The demo tenant lives on a test clock that starts at local midnight today; a
     // second run continues from wherever the clock is.
@@ -428,10 +437,13 @@ async fn regua_run(
         "advancing {tenant}'s test clock {days} days from {} (times are São Paulo's):",
         start.format("%Y-%m-%d")
     ));
-    say("                  steps sent (per invoice)   | messages at the fake providers |");
     say(
-        "  day             whatsapp   sms  email     | whatsapp   sms  email  fell back | deferred skipped escalated",
+        "                  steps sent (per invoice)   | messages at the fake providers |                            | payments",
     );
+    say(
+        "  day             whatsapp   sms  email     | whatsapp   sms  email  fell back | deferred skipped escalated | paid thanks",
+    );
+    let mut payers = crate::payers::Payers::new(invoice_ids);
     let mut at = start;
     for _ in 0..days {
         let to = at + TimeDelta::days(1);
@@ -450,6 +462,8 @@ async fn regua_run(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         wait_dispatched(pool, js, wait_secs).await?;
+        let paid_today = payers.pay_day(pool, js, tenant, at).await?;
+        payers.wait_applied(pool, tenant, wait_secs).await?;
         let sent: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT state, channel, count(*) FROM dispatch.attempts WHERE tenant = $1 \
              AND (command->>'scheduled_for')::timestamptz >= $2 AND (command->>'scheduled_for')::timestamptz < $3 GROUP BY 1, 2",
@@ -482,11 +496,20 @@ async fn regua_run(
         let day = at
             .with_timezone(&chrono_tz::America::Sao_Paulo)
             .format("%Y-%m-%d %a");
-        if rows.is_empty() {
+        let thanks: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dispatch.attempts WHERE tenant = $1 AND step = 'on_paid' AND state = 'sent' \
+             AND (command->>'scheduled_for')::timestamptz >= $2 AND (command->>'scheduled_for')::timestamptz < $3",
+        )
+        .bind(tenant.as_str())
+        .bind(at)
+        .bind(to)
+        .fetch_one(pool)
+        .await?;
+        if rows.is_empty() && paid_today == 0 && thanks == 0 {
             say(&format!("  {day}   (nothing due)"));
         } else {
             say(&format!(
-                "  {day}   {:>8} {:>5} {:>6}     | {:>8} {:>5} {:>6} {:>10} | {:>8} {:>7} {:>9}",
+                "  {day}   {:>8} {:>5} {:>6}     | {:>8} {:>5} {:>6} {:>10} | {:>8} {:>7} {:>9} | {:>4} {:>6}",
                 count("sent", Some("whatsapp")),
                 count("sent", Some("sms")),
                 count("sent", Some("email")),
@@ -497,6 +520,8 @@ async fn regua_run(
                 count("deferred", None),
                 count("skipped", None),
                 count("escalated", None),
+                paid_today,
+                thanks,
             ));
         }
         at = to;
@@ -518,7 +543,7 @@ async fn regua_run(
         subjects::STREAM_COMMANDS,
         delivered.join(", ")
     ));
-    Ok(())
+    crate::payers::report(pool, tenant, &payers, say).await
 }
 
 /// Waits until the dispatchers have taken every command and settled every attempt.

@@ -89,9 +89,13 @@ pub async fn run(args: FakesArgs) -> anyhow::Result<()> {
         args.inbox
     ));
     let mut printed = 0;
+    // One signal future for the whole run: one made per tick misses a SIGTERM that
+    // arrives between ticks.
+    let stop = regua_platform::shutdown::signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            () = regua_platform::shutdown::signal() => break,
+            () = &mut stop => break,
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         let lines = f.inbox();

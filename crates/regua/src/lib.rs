@@ -1,5 +1,5 @@
 //! Wiring services into one process. `regua all` runs every service; `regua intake`,
-//! `regua scheduler` and `regua dispatch <channel>` run one. The binary and the end-to-end tests both start services
+//! `regua scheduler`, `regua dispatch <channel>` and `regua reconcile` run one. The binary and the end-to-end tests both start services
 //! through [`Platform::start`]; services talk to each other only through NATS.
 
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use regua_contract::inbound::Channel;
 use regua_dispatch::{DispatchError, Dispatcher};
 use regua_intake::{Intake, IntakeError};
 use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, http, nats};
+use regua_reconcile::{Reconcile, ReconcileError};
 use regua_scheduler::{Scheduler, SchedulerError};
 use tokio::task::JoinHandle;
 
@@ -23,6 +24,8 @@ pub enum StartError {
     Scheduler(#[from] SchedulerError),
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -35,6 +38,7 @@ pub enum StartError {
 pub struct Services {
     pub intake: bool,
     pub scheduler: bool,
+    pub reconcile: bool,
     /// The channels whose dispatchers run here.
     pub dispatch: &'static [Channel],
 }
@@ -43,22 +47,39 @@ impl Services {
     pub const ALL: Services = Services {
         intake: true,
         scheduler: true,
+        reconcile: true,
         dispatch: &Channel::ALL,
     };
     pub const INTAKE: Services = Services {
         intake: true,
         scheduler: false,
+        reconcile: false,
         dispatch: &[],
     };
     pub const SCHEDULER: Services = Services {
         intake: false,
         scheduler: true,
+        reconcile: false,
+        dispatch: &[],
+    };
+    pub const RECONCILE: Services = Services {
+        intake: false,
+        scheduler: false,
+        reconcile: true,
+        dispatch: &[],
+    };
+    /// Intake, the scheduler and reconciliation, no dispatchers.
+    pub const CORE_RECONCILE: Services = Services {
+        intake: true,
+        scheduler: true,
+        reconcile: true,
         dispatch: &[],
     };
     /// Intake and the scheduler, no dispatchers.
     pub const CORE: Services = Services {
         intake: true,
         scheduler: true,
+        reconcile: false,
         dispatch: &[],
     };
 
@@ -67,6 +88,7 @@ impl Services {
         Services {
             intake: false,
             scheduler: false,
+            reconcile: false,
             dispatch: match channel {
                 Channel::Email => &[Channel::Email],
                 Channel::Sms => &[Channel::Sms],
@@ -107,9 +129,34 @@ impl Platform {
         );
         Intake::migrate(&pool).await?;
         let mut router = axum::Router::new();
+        let key_layer = || {
+            axum::middleware::from_fn_with_state(
+                Arc::clone(&intake),
+                regua_intake::http::require_tenant_key,
+            )
+        };
         if services.intake {
             intake.start(&shutdown).await?;
-            router = router.merge(intake.router());
+            // With reconciliation here, it answers `GET …/invoices/{id}` (the same
+            // fields plus what the invoice owes today).
+            router = router.merge(if services.reconcile {
+                intake.router_without_invoice_reads()
+            } else {
+                intake.router()
+            });
+        }
+        if services.reconcile {
+            let reconcile = Reconcile::from_parts(
+                config.clone(),
+                pool.clone(),
+                client.clone(),
+                Arc::clone(&clock),
+            );
+            reconcile.start(&shutdown).await?;
+            let (tenant_routes, webhooks) = reconcile.router();
+            router = router
+                .merge(tenant_routes.layer(key_layer()))
+                .merge(webhooks);
         }
         if services.scheduler {
             let scheduler = Scheduler::from_parts(
@@ -119,14 +166,7 @@ impl Platform {
                 Arc::clone(&clock),
             );
             scheduler.start(&shutdown).await?;
-            router = router.merge(
-                scheduler
-                    .router()
-                    .layer(axum::middleware::from_fn_with_state(
-                        Arc::clone(&intake),
-                        regua_intake::http::require_tenant_key,
-                    )),
-            );
+            router = router.merge(scheduler.router().layer(key_layer()));
         }
         if !services.dispatch.is_empty() {
             let dispatcher =

@@ -2,6 +2,7 @@
 
 mod demo;
 mod fakes;
+mod payers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ enum Command {
         #[arg(value_enum)]
         channel: ChannelArg,
     },
+    /// Run reconciliation: payments in (NATS, HTTP, PIX webhook), matched, settled; the régua stops.
+    Reconcile,
     /// Run every service in one process, each as its own task, talking only through NATS.
     All,
     /// Create the database if it is missing and run every service's migrations.
@@ -129,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Intake => run_services(config, regua::Services::INTAKE).await,
         Command::Scheduler => run_services(config, regua::Services::SCHEDULER).await,
+        Command::Reconcile => run_services(config, regua::Services::RECONCILE).await,
         Command::Dispatch { channel } => {
             run_services(config, regua::Services::dispatch(channel.into())).await
         }
@@ -182,6 +186,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     Intake::migrate(&pool).await?;
     regua_scheduler::Scheduler::migrate(&pool).await?;
     regua_dispatch::Dispatcher::migrate(&pool).await?;
+    regua_reconcile::Reconcile::migrate(&pool).await?;
     tracing::info!("migrations applied");
     Ok(())
 }

@@ -15,7 +15,10 @@ use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::fire::{self, Scope};
-use crate::{Scheduler, SchedulerError};
+use crate::{OUTBOX, Scheduler, SchedulerError};
+use regua_contract::EventType;
+use regua_contract::events::TenantClockAdvanced;
+use regua_platform::outbox::event_message;
 use regua_platform::shutdown::Backoff;
 
 /// `GET /v1/tenants/{tenant}/clock`
@@ -246,6 +249,18 @@ async fn move_clock(s: &Scheduler, tenant: &str) -> Result<Option<DateTime<Utc>>
             .bind(at)
             .execute(&mut *tx)
             .await?;
+        // Reconciliation's "today" for this tenant (fine and interest) follows it.
+        let cause = format!("clock:{tenant}:{}", at.timestamp_millis());
+        let event = event_message(
+            s.clock.now(),
+            tenant,
+            EventType::TenantClockAdvanced,
+            &TenantClockAdvanced { now: at },
+            &cause,
+            &cause,
+            None,
+        )?;
+        OUTBOX.enqueue(&mut tx, &[event]).await?;
     }
     tx.commit().await?;
     Ok(due.then_some(at))

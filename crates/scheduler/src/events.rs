@@ -11,11 +11,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer};
+use async_nats::jetstream::{self, consumer};
 use chrono::{DateTime, Utc};
 use regua_contract::events::{
     CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerUpserted, InvoiceCanceled,
-    InvoiceChanged, InvoicePaid, TenantCreated,
+    InvoiceChanged, InvoicePaid, InvoicePartiallyPaid, TenantCreated,
 };
 use regua_contract::{Envelope, EventType, subjects};
 use regua_platform::{nats, telemetry};
@@ -27,78 +27,46 @@ use uuid::Uuid;
 
 use crate::model::{self, Customer, Invoice, LogRow, Status, Tenant};
 use crate::{Scheduler, SchedulerError, policies};
-use regua_platform::shutdown::Backoff;
 
 /// Deliveries before a message that keeps failing is dead-lettered.
 pub const MAX_DELIVER: i64 = 5;
 
 /// The durable consumer the scheduler reads events from.
 pub fn consumer_config(batch: usize) -> consumer::pull::Config {
-    consumer::pull::Config {
-        durable_name: Some(subjects::CONSUMER_SCHEDULER.into()),
-        description: Some("regua scheduler: plans invoices, stops on payment".into()),
-        filter_subject: subjects::events_all(),
-        ack_policy: consumer::AckPolicy::Explicit,
-        deliver_policy: consumer::DeliverPolicy::All,
-        ack_wait: Duration::from_secs(60),
-        max_deliver: MAX_DELIVER,
-        // One batch in flight across all replicas keeps events in order.
-        max_ack_pending: i64::try_from(batch).unwrap_or(500),
-        ..Default::default()
-    }
-}
-
-/// Consumes until `cancel`; the batch in hand is finished first.
-pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(200));
-    while let Some(msgs) = nats::fetch_batch(
-        &consumer,
-        s.config.scheduler_batch_size,
-        Duration::from_millis(500),
-        &mut backoff,
-        &cancel,
+    nats::in_order_events(
         subjects::CONSUMER_SCHEDULER,
+        "regua scheduler: plans invoices, stops on payment",
+        batch,
+        MAX_DELIVER,
     )
-    .await
-    {
-        if !msgs.is_empty() {
-            process(&s, msgs).await;
-        }
-    }
 }
 
-async fn process(s: &Scheduler, msgs: Vec<jetstream::Message>) {
-    match apply_batch(s, &msgs).await {
-        Ok(()) => {
-            for m in &msgs {
-                nats::settle(m, AckKind::Ack).await;
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, n = msgs.len(), "scheduler batch failed; retrying one by one");
-            for m in &msgs {
-                match apply_batch(s, std::slice::from_ref(m)).await {
-                    Ok(()) => nats::settle(m, AckKind::Ack).await,
-                    // A malformed event will never apply: dead-letter it at once.
-                    Err(e) => {
-                        let poison = matches!(e, EventError::Malformed(_));
-                        let consumer = subjects::CONSUMER_SCHEDULER;
-                        nats::settle_failure(
-                            &s.js,
-                            m,
-                            consumer,
-                            MAX_DELIVER,
-                            &e.to_string(),
-                            poison,
-                        )
-                        .await;
-                    }
-                }
-            }
-        }
-    }
-    s.fire_wake.notify_one();
-    s.outbox_wake.notify_one();
+/// Consumes until `cancel`; the batch in hand is finished first. A batch that fails is
+/// retried message by message; a malformed event will never apply and is dead-lettered
+/// at once.
+pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
+    let c = nats::BatchConsumer {
+        js: &s.js,
+        consumer: &consumer,
+        name: subjects::CONSUMER_SCHEDULER,
+        batch: s.config.scheduler_batch_size,
+        expires: Duration::from_millis(500),
+        max_deliver: MAX_DELIVER,
+    };
+    nats::consume_batches(
+        c,
+        &cancel,
+        |msgs| {
+            let s = Arc::clone(&s);
+            Box::pin(async move { apply_batch(&s, msgs).await })
+        },
+        |e| matches!(e, EventError::Malformed(_)),
+        || {
+            s.fire_wake.notify_one();
+            s.outbox_wake.notify_one();
+        },
+    )
+    .await;
 }
 
 /// A decoded event with what processing needs.
@@ -114,6 +82,7 @@ enum Data {
     InvoiceChanged(InvoiceChanged),
     InvoiceCanceled(InvoiceCanceled),
     InvoicePaid(InvoicePaid),
+    InvoicePartiallyPaid(InvoicePartiallyPaid),
     CustomerOptedOut(CustomerChannelOptedOut),
     CustomerOptedIn(CustomerChannelOptedIn),
 }
@@ -150,6 +119,7 @@ fn decode(msg: &jetstream::Message) -> Result<Option<Item>, EventError> {
         }
         EventType::InvoiceCanceled => Data::InvoiceCanceled(typed(kind, raw.data)?),
         EventType::InvoicePaid => Data::InvoicePaid(typed(kind, raw.data)?),
+        EventType::InvoicePartiallyPaid => Data::InvoicePartiallyPaid(typed(kind, raw.data)?),
         EventType::CustomerChannelOptedOut => Data::CustomerOptedOut(typed(kind, raw.data)?),
         EventType::CustomerChannelOptedIn => Data::CustomerOptedIn(typed(kind, raw.data)?),
         _ => return Ok(None),
@@ -217,8 +187,22 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
         return Ok(());
     }
     for item in &items {
-        if let Data::TenantCreated(t) = &item.envelope.data {
-            tenant_created(&mut tx, t, item.envelope.occurred_at).await?;
+        match &item.envelope.data {
+            Data::TenantCreated(t) => {
+                tenant_created(&mut tx, t, item.envelope.occurred_at).await?;
+            }
+            Data::InvoicePartiallyPaid(p) => {
+                let e = &item.envelope;
+                let (i, c) = (&p.invoice_id, &p.customer_id);
+                record_payment(&mut tx, e, i, c, p.due.on, p.amount_paid_cents, false).await?;
+            }
+            Data::InvoicePaid(p) => {
+                let e = &item.envelope;
+                let (i, c) = (&p.invoice_id, &p.customer_id);
+                let on = p.paid_at.date_naive();
+                record_payment(&mut tx, e, i, c, on, p.amount_paid_cents, true).await?;
+            }
+            _ => {}
         }
     }
     let mut tenant_ids: Vec<String> = items.iter().map(|i| i.envelope.tenant.clone()).collect();
@@ -241,7 +225,7 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
                 customer_keys.push((t.clone(), p.customer_id.clone()));
                 invoice_keys.push((t, p.invoice_id.clone()));
             }
-            Data::TenantCreated(_) => {}
+            Data::TenantCreated(_) | Data::InvoicePartiallyPaid(_) => {}
         }
     }
     let mut w = Work {
@@ -288,6 +272,32 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
     model::save_invoices(&mut tx, &dirty).await?;
     model::write_log(&mut tx, &w.log).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// A payment reconciliation applied: later messages state the balance.
+async fn record_payment(
+    conn: &mut PgConnection,
+    e: &Envelope<Data>,
+    invoice_id: &str,
+    customer_id: &str,
+    paid_on: chrono::NaiveDate,
+    amount_cents: i64,
+    settles: bool,
+) -> Result<(), EventError> {
+    sqlx::query(
+        "INSERT INTO scheduler.payments (tenant, invoice_id, customer_id, event_id, paid_on, amount_cents, settles) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(&e.tenant)
+    .bind(invoice_id)
+    .bind(customer_id)
+    .bind(e.id)
+    .bind(paid_on)
+    .bind(amount_cents)
+    .bind(settles)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use regua_contract::commands::{CommandInvoice, CommandKind, DispatchCommand, Recipient};
-use regua_contract::events::InvoiceEscalated;
+use regua_contract::events::{AmountDue, InvoiceEscalated};
 use regua_contract::{EventType, subjects};
+use regua_domain::charges;
 use regua_domain::policy::{Action, Channel, Notify, Policy};
 use regua_domain::schedule::{self, Contact, Ledger, StepState, Subject};
 use regua_domain::window::local_to_utc;
@@ -248,6 +249,7 @@ pub async fn fire_batch(
     for r in &rows {
         invoices.push(Invoice::from_row(r)?);
     }
+    load_payments(conn, &ts, &cs, &mut invoices).await?;
     let mut tenant_ids: Vec<String> = invoices.iter().map(|i| i.tenant.clone()).collect();
     tenant_ids.sort();
     tenant_ids.dedup();
@@ -348,7 +350,11 @@ fn decide(
             n.template.clone(),
             now,
         );
-        let line = command_invoice(inv, &planned.plan);
+        let line = command_invoice(
+            inv,
+            &planned.plan,
+            now.with_timezone(&planned.tz).date_naive(),
+        );
         if let Some(&k) = out.merge.get(&key) {
             let (cmd, _) = &mut out.commands[k];
             cmd.invoices.push(line);
@@ -491,7 +497,11 @@ fn thank(
                     now,
                     not_after: window_close(policy, cal, tz, now),
                 },
-                command_invoice(inv, &planned.plan),
+                command_invoice(
+                    inv,
+                    &planned.plan,
+                    now.with_timezone(&planned.tz).date_naive(),
+                ),
             );
             span.record("regua.step", "on_paid");
             span.record("regua.channel", first.as_str());
@@ -569,7 +579,81 @@ fn recipient(c: &Customer) -> Recipient {
     }
 }
 
-fn command_invoice(inv: &Invoice, plan: &schedule::BasePlan) -> CommandInvoice {
+/// Fills each invoice's payments (reported by reconciliation), for the amounts its
+/// messages state.
+async fn load_payments(
+    conn: &mut PgConnection,
+    tenants: &[&str],
+    customers: &[&str],
+    invoices: &mut [Invoice],
+) -> Result<(), SchedulerError> {
+    let rows: Vec<(String, String, NaiveDate, i64, bool)> = sqlx::query_as(
+        "SELECT p.tenant, p.invoice_id, p.paid_on, p.amount_cents, p.settles FROM scheduler.payments p \
+         JOIN UNNEST($1::text[], $2::text[]) AS k(tenant, customer_id) USING (tenant, customer_id) \
+         ORDER BY p.paid_on",
+    )
+    .bind(tenants)
+    .bind(customers)
+    .fetch_all(conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut by_invoice: HashMap<(String, String), Vec<model::Paid>> = HashMap::new();
+    for (t, i, on, amount_cents, settles) in rows {
+        by_invoice.entry((t, i)).or_default().push(model::Paid {
+            on,
+            amount_cents,
+            settles,
+        });
+    }
+    for inv in invoices {
+        if let Some(p) = by_invoice.remove(&(inv.tenant.clone(), inv.invoice_id.clone())) {
+            inv.paid = p;
+        }
+    }
+    Ok(())
+}
+
+/// What `inv` owes on `on` (fine and interest by [`charges`], partial payments out);
+/// for a paid invoice's thank-you, what was paid.
+fn amount_due(inv: &Invoice, plan: &schedule::BasePlan, on: NaiveDate) -> Option<AmountDue> {
+    let fee = inv.state.late_fee.unwrap_or_default();
+    let terms = charges::Terms {
+        principal_cents: inv.state.amount_cents,
+        effective_due_date: plan.effective_due_date,
+        fine_bps: fee.fine_bps,
+        monthly_interest_bps: fee.monthly_interest_bps,
+    };
+    if let Some(&model::Paid {
+        on: paid_on,
+        amount_cents: total,
+        ..
+    }) = inv.paid.iter().find(|p| p.settles)
+    {
+        return Some(AmountDue {
+            on: paid_on,
+            principal_cents: inv.state.amount_cents,
+            fine_cents: 0,
+            interest_cents: 0,
+            paid_cents: total,
+            balance_cents: 0,
+            days_late: u32::try_from((paid_on - plan.effective_due_date).num_days().max(0))
+                .unwrap_or(0),
+        });
+    }
+    let paid: Vec<charges::Payment> = inv
+        .paid
+        .iter()
+        .map(|p| charges::Payment {
+            on: p.on,
+            amount_cents: p.amount_cents,
+        })
+        .collect();
+    charges::statement(&terms, &paid, on).ok().map(|s| s.due())
+}
+
+fn command_invoice(inv: &Invoice, plan: &schedule::BasePlan, on: NaiveDate) -> CommandInvoice {
     CommandInvoice {
         invoice_id: inv.invoice_id.clone(),
         amount_cents: inv.state.amount_cents,
@@ -579,6 +663,7 @@ fn command_invoice(inv: &Invoice, plan: &schedule::BasePlan) -> CommandInvoice {
         description: inv.state.description.clone(),
         payment: inv.state.payment.clone(),
         late_fee: inv.state.late_fee,
+        due: amount_due(inv, plan, on),
     }
 }
 

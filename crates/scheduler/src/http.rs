@@ -333,6 +333,7 @@ fn simulated_invoice(raw: Value, t: &model::Tenant) -> Result<(Invoice, Customer
             issued_on: u.issued_on,
             due_date: u.due_date,
             description: u.description,
+            reference: u.reference,
             payment: u.payment,
             late_fee: u.late_fee,
             tags: u.tags,

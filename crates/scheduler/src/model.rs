@@ -198,6 +198,18 @@ pub struct Invoice {
     pub next_at: Option<DateTime<Utc>>,
     pub traceparent: Option<String>,
     pub opened_at: DateTime<Utc>,
+    /// Payments reconciliation reported, loaded when firing.
+    pub paid: Vec<Paid>,
+}
+
+/// A payment reconciliation reported for an invoice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paid {
+    /// The payment's day on the tenant's calendar.
+    pub on: chrono::NaiveDate,
+    pub amount_cents: i64,
+    /// `invoice.paid`: `amount_cents` is everything paid.
+    pub settles: bool,
 }
 
 pub const INVOICE_COLUMNS: &str = "tenant, invoice_id, customer_id, state, status, test_clock, policy, policy_version, \
@@ -225,6 +237,7 @@ impl Invoice {
             next_at: r.try_get("next_at")?,
             traceparent: r.try_get("traceparent")?,
             opened_at: r.try_get("opened_at")?,
+            paid: Vec::new(),
         })
     }
 
@@ -249,6 +262,7 @@ impl Invoice {
             next_at: None,
             traceparent,
             opened_at,
+            paid: Vec::new(),
         }
     }
 

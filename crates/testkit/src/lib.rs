@@ -275,6 +275,7 @@ pub fn dispatch_command(
                 payment_url: Some(format!("https://pay.example.com/{n}")),
             }),
             late_fee: None,
+            due: None,
         }],
         scheduled_for: now,
         not_after: now + chrono::TimeDelta::hours(2),

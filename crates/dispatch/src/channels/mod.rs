@@ -32,6 +32,9 @@ pub enum Outcome {
     /// It may or may not have been sent (the request went out and no answer came
     /// back): never retried, reported as `unknown`.
     Unknown { reason: String },
+    /// Not sent, never by an adapter: the settlement fence found the invoice paid
+    /// ([`regua_platform::fence`]).
+    Fenced,
 }
 
 /// One message on its way to a provider.

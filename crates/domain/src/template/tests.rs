@@ -213,3 +213,64 @@ fn lint_reports_missing_creditor_missing_variables_unknown_variables_and_syntax(
 }
 
 use regua_contract::commands::EmailTemplate;
+
+#[test]
+fn messages_state_what_is_owed_today_with_fine_interest_and_payments() {
+    use regua_contract::events::AmountDue;
+    let mut cmd = sample_command("aviso_atraso", "pt-BR", SmsOptions::default());
+    let principal = cmd.invoices[0].amount_cents;
+    let due = AmountDue {
+        on: cmd.invoices[0].due_date + chrono::TimeDelta::days(5),
+        principal_cents: principal,
+        fine_cents: 200,
+        interest_cents: 27,
+        paid_cents: 5_000,
+        balance_cents: principal + 227 - 5_000,
+        days_late: 5,
+    };
+    cmd.invoices[0].due = Some(due.clone());
+    let links = Links::default();
+    let email = render(&cmd, Channel::Email, &links).unwrap();
+    let balance = format_amount(due.balance_cents, "BRL", "pt-BR");
+    assert!(email.text.contains(&balance), "{}", email.text);
+    for part in [
+        "Valor original",
+        "multa R$ 2,00",
+        "juros R$ 0,27",
+        "já pago R$ 50,00",
+    ] {
+        assert!(email.text.contains(part), "{part} in {}", email.text);
+        assert!(
+            email.html.as_deref().unwrap().contains(part),
+            "{part} in the html"
+        );
+    }
+    // The short channels state the balance itself.
+    let sms = render(&cmd, Channel::Sms, &links).unwrap();
+    assert!(sms.text.contains(&balance), "{}", sms.text);
+    assert!(!sms.text.contains(&format_amount(principal, "BRL", "pt-BR")));
+}
+
+#[test]
+fn the_thank_you_states_what_was_paid() {
+    use regua_contract::events::AmountDue;
+    let mut cmd = sample_command("agradecimento", "pt-BR", SmsOptions::default());
+    cmd.kind = CommandKind::Thanks;
+    let principal = cmd.invoices[0].amount_cents;
+    cmd.invoices[0].due = Some(AmountDue {
+        on: cmd.invoices[0].due_date,
+        principal_cents: principal,
+        fine_cents: 0,
+        interest_cents: 0,
+        paid_cents: principal + 450,
+        balance_cents: 0,
+        days_late: 3,
+    });
+    let sms = render(&cmd, Channel::Sms, &Links::default()).unwrap();
+    assert!(
+        sms.text
+            .contains(&format_amount(principal + 450, "BRL", "pt-BR")),
+        "{}",
+        sms.text
+    );
+}

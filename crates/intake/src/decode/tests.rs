@@ -290,3 +290,46 @@ proptest! {
         prop_assert!(one_outcome(&d), "{d:?}");
     }
 }
+
+#[test]
+fn pix_valor_is_read_exactly_never_through_a_float() {
+    assert_eq!(pix_valor("0.01"), Some(1));
+    assert_eq!(pix_valor("159.90"), Some(15_990));
+    // 0.1 + 0.2 style traps: digits only, exactly.
+    assert_eq!(pix_valor("1234567890123.29"), Some(123_456_789_012_329));
+    for bad in [
+        "1.5", "1", "1.505", "-1.00", "1,50", " 1.50", "01.50", "1e2", ".50", "1.5a", "",
+    ] {
+        assert_eq!(pix_valor(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn a_payment_is_decoded_field_by_field() {
+    let (draft, issues) = decode_payment(
+        br#"{"payment_id":"PAY-1","invoice_id":"NF-1","amount_cents":15990,"paid_at":"2026-12-10T14:03:00-03:00","method":"boleto","payer_document":"529.982.247-25","extra":1}"#,
+    );
+    let d = draft.unwrap();
+    assert_eq!(d.amount_cents, 15_990);
+    assert_eq!(d.currency.code(), "BRL");
+    assert_eq!(d.paid_at.to_rfc3339(), "2026-12-10T17:03:00+00:00");
+    assert_eq!(d.payer_document.unwrap().as_str(), "52998224725");
+    assert_eq!(issues.warnings[0].field, "extra");
+
+    let (draft, issues) = decode_payment(br#"{"amount_cents":0,"currency":"XXY","method":"pix"}"#);
+    assert!(draft.is_none());
+    let codes: Vec<(&str, RejectCode)> = issues
+        .errors
+        .iter()
+        .map(|e| (e.field.as_str(), e.code))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("payment_id", RejectCode::MissingField),
+            ("amount_cents", RejectCode::AmountNotPositive),
+            ("currency", RejectCode::InvalidCurrency),
+            ("paid_at", RejectCode::MissingField),
+        ]
+    );
+}

@@ -25,6 +25,9 @@ pub struct WaSent {
     /// The request body as sent.
     pub body: Value,
     pub at: Instant,
+    /// Wall-clock time the request arrived (before any configured latency), to compare
+    /// with times other processes recorded.
+    pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl WaSent {
@@ -264,6 +267,9 @@ async fn send(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    // The provider's own clock: a fake stands outside regua and its injected clock.
+    #[allow(clippy::disallowed_methods)]
+    let received_at = chrono::Utc::now();
     let lock = || inner.lock().unwrap_or_else(|p| p.into_inner());
     let latency = {
         let mut s = lock();
@@ -323,6 +329,7 @@ async fn send(
             to: to.clone(),
             body: request.clone(),
             at: Instant::now(),
+            received_at,
         });
         (id, s.webhook.clone(), s.fail_later.contains(&to))
     };

@@ -1,5 +1,5 @@
-//! `regua-bench intake`, `regua-bench scheduler` ([`scheduler`]) and `regua-bench
-//! dispatch` ([`dispatch`]).
+//! `regua-bench intake`, `regua-bench scheduler` ([`scheduler`]), `regua-bench
+//! dispatch` ([`dispatch`]) and `regua-bench reconcile` ([`reconcile`]).
 //!
 //! `regua-bench intake`: intake throughput against the machine's own ceilings, measured
 //! in the same run, because these machines are small and noisy.
@@ -15,6 +15,7 @@
 //! the local Postgres, both removed afterwards.
 
 mod dispatch;
+mod reconcile;
 mod scheduler;
 
 use std::io::Write;
@@ -99,6 +100,21 @@ enum Bench {
         /// How long the fake provider takes to answer (0: a free provider).
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+    },
+    /// Payments matched and settled per second against the Postgres ceiling.
+    Reconcile {
+        /// Payments (and open invoices) to push through.
+        #[arg(long, default_value_t = 50_000)]
+        payments: usize,
+        /// Postgres server to create the throwaway database on.
+        #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
+        postgres: String,
+        /// REGUA_RECONCILE_BATCH_SIZE of the process.
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
+        /// REGUA_RECONCILE_WORKERS of the process.
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
     },
 }
 
@@ -466,5 +482,11 @@ async fn main() -> anyhow::Result<()> {
             workers,
             latency_ms,
         } => dispatch::run(messages, &postgres, batch, workers, latency_ms).await,
+        Bench::Reconcile {
+            payments,
+            postgres,
+            batch,
+            workers,
+        } => reconcile::run(payments, &postgres, batch, workers).await,
     }
 }

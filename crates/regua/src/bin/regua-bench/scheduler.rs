@@ -85,6 +85,7 @@ fn invoice(i: usize, due: chrono::NaiveDate) -> InvoiceState {
         issued_on: due - TimeDelta::days(30),
         due_date: due,
         description: Some("Mensalidade".into()),
+        reference: None,
         payment: None,
         late_fee: None,
         tags: vec![],
