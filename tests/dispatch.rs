@@ -325,10 +325,14 @@ async fn permanent_failures_fall_back_to_the_next_channel(pool: PgPool) {
     // Accepted by WhatsApp, then reported failed by webhook: moves to e-mail.
     let late = command(4, Channel::Whatsapp, &[Channel::Email]);
     w.fakes.meta.fail_later("5511900000004");
-    for c in [&sms, &wa, &email, &late] {
+    // Reported failed before the API call even returns: the status waits for the send
+    // to be recorded, then moves the message to e-mail all the same.
+    let early = command(5, Channel::Whatsapp, &[Channel::Email]);
+    w.fakes.meta.fail_before_reply("5511900000005");
+    for c in [&sms, &wa, &email, &late, &early] {
         w.publish(c).await;
     }
-    let failed = w.wait_events(EventType::MessageFailed, 4).await;
+    let failed = w.wait_events(EventType::MessageFailed, 5).await;
     let by_customer: HashMap<&str, &Value> = failed
         .iter()
         .map(|e| (e["customer_id"].as_str().unwrap(), e))
@@ -356,9 +360,11 @@ async fn permanent_failures_fall_back_to_the_next_channel(pool: PgPool) {
     );
     assert_eq!(by_customer["C-4"]["fallback_to"], "email");
     assert!(by_customer["C-4"]["provider_message_id"].is_string());
+    assert_eq!(by_customer["C-5"]["fallback_to"], "email");
+    assert!(by_customer["C-5"]["provider_message_id"].is_string());
 
     // Each lands on its next channel, once.
-    let sent = w.wait_events(EventType::MessageSent, 5).await;
+    let sent = w.wait_events(EventType::MessageSent, 7).await;
     let landed: Vec<(String, String)> = sent
         .iter()
         .map(|e| {
@@ -374,6 +380,8 @@ async fn permanent_failures_fall_back_to_the_next_channel(pool: PgPool) {
         ("C-3", "sms"),
         ("C-4", "whatsapp"),
         ("C-4", "email"),
+        ("C-5", "whatsapp"),
+        ("C-5", "email"),
     ] {
         assert!(
             landed.contains(&(expected.0.into(), expected.1.into())),
@@ -381,9 +389,10 @@ async fn permanent_failures_fall_back_to_the_next_channel(pool: PgPool) {
         );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(w.events(EventType::MessageSent).await.len(), 5);
+    assert_eq!(w.events(EventType::MessageSent).await.len(), 7);
+    assert_eq!(w.events(EventType::MessageFailed).await.len(), 5);
     let mails: Vec<Vec<String>> = w.fakes.smtp.mails().into_iter().map(|m| m.to).collect();
-    assert_eq!(mails.len(), 2, "{mails:?}");
+    assert_eq!(mails.len(), 3, "{mails:?}");
 }
 
 #[sqlx::test]

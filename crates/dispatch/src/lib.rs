@@ -93,7 +93,8 @@ impl Dispatcher {
     }
 
     /// Starts `channels`' workers (each needs its provider configured), the consumer
-    /// of domain events the guard reads, and the outbox relay.
+    /// of domain events the guard reads, the matcher of statuses that arrived before
+    /// their sends were recorded, and the outbox relay.
     pub async fn start(
         self: &Arc<Self>,
         channels: &[Channel],
@@ -110,6 +111,10 @@ impl Dispatcher {
             nats::ensure_pull_consumer(&self.js, subjects::STREAM_EVENTS, state::consumer_config())
                 .await?;
         shutdown.spawn(state::run(Arc::clone(self), events, shutdown.token()));
+        shutdown.spawn(webhooks::run_early_statuses(
+            Arc::clone(self),
+            shutdown.token(),
+        ));
         for worker in workers {
             let worker = Arc::new(worker);
             let consumer = nats::ensure_pull_consumer(

@@ -26,6 +26,7 @@ use regua_contract::commands::DispatchCommand;
 use regua_contract::inbound::Channel;
 use serde::Deserialize;
 use sqlx::Row;
+use tokio_util::sync::CancellationToken;
 
 use crate::channels::{phone_digits, sms, whatsapp};
 use crate::sign;
@@ -129,23 +130,69 @@ async fn apply_reply(
 
 /// A provider's status for one of our messages.
 struct StatusReport<'a> {
-    provider: &'static str,
+    provider: &'a str,
     provider_message_id: &'a str,
     /// `delivered`, `read` or `failed`.
     status: &'a str,
     reason: Option<String>,
 }
 
-/// Turns a status into its `message.*` event once; a failure after acceptance marks
-/// the attempt failed and moves the message to the next channel.
+/// How long a status for a send regua has not recorded waits for it.
+const EARLY_STATUS_TTL: chrono::Duration = chrono::Duration::days(7);
+/// How often waiting statuses are matched against recorded sends.
+const EARLY_STATUS_SWEEP: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Turns a status into its `message.*` event once. A status that beats the worker's
+/// commit of the send it reports on waits in `dispatch.early_statuses` and is applied
+/// by [`run_early_statuses`] once the send is recorded: a callback is never dropped.
 async fn apply_status(d: &Dispatcher, s: StatusReport<'_>) -> Result<(), DispatchError> {
-    let kind = match s.status {
-        "delivered" => EventType::MessageDelivered,
-        "read" => EventType::MessageRead,
-        "failed" => EventType::MessageFailed,
-        _ => return Ok(()),
-    };
+    if status_event(s.status).is_none() {
+        return Ok(());
+    }
     let mut tx = d.pool.begin().await?;
+    if !apply_status_in(&mut tx, d, &s).await? {
+        sqlx::query(
+            "INSERT INTO dispatch.early_statuses \
+             (provider, provider_message_id, status, reason, received_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(s.provider)
+        .bind(s.provider_message_id)
+        .bind(s.status)
+        .bind(s.reason.as_deref())
+        .bind(d.clock.now())
+        .execute(&mut *tx)
+        .await?;
+        tracing::debug!(
+            provider = s.provider,
+            "status before its send was recorded; kept until it is"
+        );
+    }
+    tx.commit().await?;
+    d.outbox_wake.notify_one();
+    Ok(())
+}
+
+fn status_event(status: &str) -> Option<EventType> {
+    match status {
+        "delivered" => Some(EventType::MessageDelivered),
+        "read" => Some(EventType::MessageRead),
+        "failed" => Some(EventType::MessageFailed),
+        _ => None,
+    }
+}
+
+/// Applies `s` in `tx` if regua recorded the send it reports on (and says so): its
+/// event once; a failure after acceptance marks the attempt failed and moves the
+/// message to the next channel.
+async fn apply_status_in(
+    tx: &mut sqlx::PgConnection,
+    d: &Dispatcher,
+    s: &StatusReport<'_>,
+) -> Result<bool, DispatchError> {
+    let Some(kind) = status_event(s.status) else {
+        return Ok(true);
+    };
     let Some(row) = sqlx::query(
         "SELECT tenant, command_id, channel, state, calls, sent_at, command FROM dispatch.attempts \
          WHERE provider = $1 AND provider_message_id = $2 FOR UPDATE",
@@ -155,11 +202,7 @@ async fn apply_status(d: &Dispatcher, s: StatusReport<'_>) -> Result<(), Dispatc
     .fetch_optional(&mut *tx)
     .await?
     else {
-        tracing::info!(
-            provider = s.provider,
-            "status for a message regua did not send; ignored"
-        );
-        return Ok(());
+        return Ok(false);
     };
     let fresh = sqlx::query(
         "INSERT INTO dispatch.statuses (provider, provider_message_id, status) VALUES ($1, $2, $3) \
@@ -173,11 +216,11 @@ async fn apply_status(d: &Dispatcher, s: StatusReport<'_>) -> Result<(), Dispatc
     .rows_affected()
         > 0;
     if !fresh {
-        return Ok(());
+        return Ok(true);
     }
     let channel_name: String = row.try_get("channel")?;
     let Some(channel) = Channel::parse(&channel_name) else {
-        return Ok(());
+        return Ok(true);
     };
     let cmd: DispatchCommand = serde_json::from_value(row.try_get("command")?)?;
     let sent_at: Option<DateTime<Utc>> = row.try_get("sent_at")?;
@@ -201,19 +244,84 @@ async fn apply_status(d: &Dispatcher, s: StatusReport<'_>) -> Result<(), Dispatc
     let moves_on =
         kind == EventType::MessageFailed && AttemptState::parse(&state) == AttemptState::Sent;
     if moves_on {
-        let reason = format!("permanent: {}", s.reason.unwrap_or_else(|| "failed".into()));
+        let reason = format!("permanent: {}", s.reason.as_deref().unwrap_or("failed"));
         let update = Update {
             reason: Some(reason.clone()),
             ..Update::new(&cmd, AttemptState::Failed)
         };
-        store::update(&mut tx, channel, &[update]).await?;
+        store::update(&mut *tx, channel, &[update]).await?;
         facts.reason = Some(reason);
     }
     let out = store::ended(&cmd, channel, s.provider, kind, at, facts, moves_on, None)?;
-    OUTBOX.enqueue(&mut tx, &out).await?;
+    OUTBOX.enqueue(&mut *tx, &out).await?;
+    Ok(true)
+}
+
+/// Applies waiting statuses whose sends are now recorded, until `cancel`; replicas
+/// share the work (`SKIP LOCKED`). Statuses older than [`EARLY_STATUS_TTL`] that never
+/// matched a send are dropped.
+pub async fn run_early_statuses(d: Arc<Dispatcher>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(EARLY_STATUS_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match sweep_early_statuses(&d).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(applied = n, "early statuses applied");
+                d.outbox_wake.notify_one();
+            }
+            Err(e) => tracing::warn!(error = %e, "applying early statuses failed; retrying"),
+        }
+    }
+}
+
+/// One pass of [`run_early_statuses`]: how many statuses it applied.
+async fn sweep_early_statuses(d: &Dispatcher) -> Result<usize, DispatchError> {
+    let mut tx = d.pool.begin().await?;
+    let expired = sqlx::query("DELETE FROM dispatch.early_statuses WHERE received_at < $1")
+        .bind(d.clock.now() - EARLY_STATUS_TTL)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if expired > 0 {
+        tracing::info!(
+            dropped = expired,
+            "statuses for messages regua did not send dropped"
+        );
+    }
+    let ready: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT e.provider, e.provider_message_id, e.status, e.reason \
+         FROM dispatch.early_statuses e \
+         WHERE EXISTS (SELECT 1 FROM dispatch.attempts a \
+                       WHERE a.provider = e.provider AND a.provider_message_id = e.provider_message_id) \
+         ORDER BY e.received_at LIMIT 100 FOR UPDATE OF e SKIP LOCKED",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (provider, id, status, reason) in &ready {
+        let report = StatusReport {
+            provider,
+            provider_message_id: id,
+            status,
+            reason: reason.clone(),
+        };
+        apply_status_in(&mut tx, d, &report).await?;
+        sqlx::query(
+            "DELETE FROM dispatch.early_statuses \
+             WHERE provider = $1 AND provider_message_id = $2 AND status = $3",
+        )
+        .bind(provider)
+        .bind(id)
+        .bind(status)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
-    d.outbox_wake.notify_one();
-    Ok(())
+    Ok(ready.len())
 }
 
 // ---- Twilio ----

@@ -66,6 +66,9 @@ struct Inner {
     undeliverable: HashSet<String>,
     /// Accepted, then reported failed (131026) in a status webhook.
     fail_later: HashSet<String>,
+    /// Accepted, but reported failed in a status webhook delivered before the API
+    /// call returns (callbacks race the reply in production too).
+    fail_before_reply: HashSet<String>,
     throttle: usize,
     retry_after_secs: u64,
     webhook: Option<String>,
@@ -156,6 +159,12 @@ impl FakeMeta {
     /// Accepts `wa_id`, then notifies `failed` (131026).
     pub fn fail_later(&self, wa_id: &str) {
         self.lock().fail_later.insert(wa_id.to_owned());
+    }
+
+    /// Accepts `wa_id`, but notifies `failed` (131026) and waits for the webhook's
+    /// answer before the API call returns: the status beats the sender's own record.
+    pub fn fail_before_reply(&self, wa_id: &str) {
+        self.lock().fail_before_reply.insert(wa_id.to_owned());
     }
 
     pub fn throttle_next(&self, n: usize, retry_after_secs: u64) {
@@ -320,7 +329,7 @@ async fn send(
             );
         }
     }
-    let (id, webhook, fail) = {
+    let (id, webhook, fail, first) = {
         let mut s = lock();
         s.next += 1;
         let id = format!("wamid.FAKE{:024X}", s.next);
@@ -331,9 +340,18 @@ async fn send(
             at: Instant::now(),
             received_at,
         });
-        (id, s.webhook.clone(), s.fail_later.contains(&to))
+        (
+            id,
+            s.webhook.clone(),
+            s.fail_later.contains(&to),
+            s.fail_before_reply.contains(&to),
+        )
     };
-    if let Some(url) = webhook {
+    if let (true, Some(url)) = (first, &webhook) {
+        let body = status_body(&phone_number_id, &id, &to, "failed");
+        let _ = post_signed(&client, &app_secret, url, &body, None).await;
+    }
+    if let (false, Some(url)) = (first, webhook) {
         let (id, to) = (id.clone(), to.clone());
         tokio::spawn(async move {
             let statuses: &[&str] = if fail {
