@@ -66,7 +66,9 @@ impl World {
         tweak(&mut config);
         let client = nats::connect(&server.url(), "test").await.unwrap();
         let js = nats::jetstream(client);
-        nats::ensure_streams(&js).await.unwrap();
+        nats::ensure_streams(&js, nats::Streams::Provision { replicas: 1 })
+            .await
+            .unwrap();
         World {
             public: config.public_url.clone(),
             _server: server,

@@ -106,7 +106,7 @@ impl Dispatcher {
             workers.push(pipeline::Worker::new(Arc::clone(self), channel)?);
         }
         Dispatcher::migrate(&self.pool).await?;
-        nats::ensure_streams(&self.js).await?;
+        nats::ensure_streams(&self.js, nats::Streams::of(&self.config)).await?;
         let events =
             nats::ensure_pull_consumer(&self.js, subjects::STREAM_EVENTS, state::consumer_config())
                 .await?;

@@ -79,7 +79,7 @@ impl Intake {
     /// consumer workers (work) and the outbox relay (a flusher, stopped after them).
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), IntakeError> {
         Intake::migrate(&self.pool).await?;
-        nats::ensure_streams(&self.js).await?;
+        nats::ensure_streams(&self.js, nats::Streams::of(&self.config)).await?;
         let consumer = nats::ensure_pull_consumer(
             &self.js,
             regua_contract::subjects::STREAM_INBOUND,

@@ -5,6 +5,10 @@
 //! | file key | env var | default |
 //! |---|---|---|
 //! | `nats_url` | `REGUA_NATS_URL` | `nats://127.0.0.1:4222` |
+//! | `nats_user` | `REGUA_NATS_USER` | unset (no authentication); the service's own NATS user (deploy/nats) |
+//! | `nats_password` | `REGUA_NATS_PASSWORD` | unset |
+//! | `nats_provision` | `REGUA_NATS_PROVISION` | `true`: create or update the streams at startup; `false` under a least-privilege user, which only checks they exist (`regua migrate` provisions them) |
+//! | `nats_stream_replicas` | `REGUA_NATS_STREAM_REPLICAS` | `1` (3 on a 3-node JetStream cluster; applied when provisioning) |
 //! | `database_url` | `REGUA_DATABASE_URL` | `postgres://postgres:postgres@127.0.0.1:5432/regua` |
 //! | `http_addr` | `REGUA_HTTP_ADDR` | `127.0.0.1:8080` |
 //! | `admin_token` | `REGUA_ADMIN_TOKEN` | unset: tenant administration over HTTP is off |
@@ -83,6 +87,14 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub nats_url: String,
+    /// The service's NATS user; also names its private reply inbox (`_INBOX_<user>`).
+    pub nats_user: Option<String>,
+    pub nats_password: Option<Secret>,
+    /// Whether this process creates or updates the streams (the provisioning identity)
+    /// or only checks they exist (a least-privilege service user).
+    pub nats_provision: bool,
+    /// Copies of each stream, when provisioning.
+    pub nats_stream_replicas: usize,
     pub database_url: Secret,
     pub http_addr: SocketAddr,
     pub admin_token: Option<Secret>,
@@ -175,6 +187,10 @@ pub enum ConfigError {
 
 const KEYS: &[(&str, &str)] = &[
     ("nats_url", "nats://127.0.0.1:4222"),
+    ("nats_user", ""),
+    ("nats_password", ""),
+    ("nats_provision", "true"),
+    ("nats_stream_replicas", "1"),
     (
         "database_url",
         "postgres://postgres:postgres@127.0.0.1:5432/regua",
@@ -308,6 +324,41 @@ impl Config {
                 "must be a NATS URL such as nats://host:4222".into(),
             ));
         }
+        let nats_user = match get("nats_user") {
+            "" => None,
+            u if u
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+            {
+                Some(u.to_owned())
+            }
+            _ => {
+                return Err(invalid(
+                    "nats_user",
+                    "must be letters, digits, `-` or `_` (it names the reply inbox)".into(),
+                ));
+            }
+        };
+        let nats_password = match get("nats_password") {
+            "" => None,
+            p if nats_user.is_some() => Some(Secret::new(p)),
+            _ => {
+                return Err(invalid(
+                    "nats_password",
+                    "is set without REGUA_NATS_USER".into(),
+                ));
+            }
+        };
+        let nats_provision = match get("nats_provision") {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(invalid(
+                    "nats_provision",
+                    format!("`{other}` is not one of true, false"),
+                ));
+            }
+        };
         let database_url = get("database_url").to_owned();
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(invalid(
@@ -409,6 +460,11 @@ impl Config {
             providers,
             dispatch,
             nats_url,
+            nats_user,
+            nats_password,
+            nats_provision,
+            nats_stream_replicas: usize::try_from(number("nats_stream_replicas", 1, 5)?)
+                .unwrap_or(1),
             database_url: Secret::new(database_url),
             http_addr,
             admin_token,
@@ -487,6 +543,33 @@ mod tests {
             .join("../../deploy/regua.example.toml");
         let c = Config::from_sources(Some(&path), env(&[])).unwrap();
         assert_eq!(c.intake_batch_size, 500);
+    }
+
+    #[test]
+    fn nats_identity_settings_are_checked() {
+        let c = Config::from_sources(
+            None,
+            env(&[
+                ("REGUA_NATS_USER", "dispatch"),
+                ("REGUA_NATS_PASSWORD", "s3cret-s3cret"),
+                ("REGUA_NATS_PROVISION", "false"),
+                ("REGUA_NATS_STREAM_REPLICAS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.nats_user.as_deref(), Some("dispatch"));
+        assert!(!c.nats_provision);
+        assert_eq!(c.nats_stream_replicas, 3);
+        assert!(!format!("{c:?}").contains("s3cret"));
+        for (k, v, named) in [
+            ("REGUA_NATS_PASSWORD", "x", "REGUA_NATS_PASSWORD"),
+            ("REGUA_NATS_USER", "a.b", "REGUA_NATS_USER"),
+            ("REGUA_NATS_PROVISION", "yes", "REGUA_NATS_PROVISION"),
+            ("REGUA_NATS_STREAM_REPLICAS", "0", "REGUA_NATS_STREAM_REPLICAS"),
+        ] {
+            let e = Config::from_sources(None, env(&[(k, v)])).unwrap_err();
+            assert!(e.to_string().contains(named), "{k}={v}: {e}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use regua_contract::subjects;
 use tracing::Span;
 
 use crate::PlatformError;
+use crate::config::Config;
 use crate::telemetry;
 
 /// How long JetStream remembers a `Nats-Msg-Id` on the inbound stream. Integrators that
@@ -24,14 +25,43 @@ pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(30 * 60);
 
 /// Connects with unlimited reconnects, so a broker restart is ridden out.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, PlatformError> {
+    options(name)
+        .connect(url)
+        .await
+        .map_err(PlatformError::nats)
+}
+
+/// Connects as `config` says: as its NATS user when one is set, with replies on that
+/// user's private inbox ([`inbox_prefix`]), which deploy/nats lets no one else read.
+pub async fn connect_as(config: &Config, name: &str) -> Result<async_nats::Client, PlatformError> {
+    let mut options = options(name);
+    if let Some(user) = &config.nats_user {
+        let password = config
+            .nats_password
+            .as_ref()
+            .map(|p| p.expose().to_owned())
+            .unwrap_or_default();
+        options = options
+            .user_and_password(user.clone(), password)
+            .custom_inbox_prefix(inbox_prefix(user));
+    }
+    options
+        .connect(config.nats_url.as_str())
+        .await
+        .map_err(PlatformError::nats)
+}
+
+/// The reply inbox prefix of NATS user `user`.
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
+}
+
+fn options(name: &str) -> async_nats::ConnectOptions {
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(PlatformError::nats)
 }
 
 /// A JetStream context with a request timeout suited to a busy 2-core machine.
@@ -41,10 +71,33 @@ pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
         .build(client)
 }
 
-/// The configuration of every platform stream.
-pub fn stream_configs() -> Vec<stream::Config> {
+/// How a process treats the platform streams at startup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streams {
+    /// Create them, or update them to the current configuration, with `replicas`
+    /// copies each (3 on a 3-node cluster).
+    Provision { replicas: usize },
+    /// Only check that they exist: a least-privilege service user may not manage them.
+    Check,
+}
+
+impl Streams {
+    /// What `config` asks (`REGUA_NATS_PROVISION`, `REGUA_NATS_STREAM_REPLICAS`).
+    pub fn of(config: &Config) -> Streams {
+        if config.nats_provision {
+            Streams::Provision {
+                replicas: config.nats_stream_replicas,
+            }
+        } else {
+            Streams::Check
+        }
+    }
+}
+
+/// The configuration of every platform stream, with `replicas` copies each.
+pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
     const DAY: u64 = 24 * 3600;
-    vec![
+    let configs = vec![
         stream::Config {
             name: subjects::STREAM_INBOUND.into(),
             description: Some("regua v1 inbound: what integrators publish".into()),
@@ -84,24 +137,47 @@ pub fn stream_configs() -> Vec<stream::Config> {
             max_age: Duration::from_secs(30 * DAY),
             ..Default::default()
         },
-    ]
+    ];
+    configs
+        .into_iter()
+        .map(|c| stream::Config {
+            num_replicas: replicas,
+            ..c
+        })
+        .collect()
 }
 
-/// Creates the platform streams, or updates them to the current configuration.
-pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), PlatformError> {
-    for config in stream_configs() {
+/// Provisions the platform streams (creates them or updates them to the current
+/// configuration: what `regua migrate` and a development process do) or, under a
+/// least-privilege service user, checks that each exists and fails naming the one that
+/// does not.
+pub async fn ensure_streams(js: &jetstream::Context, mode: Streams) -> Result<(), PlatformError> {
+    let replicas = match mode {
+        Streams::Provision { replicas } => replicas,
+        Streams::Check => 1,
+    };
+    for config in stream_configs(replicas) {
         let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|e| PlatformError::Nats(format!("stream {name}: {e}")))?;
+        if mode == Streams::Check {
+            js.get_stream(&name).await.map_err(|e| {
+                PlatformError::Nats(format!(
+                    "stream {name} is not there ({e}); provision the streams with \
+                     `regua migrate` as the provisioning NATS user"
+                ))
+            })?;
+        } else {
+            js.create_or_update_stream(config)
+                .await
+                .map_err(|e| PlatformError::Nats(format!("stream {name}: {e}")))?;
+        }
     }
     Ok(())
 }
 
 /// Whether every platform stream exists (for readiness).
 pub async fn streams_present(js: &jetstream::Context) -> bool {
-    for config in stream_configs() {
-        if js.get_stream_no_info(&config.name).await.is_err() {
+    for config in stream_configs(1) {
+        if js.get_stream(&config.name).await.is_err() {
             return false;
         }
     }

@@ -108,7 +108,7 @@ impl Reconcile {
     /// Starts the consumers (payments, domain events) and the outbox relay.
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), ReconcileError> {
         Reconcile::migrate(&self.pool).await?;
-        nats::ensure_streams(&self.js).await?;
+        nats::ensure_streams(&self.js, nats::Streams::of(&self.config)).await?;
         let events =
             nats::ensure_pull_consumer(&self.js, subjects::STREAM_EVENTS, state::consumer_config())
                 .await?;

@@ -244,9 +244,9 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     }
 
-    let client = nats::connect(&config.nats_url, "regua-demo").await?;
+    let client = nats::connect_as(config, "regua-demo").await?;
     let js = nats::jetstream(client);
-    nats::ensure_streams(&js).await?;
+    nats::ensure_streams(&js, nats::Streams::of(config)).await?;
     let subject = subjects::inbound(&tenant, InboundKind::InvoiceUpsert);
     let mut rng = StdRng::seed_from_u64(2026);
     let today = now.date_naive();

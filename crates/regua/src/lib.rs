@@ -115,7 +115,7 @@ impl Platform {
     ) -> Result<Platform, StartError> {
         db::ensure_database(config.database_url.expose()).await?;
         let pool = db::connect(config.database_url.expose(), config.db_max_connections).await?;
-        let client = nats::connect(&config.nats_url, "regua").await?;
+        let client = nats::connect_as(config, "regua").await?;
         let js = nats::jetstream(client.clone());
         let shutdown = Shutdown::new();
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use regua_intake::Intake;
-use regua_platform::{Config, SystemClock, db, telemetry};
+use regua_platform::{Config, SystemClock, db, nats, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -41,7 +41,8 @@ enum Command {
     Reconcile,
     /// Run every service in one process, each as its own task, talking only through NATS.
     All,
-    /// Create the database if it is missing and run every service's migrations.
+    /// Create the database if it is missing, run every service's migrations, and create
+    /// or update the NATS streams (run it as the provisioning NATS user).
     Migrate,
     /// Tenant administration.
     Tenant {
@@ -188,6 +189,15 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     regua_dispatch::Dispatcher::migrate(&pool).await?;
     regua_reconcile::Reconcile::migrate(&pool).await?;
     tracing::info!("migrations applied");
+    let client = nats::connect_as(config, "regua-migrate").await?;
+    nats::ensure_streams(
+        &nats::jetstream(client),
+        nats::Streams::Provision {
+            replicas: config.nats_stream_replicas,
+        },
+    )
+    .await?;
+    tracing::info!("streams provisioned");
     Ok(())
 }
 

@@ -69,7 +69,9 @@ async fn sigterm_drains_a_dispatcher_without_loss_or_unknowns(pool: PgPool) {
     f.twilio.callbacks(false);
     f.twilio.latency(Duration::from_millis(150));
     let js = nats::jetstream(nats::connect(&server.url(), "test").await.unwrap());
-    nats::ensure_streams(&js).await.unwrap();
+    nats::ensure_streams(&js, nats::Streams::Provision { replicas: 1 })
+        .await
+        .unwrap();
     let now = Utc::now();
     for n in 0..N {
         let cmd = regua_testkit::dispatch_command("sig", n, Channel::Sms, &[], now);

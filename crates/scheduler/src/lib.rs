@@ -98,7 +98,7 @@ impl Scheduler {
     /// relay (a flusher, stopped after them).
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), SchedulerError> {
         Scheduler::migrate(&self.pool).await?;
-        nats::ensure_streams(&self.js).await?;
+        nats::ensure_streams(&self.js, nats::Streams::of(&self.config)).await?;
         let consumer = nats::ensure_pull_consumer(
             &self.js,
             regua_contract::subjects::STREAM_EVENTS,

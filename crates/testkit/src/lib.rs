@@ -21,6 +21,15 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
+    /// A configuration file (`-c`), the environment it reads, and the directory that
+    /// holds it, when one was given.
+    config: Option<ServerConfig>,
+}
+
+struct ServerConfig {
+    path: PathBuf,
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
 }
 
 pub fn free_port() -> u16 {
@@ -33,6 +42,37 @@ pub fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub async fn start() -> NatsServer {
+        NatsServer::start_with(None).await
+    }
+
+    /// Starts a server with configuration `text` (written to a file in the store
+    /// directory beside `files`, which it may `include`) and `env` for the variables it
+    /// reads; the port, address and store directory stay the test's own.
+    pub async fn with_config(
+        text: &str,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> NatsServer {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| fail(&format!("tempdir: {e}")));
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content)
+                .unwrap_or_else(|e| fail(&format!("writing {name}: {e}")));
+        }
+        let path = dir.path().join("nats-server.conf");
+        std::fs::write(&path, text).unwrap_or_else(|e| fail(&format!("writing config: {e}")));
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        NatsServer::start_with(Some(ServerConfig {
+            path,
+            env,
+            _dir: dir,
+        }))
+        .await
+    }
+
+    async fn start_with(config: Option<ServerConfig>) -> NatsServer {
         // Tests build HTTPS-capable clients right after their broker.
         regua_platform::tls::init();
         let store = tempfile::tempdir().unwrap_or_else(|e| fail(&format!("tempdir: {e}")));
@@ -40,6 +80,7 @@ impl NatsServer {
             child: None,
             port: free_port(),
             store,
+            config,
         };
         server.spawn().await;
         server
@@ -47,7 +88,11 @@ impl NatsServer {
 
     async fn spawn(&mut self) {
         let store: PathBuf = self.store.path().to_path_buf();
-        let child = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        if let Some(c) = &self.config {
+            command.arg("-c").arg(&c.path).envs(c.env.iter().cloned());
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",

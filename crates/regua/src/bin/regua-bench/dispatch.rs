@@ -146,7 +146,7 @@ pub async fn run(
     let fake = FakeTwilio::start(fakes::TWILIO_SID, fakes::TWILIO_TOKEN).await?;
     fake.callbacks(false);
     fake.latency(Duration::from_millis(latency_ms));
-    nats::ensure_streams(&rig.js).await?;
+    nats::ensure_streams(&rig.js, nats::Streams::Provision { replicas: 1 }).await?;
     regua_dispatch::Dispatcher::migrate(&rig.pool).await?;
     let now = SystemClock.now();
     let messages = (0..n).map(|i| {

@@ -371,7 +371,7 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
 
     // Intake, as its own process.
     regua_intake::Intake::migrate(&pool).await?;
-    nats::ensure_streams(&js).await?;
+    nats::ensure_streams(&js, nats::Streams::Provision { replicas: 1 }).await?;
     let tenant = TenantId::parse("bench").map_err(|e| anyhow::anyhow!("{e}"))?;
     let new = regua_intake::tenants::validate_new_tenant(&regua_testkit::tenant("bench"))
         .map_err(|e| anyhow::anyhow!("tenant: {:?}", e.errors))?;

@@ -37,7 +37,7 @@ pub async fn run(n: usize, postgres: &str, batch: usize, workers: usize) -> anyh
     ));
     let rig = Rig::start(n, postgres).await?;
     regua_reconcile::Reconcile::migrate(&rig.pool).await?;
-    nats::ensure_streams(&rig.js).await?;
+    nats::ensure_streams(&rig.js, nats::Streams::Provision { replicas: 1 }).await?;
 
     // Open invoices, as the state consumer would have stored them.
     sqlx::query(

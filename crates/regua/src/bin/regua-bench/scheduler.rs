@@ -159,7 +159,7 @@ pub async fn run(
     let (js_rate, pg_rate) = (rig.js_rate, rig.pg_rate);
     regua_intake::Intake::migrate(&pool).await?;
     regua_scheduler::Scheduler::migrate(&pool).await?;
-    nats::ensure_streams(&js).await?;
+    nats::ensure_streams(&js, nats::Streams::Provision { replicas: 1 }).await?;
     let mut child = spawn_service(
         "scheduler",
         &rig.nats_url(),
