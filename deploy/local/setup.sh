@@ -13,6 +13,7 @@ command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -52,4 +53,12 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
     -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
   for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.2; done
 fi
+# Offline validators for deploy/ (deploy/validate.sh): kubernetes-validate bundles the
+# Kubernetes schemas, so nothing is fetched when it runs.
+if [ ! -x /opt/regua-tools/bin/kubernetes-validate ]; then
+  log "installing kubernetes-validate into /opt/regua-tools"
+  python3 -m venv /opt/regua-tools
+  /opt/regua-tools/bin/pip install -q kubernetes-validate==1.37.0
+fi
+
 log "ready: postgres 127.0.0.1:5432, nats 127.0.0.1:4222, $(cargo --version)"

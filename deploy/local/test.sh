@@ -6,10 +6,6 @@ cd "$(dirname "$0")/../.."
 deploy/local/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
-python3 - <<'PY'
-import yaml, sys
-for f in ["docker-compose.yml"] + sys.argv[1:]:
-    list(yaml.safe_load_all(open(f)))
-print("docker-compose.yml parses")
-PY
+# deploy/ offline: YAML, Kubernetes and KEDA schemas, `nats-server -t`.
+deploy/validate.sh
 cargo test --workspace --all-targets --locked
