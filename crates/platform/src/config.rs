@@ -565,7 +565,11 @@ mod tests {
             ("REGUA_NATS_PASSWORD", "x", "REGUA_NATS_PASSWORD"),
             ("REGUA_NATS_USER", "a.b", "REGUA_NATS_USER"),
             ("REGUA_NATS_PROVISION", "yes", "REGUA_NATS_PROVISION"),
-            ("REGUA_NATS_STREAM_REPLICAS", "0", "REGUA_NATS_STREAM_REPLICAS"),
+            (
+                "REGUA_NATS_STREAM_REPLICAS",
+                "0",
+                "REGUA_NATS_STREAM_REPLICAS",
+            ),
         ] {
             let e = Config::from_sources(None, env(&[(k, v)])).unwrap_err();
             assert!(e.to_string().contains(named), "{k}={v}: {e}");
