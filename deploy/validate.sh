@@ -3,6 +3,7 @@
 # - every YAML file under deploy/ and docker-compose.yml parses;
 # - the Kubernetes manifests validate against the Kubernetes schemas
 #   (kubernetes-validate --strict, schemas bundled; installed by deploy/local/setup.sh);
+# - the Grafana dashboard is JSON and queries only series regua records;
 # - KEDA ScaledObjects validate against deploy/schemas/keda-scaledobject.json;
 # - every consumer a ScaledObject names is a channel worker's (per accounts.conf);
 # - the NATS cluster configuration is accepted by `nats-server -t`.
@@ -47,6 +48,19 @@ for f, ds in docs.items():
                     sys.exit(f"validate: {f}: {m.get('stream')}/{m.get('consumer')} is not a regua consumer")
             n += 1
 print(f"validate: {n} KEDA ScaledObjects match their schema")
+
+# The Grafana dashboard: JSON, and every series it queries is one regua records.
+names = set(re.findall(r'"(regua_[a-z0-9_]+)"', open("crates/platform/src/metrics.rs").read()))
+dash = json.load(open("deploy/grafana/regua.json"))
+queried = set()
+for p in dash["panels"]:
+    for t in p.get("targets", []):
+        for m in re.findall(r"regua_[a-z0-9_]+", t["expr"]):
+            queried.add(re.sub(r"_(bucket|count|sum)$", "", m))
+unknown = sorted(q for q in queried if q not in names)
+if unknown:
+    sys.exit(f"validate: deploy/grafana/regua.json queries series regua does not record: {unknown}")
+print(f"validate: the Grafana dashboard queries {len(queried)} series, all recorded by regua")
 PY
 
 k8s=$(ls deploy/k8s/*.yaml)

@@ -11,6 +11,7 @@
 //!    transaction, through the outbox);
 //! 6. ack, nak with a backoff (transient failures), or dead-letter (retries exhausted).
 
+use regua_platform::metrics as metrics_names;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -326,8 +327,19 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
                 regua.outcome = tracing::field::Empty,
             );
             async move {
+                let (channel, provider) = (channel.as_str(), w.adapter.provider());
+                let wait = slot.saturating_duration_since(tokio::time::Instant::now());
+                metrics::histogram!(metrics_names::DISPATCH_RATE_LIMIT_WAIT, "channel" => channel)
+                    .record(wait.as_secs_f64());
                 tokio::time::sleep_until(slot).await;
+                let started = tokio::time::Instant::now();
                 let outcome = w.adapter.send(&out).await;
+                metrics::histogram!(
+                    metrics_names::DISPATCH_PROVIDER_SECONDS,
+                    "channel" => channel,
+                    "provider" => provider,
+                )
+                .record(started.elapsed().as_secs_f64());
                 tracing::Span::current().record("regua.outcome", outcome_name(&outcome));
                 (i, outcome)
             }
@@ -376,6 +388,17 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
         }
     }
     Ok(())
+}
+
+/// Counts one message's end in `regua_dispatch_sends_total`.
+fn count_send(w: &Worker, outcome: &'static str) {
+    metrics::counter!(
+        metrics_names::DISPATCH_SENDS,
+        "channel" => w.channel().as_str(),
+        "provider" => w.adapter.provider(),
+        "outcome" => outcome,
+    )
+    .increment(1);
 }
 
 fn outcome_name(o: &Outcome) -> &'static str {
@@ -549,6 +572,7 @@ async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, Dispat
                 events.push(w.event(cmd, EventType::MessageUnknown, item.now, facts, tp)?);
             }
             Plan::Skip { reason, fallback } => {
+                count_send(w, "skipped");
                 item.span.record("regua.outcome", "skipped");
                 base(State::Skipped, Some(reason.clone()), false);
                 let kind = EventType::MessageSkipped;
@@ -603,6 +627,7 @@ async fn record(
     let mut updates = Vec::new();
     let mut events = Vec::new();
     let mut settles = Vec::with_capacity(items.len());
+    let mut ended: Vec<&'static str> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let cmd = &item.cmd;
         let (
@@ -633,6 +658,14 @@ async fn record(
             ..Default::default()
         };
         item.span.record("regua.outcome", outcome_name(outcome));
+        ended.push(match outcome {
+            Outcome::Sent { .. } => "sent",
+            Outcome::Permanent { .. } => "failed",
+            Outcome::Transient { .. } if calls >= max_attempts => "dead_lettered",
+            Outcome::Transient { .. } => "retried",
+            Outcome::Fenced => "fenced",
+            Outcome::Unknown { .. } => "unknown",
+        });
         match outcome {
             Outcome::Sent {
                 provider_message_id,
@@ -706,6 +739,9 @@ async fn record(
     store::update(&mut tx, w.channel(), &updates).await?;
     OUTBOX.enqueue(&mut tx, &events).await?;
     tx.commit().await?;
+    for outcome in ended {
+        count_send(w, outcome);
+    }
     Ok(settles)
 }
 

@@ -397,6 +397,14 @@ pub fn ended(
         None
     };
     facts.fallback_to = moved.as_ref().map(|(next, _)| *next);
+    if let Some((next, _)) = &moved {
+        metrics::counter!(
+            regua_platform::metrics::DISPATCH_FALLBACKS,
+            "from" => channel.as_str(),
+            "to" => next.as_str(),
+        )
+        .increment(1);
+    }
     let mut out = vec![message_event(
         cmd,
         channel,
@@ -440,7 +448,7 @@ pub async fn set_opt_out(
     tenant: &str,
     customer_id: &str,
     channel: Channel,
-    source: &str,
+    source: &'static str,
     now: DateTime<Utc>,
     out: bool,
 ) -> Result<bool, DispatchError> {
@@ -467,6 +475,13 @@ pub async fn set_opt_out(
     .rows_affected()
         > 0;
     if changed {
+        metrics::counter!(
+            regua_platform::metrics::DISPATCH_OPT_OUTS,
+            "channel" => channel.as_str(),
+            "source" => source,
+            "direction" => if out { "out" } else { "in" },
+        )
+        .increment(1);
         let (customer_id, source) = (customer_id.to_owned(), source.to_owned());
         let event = if out {
             let data = CustomerChannelOptedOut {

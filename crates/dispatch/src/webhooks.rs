@@ -107,7 +107,7 @@ async fn apply_reply(
     channel: Channel,
     address_key: &str,
     text: &str,
-    source: &str,
+    source: &'static str,
 ) -> Result<usize, DispatchError> {
     let intent = reply_intent(text);
     if intent == ReplyIntent::Other {

@@ -272,6 +272,18 @@ impl StepState {
         }
     }
 
+    /// Why, as a label from a closed set (metrics): `merged`, `escalation`, a skip or
+    /// deferral reason, or empty.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            StepState::Sent { merged: false } => "",
+            StepState::Sent { merged: true } => "merged",
+            StepState::Escalated { .. } => "escalation",
+            StepState::Skipped { reason, .. } => reason.as_str(),
+            StepState::Deferred { reason, .. } => reason.as_str(),
+        }
+    }
+
     /// Why, as the step log and the plan preview show it.
     pub fn reason(&self) -> Option<String> {
         match self {

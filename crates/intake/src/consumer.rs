@@ -72,7 +72,12 @@ pub async fn run(intake: Arc<Intake>, consumer: consumer::PullConsumer, cancel: 
             }
         };
         if !msgs.is_empty() {
+            let started = std::time::Instant::now();
+            metrics::histogram!(regua_platform::metrics::INTAKE_BATCH_SIZE)
+                .record(msgs.len() as f64);
             process(&intake, msgs, &cancel).await;
+            metrics::histogram!(regua_platform::metrics::INTAKE_BATCH_SECONDS)
+                .record(started.elapsed().as_secs_f64());
         }
     }
 }
@@ -254,6 +259,7 @@ async fn settle(intake: &Intake, pending: &[Pending], items: &[Inbound], applied
     join_all(acks).await;
     for ((p, item), a) in pending.iter().zip(items).zip(&applied) {
         p.span.record("regua.outcome", a.outcome.as_str());
+        a.count();
         if a.outcome == store::Outcome::Rejected {
             let codes: Vec<&str> = a.errors.iter().map(|e| e.code.as_str()).collect();
             tracing::info!(parent: &p.span, tenant = %item.tenant, message_id = %item.message_id, codes = ?codes, "message rejected");

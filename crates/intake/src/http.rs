@@ -290,6 +290,7 @@ async fn submit(
             .map_err(Problem::internal)?;
         intake.outbox_wake.notify_one();
         for ((i, item), a) in rejected.iter().zip(applied) {
+            a.count();
             results[*i] = Some(ItemResult {
                 index: None,
                 invoice_id: None,

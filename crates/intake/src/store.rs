@@ -86,6 +86,17 @@ pub struct Applied {
 }
 
 impl Applied {
+    /// Counts this decision in `regua_intake_messages_total` (outcome, first reject code).
+    pub fn count(&self) {
+        let code = self.errors.first().map(|e| e.code.as_str()).unwrap_or("");
+        metrics::counter!(
+            regua_platform::metrics::INTAKE_MESSAGES,
+            "outcome" => self.outcome.as_str(),
+            "code" => code,
+        )
+        .increment(1);
+    }
+
     fn new(outcome: Outcome, issues: Issues, reason: Option<String>) -> Self {
         Applied {
             outcome,

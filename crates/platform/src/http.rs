@@ -1,5 +1,5 @@
-//! HTTP plumbing shared by every service: serving with graceful shutdown, `/healthz`
-//! and `/readyz`, and a span per request that continues the caller's W3C trace.
+//! HTTP plumbing shared by every service: serving with graceful shutdown, `/healthz`,
+//! `/readyz` and `/metrics`, and a span per request that continues the caller's W3C trace.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -150,13 +150,26 @@ pub struct Health {
     pub js: jetstream::Context,
 }
 
-/// `/healthz` (the process answers) and `/readyz` (Postgres and NATS reachable, the
-/// platform streams present).
+/// `/healthz` (the process answers), `/readyz` (Postgres and NATS reachable, the
+/// platform streams present) and `/metrics` (Prometheus).
 pub fn health_router(health: Health) -> Router {
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(health)
+}
+
+/// The Prometheus text exposition (crate::metrics).
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
 }
 
 async fn ready(State(h): State<Health>) -> Response {

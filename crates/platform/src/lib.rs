@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod fence;
 pub mod http;
+pub mod metrics;
 pub mod nats;
 pub mod outbox;
 pub mod shutdown;

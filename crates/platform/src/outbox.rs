@@ -101,6 +101,21 @@ impl Outbox {
         Outbox { table }
     }
 
+    /// The schema-qualified table name.
+    pub fn table(&self) -> &'static str {
+        self.table
+    }
+
+    /// Rows waiting to be published.
+    pub async fn depth(&self, pool: &sqlx::PgPool) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}",
+            self.table
+        )))
+        .fetch_one(pool)
+        .await
+    }
+
     /// Inserts `messages` in one statement, inside the caller's transaction.
     pub async fn enqueue(
         &self,

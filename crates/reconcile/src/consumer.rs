@@ -176,6 +176,7 @@ async fn apply(r: &Reconcile, items: &[Item]) -> Result<Vec<&'static str>, Recon
     let mut tx = r.pool.begin().await?;
     let mut times = ledger::Times::default();
     let mut outcomes = Vec::with_capacity(items.len());
+    let mut results = Vec::with_capacity(items.len());
     for item in items {
         let traceparent = telemetry::traceparent(&item.span);
         let outcome = match &item.draft {
@@ -199,24 +200,29 @@ async fn apply(r: &Reconcile, items: &[Item]) -> Result<Vec<&'static str>, Recon
                     traceparent,
                 )?;
                 OUTBOX.enqueue(&mut tx, &[event]).await?;
+                results.push("rejected");
                 "rejected"
             }
-            Some(d) => ledger::ingest(
-                &mut tx,
-                &mut times,
-                &item.tenant,
-                d,
-                Source::Nats,
-                &item.message_id,
-                now,
-                traceparent,
-            )
-            .instrument(item.span.clone())
-            .await?
-            .name(),
+            Some(d) => {
+                let applied = ledger::ingest(
+                    &mut tx,
+                    &mut times,
+                    &item.tenant,
+                    d,
+                    Source::Nats,
+                    &item.message_id,
+                    now,
+                    traceparent,
+                )
+                .instrument(item.span.clone())
+                .await?;
+                results.push(applied.result());
+                applied.name()
+            }
         };
         outcomes.push(outcome);
     }
     r.commit(tx).await?;
+    results.into_iter().for_each(ledger::count);
     Ok(outcomes)
 }

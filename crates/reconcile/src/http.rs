@@ -97,6 +97,7 @@ async fn ingest(
     .await?;
     r.commit(tx).await?;
     r.outbox_wake.notify_one();
+    ledger::count(applied.result());
     Ok(applied)
 }
 

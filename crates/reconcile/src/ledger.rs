@@ -52,7 +52,24 @@ pub enum Applied {
     Duplicate { payment_id: String },
 }
 
+/// Counts one payment's result in `regua_reconcile_payments_total`: `paid` and
+/// `partial` (matched, settling the invoice or not), `unmatched`, `duplicate`,
+/// `rejected`.
+pub fn count(result: &'static str) {
+    metrics::counter!(regua_platform::metrics::RECONCILE_PAYMENTS, "result" => result).increment(1);
+}
+
 impl Applied {
+    /// The metrics result (see [`count`]).
+    pub fn result(&self) -> &'static str {
+        match self {
+            Applied::Matched { settled: true, .. } => "paid",
+            Applied::Matched { settled: false, .. } => "partial",
+            Applied::Unmatched { .. } => "unmatched",
+            Applied::Duplicate { .. } => "duplicate",
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Applied::Matched { .. } => "matched",

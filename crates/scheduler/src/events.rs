@@ -272,6 +272,22 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
     model::save_invoices(&mut tx, &dirty).await?;
     model::write_log(&mut tx, &w.log).await?;
     tx.commit().await?;
+    // Settlement commit (the event's time) to the steps cancelled, for tenants on the
+    // real clock (a test clock's events carry simulated time).
+    let applied = s.clock.now();
+    for item in &items {
+        let real = w
+            .tenants
+            .get(&item.envelope.tenant)
+            .is_some_and(|t| !t.test_clock);
+        if real && let Data::InvoicePaid(_) = item.envelope.data {
+            let took = (applied - item.envelope.occurred_at)
+                .to_std()
+                .unwrap_or_default();
+            metrics::histogram!(regua_platform::metrics::PAYMENT_TO_CANCEL)
+                .record(took.as_secs_f64());
+        }
+    }
     Ok(())
 }
 

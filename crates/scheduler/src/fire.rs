@@ -115,6 +115,29 @@ pub async fn run(s: Arc<Scheduler>, part: Part, cancel: CancellationToken) {
     }
 }
 
+/// Samples `regua_scheduler_due_backlog` (real-time tenants' invoices whose next step
+/// is due) until `cancel`.
+pub async fn sample_backlog(s: Arc<Scheduler>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(regua_platform::metrics::WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let due: Result<i64, _> = sqlx::query_scalar(
+            "SELECT count(*) FROM scheduler.invoices WHERE next_at <= $1 AND NOT test_clock",
+        )
+        .bind(s.clock.now())
+        .fetch_one(&s.pool)
+        .await;
+        match due {
+            Ok(n) => metrics::gauge!(regua_platform::metrics::SCHEDULER_DUE_BACKLOG).set(n as f64),
+            Err(e) => tracing::debug!(error = %e, "due backlog not sampled"),
+        }
+    }
+}
+
 /// One claim in its own transaction. Returns how many invoices it decided and the
 /// last due-order position it looked at.
 pub async fn fire_once(
@@ -408,6 +431,17 @@ fn decide(
     }
     for e in &fired.events {
         let (state, reason) = (e.state.name(), e.state.reason());
+        metrics::counter!(
+            regua_platform::metrics::SCHEDULER_STEPS,
+            "outcome" => state,
+            "reason" => e.state.reason_code(),
+        )
+        .increment(1);
+        if !matches!(e.state, StepState::Deferred { .. }) {
+            let late = (now - e.planned_at).to_std().unwrap_or_default();
+            metrics::histogram!(regua_platform::metrics::SCHEDULER_FIRE_LATENESS)
+                .record(late.as_secs_f64());
+        }
         let sent = matches!(e.state, StepState::Sent { .. });
         if let StepState::Escalated { level } = &e.state {
             let data = InvoiceEscalated {
@@ -510,6 +544,12 @@ fn thank(
         }
         None => ("skipped", Some("no_usable_channel".to_owned()), None, None),
     };
+    metrics::counter!(
+        regua_platform::metrics::SCHEDULER_STEPS,
+        "outcome" => state,
+        "reason" => if state == "sent" { "thanks" } else { "no_usable_channel" },
+    )
+    .increment(1);
     out.log.push(LogRow {
         tenant: inv.tenant.clone(),
         invoice_id: inv.invoice_id.clone(),

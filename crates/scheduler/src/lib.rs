@@ -94,7 +94,8 @@ impl Scheduler {
     }
 
     /// Makes sure its schema, the streams and its consumer exist, then starts the event
-    /// consumer, the due-step poller and the test-clock driver (work), and the outbox
+    /// consumer, the due-step poller, the test-clock driver and the due-backlog gauge
+    /// (work), and the outbox
     /// relay (a flusher, stopped after them).
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), SchedulerError> {
         Scheduler::migrate(&self.pool).await?;
@@ -114,6 +115,7 @@ impl Scheduler {
             shutdown.spawn(fire::run(Arc::clone(self), part, shutdown.token()));
         }
         shutdown.spawn(clock::run(Arc::clone(self), consumer, shutdown.token()));
+        shutdown.spawn(fire::sample_backlog(Arc::clone(self), shutdown.token()));
         Relay::new(
             OUTBOX,
             self.pool.clone(),
