@@ -631,11 +631,13 @@ async fn killed_between_receiving_and_committing_applies_once(pool: PgPool) {
 }
 
 /// With every service and the provider fakes: the reminder goes out, the customer pays,
-/// the later steps never reach a provider, and the thank-you does, once.
+/// the later steps never reach a provider, and the thank-you does, once. The journey
+/// timeline tells that story in order, per invoice and per customer.
 #[sqlx::test(migrations = false)]
 async fn payment_stops_the_messages_and_the_thank_you_goes_out_once(pool: PgPool) {
     let fakes = FakeProviders::start().await.unwrap();
     let w = World::with(&pool, Services::ALL, |c| fakes.configure(c)).await;
+    fakes.webhooks_to(&w.base);
     w.invoice(invoice("NF-T", 1)).await;
     let advance = |to: &'static str| {
         let w = &w;
@@ -686,6 +688,87 @@ async fn payment_stops_the_messages_and_the_thank_you_goes_out_once(pool: PgPool
     assert!(templates[0].contains("lembrete"), "{templates:?}");
     assert!(templates[1].contains("agradecimento"), "{templates:?}");
     assert!(fakes.smtp.mails().is_empty() && fakes.twilio.sent().is_empty());
+
+    // The journey, in order: opened; the reminder decided, sent, delivered; paid; the
+    // pending steps cancelled; the thank-you decided and sent.
+    let timeline = eventually("the timeline", Duration::from_secs(30), || async {
+        let (status, t) = w.get("invoices/NF-T/timeline").await;
+        assert_eq!(status, 200, "{t}");
+        let n = t["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "message.delivered")
+            .count();
+        (n == 2).then_some(t)
+    })
+    .await;
+    let entries = timeline["entries"].as_array().unwrap();
+    let story: Vec<String> = entries
+        .iter()
+        .map(|e| match e["kind"].as_str().unwrap() {
+            "step" => format!(
+                "step {} {}",
+                e["step"].as_str().unwrap(),
+                e["state"].as_str().unwrap()
+            ),
+            kind => kind.to_owned(),
+        })
+        .collect();
+    let position = |what: &str| {
+        story
+            .iter()
+            .position(|s| s == what)
+            .unwrap_or_else(|| panic!("no {what} in {story:?}"))
+    };
+    let order = [
+        "invoice.opened",
+        "step lembrete sent",
+        "message.sent",
+        "message.delivered",
+        "payment.matched",
+        "invoice.paid",
+        "step on_paid sent",
+    ];
+    for pair in order.windows(2) {
+        assert!(
+            position(pair[0]) < position(pair[1]),
+            "{pair:?} out of order in {story:?}"
+        );
+    }
+    assert!(
+        story
+            .iter()
+            .any(|s| s.starts_with("step ") && s.ends_with(" cancelled")),
+        "the pending steps are cancelled: {story:?}"
+    );
+    let reminder = &entries[position("message.sent")];
+    assert_eq!(reminder["channel"], "whatsapp");
+    assert_eq!(reminder["provider"], "whatsapp_cloud");
+    assert!(reminder["provider_message_id"].is_string());
+    assert_eq!(entries[position("payment.matched")]["payment_id"], "PAY-T");
+    let paid = &entries[position("invoice.paid")];
+    assert_eq!(paid["amount_paid_cents"], 15_990);
+    assert_eq!(paid["days_late"], 0);
+    let recorded: Vec<chrono::DateTime<chrono::Utc>> = entries
+        .iter()
+        .map(|e| e["recorded_at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        recorded.windows(2).all(|p| p[0] <= p[1]),
+        "in order: {recorded:?}"
+    );
+    // No contact data in it.
+    let text = timeline.to_string();
+    for pii in ["@example.com", "+5511", "98765", "Cliente 1", &cpf(1)] {
+        assert!(!text.contains(pii), "{pii} in the timeline");
+    }
+    // The customer's timeline holds the same story.
+    let (status, c) = w.get("customers/C-1/timeline").await;
+    assert_eq!(status, 200);
+    assert_eq!(c["entries"].as_array().unwrap().len(), entries.len());
+    assert_eq!(w.get("invoices/NOPE/timeline").await.0, 404);
+    assert_eq!(w.get("customers/NOPE/timeline").await.0, 404);
 }
 
 /// After a partial payment the régua goes on, and its next message states what is

@@ -2,8 +2,13 @@
 //! scheduler in the same trace; days later (on a test clock) its step fires in a new
 //! trace whose span links back to the planning, and the dispatch command's publish
 //! belongs to the firing trace, as do the dispatcher's processing, its provider call
-//! (to the WhatsApp fake) and the `message.sent` it publishes. Asserted with an in-memory exporter, alone in its
-//! binary because it installs the global subscriber.
+//! (to the WhatsApp fake) and the `message.sent` it publishes. The provider's delivery
+//! callback starts a trace linked to the firing's; the debtor's payment over HTTP
+//! carries the settlement events, and the scheduler cancels the pending steps in that
+//! trace; the journey timeline names each entry's trace. No span attribute and no log
+//! line holds the test customer's CPF, phone or e-mail. Asserted with an in-memory
+//! exporter and log writer, alone in its binary because it installs the global
+//! subscriber.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -37,6 +42,7 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
         .await
         .unwrap();
     let url = format!("http://{}", platform.addr);
+    fakes.webhooks_to(&url);
     let http = reqwest::Client::new();
     let mut tenant = regua_testkit::tenant("trc");
     tenant["test_clock"] = json!(true);
@@ -94,6 +100,40 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
     .await;
     eventually("the whatsapp message", Duration::from_secs(30), || async {
         (fakes.meta.sent().len() == 1).then_some(())
+    })
+    .await;
+    // The provider reports it delivered; then the debtor pays over HTTP.
+    let timeline_url = format!("{url}/v1/tenants/trc/invoices/NF-TRACE/timeline");
+    let timeline_now = || {
+        let req = http.get(&timeline_url).bearer_auth(&key);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let has = |t: &Value, kind: &str| {
+        t["entries"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == kind))
+    };
+    eventually("the delivery status", Duration::from_secs(30), || async {
+        has(&timeline_now().await, "message.delivered").then_some(())
+    })
+    .await;
+    let paid = http
+        .post(format!("{url}/v1/tenants/trc/payments"))
+        .bearer_auth(&key)
+        .json(
+            &json!({"payment_id": "PAY-TRACE", "invoice_id": "NF-TRACE", "amount_cents": 15_990,
+                      "currency": "BRL", "paid_at": "2026-12-07T12:00:00-03:00", "method": "pix"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(paid.status().is_success());
+    let timeline = eventually("the steps cancelled", Duration::from_secs(30), || async {
+        let t = timeline_now().await;
+        let cancelled = t["entries"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["state"] == "cancelled"));
+        cancelled.then_some(t)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -159,8 +199,90 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
     let sent = find(&spans, "send regua.v1.evt.trc.message.sent");
     assert_eq!(sent.span_context.trace_id(), fired.span_context.trace_id());
 
-    // No PII in any span of the whole run.
+    // The provider's status callback: its own trace (it carries no context), linked to
+    // the firing's, and the message.delivered event continues it.
+    let status = spans
+        .iter()
+        .find(|s| {
+            s.name == "apply provider status"
+                && attr(s, "regua.outcome").as_deref() == Some("delivered")
+        })
+        .expect("a span for the delivered status");
+    assert_eq!(
+        attr(status, "regua.invoice_id").as_deref(),
+        Some("NF-TRACE")
+    );
+    assert_eq!(
+        attr(status, "regua.provider").as_deref(),
+        Some("whatsapp_cloud")
+    );
+    let links: Vec<_> = status
+        .links
+        .iter()
+        .map(|l| l.span_context.trace_id())
+        .collect();
+    assert_eq!(
+        links,
+        vec![fired.span_context.trace_id()],
+        "linked to the message's trace"
+    );
+    let delivered = find(&spans, "send regua.v1.evt.trc.message.delivered");
+    assert_eq!(
+        delivered.span_context.trace_id(),
+        status.span_context.trace_id()
+    );
+
+    // The payment: its HTTP request's trace carries the settlement events, and the
+    // scheduler cancels the pending steps in that same trace.
+    let pay = find(&spans, "POST /v1/tenants/{tenant}/payments");
+    let payment_trace = pay.span_context.trace_id();
+    let published = find(&spans, "send regua.v1.evt.trc.invoice.paid");
+    assert_eq!(published.span_context.trace_id(), payment_trace);
+    let cancelled = spans
+        .iter()
+        .find(|s| {
+            s.name == "process regua.v1.evt.trc.invoice.paid"
+                && attr(s, "messaging.consumer.group.name").as_deref() == Some("scheduler")
+        })
+        .expect("the scheduler's processing of invoice.paid");
+    assert_eq!(cancelled.span_context.trace_id(), payment_trace);
+
+    // The journey timeline names each entry's trace: the invoice's, the firing's, the
+    // callback's, the payment's.
+    let trace_of = |kind: &str, state: Option<&str>| -> String {
+        timeline["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind && state.is_none_or(|s| e["state"] == s))
+            .and_then(|e| e["trace_id"].as_str())
+            .unwrap_or_else(|| panic!("no trace id for {kind} {state:?} in {timeline}"))
+            .to_owned()
+    };
+    assert_eq!(trace_of("invoice.opened", None), planning_trace.to_string());
+    assert_eq!(
+        trace_of("step", Some("sent")),
+        fired.span_context.trace_id().to_string()
+    );
+    assert_eq!(
+        trace_of("message.sent", None),
+        fired.span_context.trace_id().to_string()
+    );
+    assert_eq!(
+        trace_of("message.delivered", None),
+        status.span_context.trace_id().to_string()
+    );
+    assert_eq!(trace_of("invoice.paid", None), payment_trace.to_string());
+    assert_eq!(
+        trace_of("step", Some("cancelled")),
+        payment_trace.to_string()
+    );
+
+    // No PII in any span or log line of the whole run.
     let pii = trace::pii_of(&body);
     trace::assert_no_pii(&spans, &pii);
+    let logs = trace::logs();
+    assert!(logs.lines().count() > 10, "the run logged: {logs}");
+    trace::assert_no_pii_in_logs(&pii);
     platform.drain(&config).await;
 }

@@ -31,6 +31,9 @@ pub const CONSUMER_RECONCILE: &str = "reconcile";
 /// Reconciliation's durable consumer of domain events (tenants, customers, invoices).
 pub const CONSUMER_RECONCILE_STATE: &str = "reconcile-state";
 
+/// The scheduler's durable consumer of every domain event, for the journey timeline.
+pub const CONSUMER_TIMELINE: &str = "scheduler-timeline";
+
 /// The durable consumer one channel's dispatchers share: `dispatch-<channel>`.
 pub fn dispatch_consumer(channel: crate::inbound::Channel) -> String {
     format!("dispatch-{}", channel.as_str())

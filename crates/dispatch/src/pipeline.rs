@@ -672,6 +672,7 @@ async fn record(
             } => {
                 update.provider_message_id = Some(provider_message_id.clone());
                 update.sent_at = Some(sent_at);
+                update.traceparent = tp.clone();
                 let facts = EventFacts {
                     provider_message_id: Some(provider_message_id.clone()),
                     sent_at: Some(sent_at),

@@ -261,6 +261,8 @@ pub struct Update {
     pub segments: Option<i32>,
     /// Count this update as a provider call.
     pub call: bool,
+    /// The trace the message was sent in.
+    pub traceparent: Option<String>,
 }
 
 impl Update {
@@ -275,6 +277,7 @@ impl Update {
             sent_at: None,
             segments: None,
             call: false,
+            traceparent: None,
         }
     }
 }
@@ -296,7 +299,9 @@ pub async fn update(
     let mut at = Vec::new();
     let mut seg = Vec::new();
     let mut call = Vec::new();
+    let mut tp = Vec::new();
     for u in updates {
+        tp.push(u.traceparent.as_deref());
         t.push(u.tenant.as_str());
         c.push(u.command_id.as_str());
         s.push(u.state.as_str());
@@ -310,9 +315,9 @@ pub async fn update(
         "UPDATE dispatch.attempts a SET state = u.s, \
          provider_message_id = coalesce(u.p, a.provider_message_id), reason = u.r, \
          sent_at = coalesce(u.at, a.sent_at), segments = coalesce(u.seg, a.segments), \
-         calls = a.calls + u.call, updated_at = now() \
+         calls = a.calls + u.call, traceparent = coalesce(u.tp, a.traceparent), updated_at = now() \
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], \
-                     $8::int[], $9::int[]) AS u(t, c, s, p, r, at, seg, call) \
+                     $8::int[], $9::int[], $10::text[]) AS u(t, c, s, p, r, at, seg, call, tp) \
          WHERE a.channel = $1 AND a.tenant = u.t AND a.command_id = u.c",
     )
     .bind(channel.as_str())
@@ -324,6 +329,7 @@ pub async fn update(
     .bind(&at)
     .bind(&seg)
     .bind(&call)
+    .bind(&tp)
     .execute(conn)
     .await?;
     Ok(())

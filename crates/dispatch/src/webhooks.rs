@@ -28,6 +28,8 @@ use serde::Deserialize;
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
+use regua_platform::telemetry;
+
 use crate::channels::{phone_digits, sms, whatsapp};
 use crate::sign;
 use crate::store::{self, EventFacts, State as AttemptState, Update};
@@ -194,8 +196,8 @@ async fn apply_status_in(
         return Ok(true);
     };
     let Some(row) = sqlx::query(
-        "SELECT tenant, command_id, channel, state, calls, sent_at, command FROM dispatch.attempts \
-         WHERE provider = $1 AND provider_message_id = $2 FOR UPDATE",
+        "SELECT tenant, command_id, channel, state, calls, sent_at, command, traceparent \
+         FROM dispatch.attempts WHERE provider = $1 AND provider_message_id = $2 FOR UPDATE",
     )
     .bind(s.provider)
     .bind(s.provider_message_id)
@@ -223,6 +225,25 @@ async fn apply_status_in(
         return Ok(true);
     };
     let cmd: DispatchCommand = serde_json::from_value(row.try_get("command")?)?;
+    // A provider's callback carries no trace context: its span links to the message's
+    // trace, and the event it causes continues the callback's.
+    let span = tracing::info_span!(
+        "apply provider status",
+        regua.tenant = cmd.tenant.as_str(),
+        regua.invoice_id = cmd
+            .invoices
+            .first()
+            .map(|i| i.invoice_id.as_str())
+            .unwrap_or(""),
+        regua.step = cmd.step.as_str(),
+        regua.channel = channel_name.as_str(),
+        regua.provider = s.provider,
+        regua.outcome = s.status,
+    );
+    if let Some(tp) = row.try_get::<Option<String>, _>("traceparent")? {
+        telemetry::link_to_traceparent(&span, &tp);
+    }
+    let traceparent = telemetry::traceparent(&span);
     let sent_at: Option<DateTime<Utc>> = row.try_get("sent_at")?;
     let calls: i32 = row.try_get("calls")?;
     let state: String = row.try_get("state")?;
@@ -252,7 +273,16 @@ async fn apply_status_in(
         store::update(&mut *tx, channel, &[update]).await?;
         facts.reason = Some(reason);
     }
-    let out = store::ended(&cmd, channel, s.provider, kind, at, facts, moves_on, None)?;
+    let out = store::ended(
+        &cmd,
+        channel,
+        s.provider,
+        kind,
+        at,
+        facts,
+        moves_on,
+        traceparent,
+    )?;
     OUTBOX.enqueue(&mut *tx, &out).await?;
     Ok(true)
 }

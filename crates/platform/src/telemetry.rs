@@ -145,6 +145,11 @@ pub fn traceparent(span: &Span) -> Option<String> {
     h.get("traceparent").map(|v| v.as_str().to_owned())
 }
 
+/// The trace id (32 hex digits) of `span`, when it is recorded.
+pub fn trace_id(span: &Span) -> Option<String> {
+    traceparent(span).and_then(|tp| tp.split('-').nth(1).map(str::to_owned))
+}
+
 /// Makes `span` a child of a stored `traceparent`.
 pub fn continue_from_traceparent(span: &Span, traceparent: &str) {
     let mut h = HeaderMap::new();

@@ -92,7 +92,8 @@ async fn ingest(
         source,
         message_id,
         r.clock.now(),
-        None,
+        // The events continue the request's trace (the payment's own).
+        regua_platform::telemetry::traceparent(&tracing::Span::current()),
     )
     .await?;
     r.commit(tx).await?;

@@ -95,6 +95,7 @@ impl Services {
         }
         if self.scheduler {
             consumer(subjects::STREAM_EVENTS, subjects::CONSUMER_SCHEDULER);
+            consumer(subjects::STREAM_EVENTS, subjects::CONSUMER_TIMELINE);
         }
         if self.reconcile {
             consumer(subjects::STREAM_INBOUND, subjects::CONSUMER_RECONCILE);

@@ -486,6 +486,7 @@ fn stop(
                 at: now,
                 channel: None,
                 command_id: None,
+                trace_id: regua_platform::telemetry::trace_id(&tracing::Span::current()),
             });
         }
     }

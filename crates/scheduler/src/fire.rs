@@ -475,6 +475,7 @@ fn decide(
             at: now,
             channel: if sent { channel } else { None },
             command_id: if sent { command_id.clone() } else { None },
+            trace_id: telemetry::trace_id(&span),
         });
     }
     inv.progress = fired.progress;
@@ -561,6 +562,7 @@ fn thank(
         at: now,
         channel,
         command_id: id,
+        trace_id: telemetry::trace_id(span),
     });
     Ok(())
 }

@@ -22,7 +22,7 @@ use sqlx::PgPool;
 
 use crate::clock::{self, AdvanceError};
 use crate::model::{self, Customer, Invoice};
-use crate::{Scheduler, policies, preview};
+use crate::{Scheduler, policies, preview, timeline};
 
 /// The scheduler's routes.
 pub fn router(s: Arc<Scheduler>) -> Router {
@@ -35,6 +35,14 @@ pub fn router(s: Arc<Scheduler>) -> Router {
         .route(
             "/v1/tenants/{tenant}/invoices/{invoice_id}/plan",
             get(get_plan),
+        )
+        .route(
+            "/v1/tenants/{tenant}/invoices/{invoice_id}/timeline",
+            get(get_invoice_timeline),
+        )
+        .route(
+            "/v1/tenants/{tenant}/customers/{customer_id}/timeline",
+            get(get_customer_timeline),
         )
         .route("/v1/tenants/{tenant}/clock", get(get_clock))
         .route("/v1/tenants/{tenant}/clock:advance", post(post_advance))
@@ -362,6 +370,69 @@ async fn get_plan(
         .map_err(Problem::internal)?
         .map(axum::Json)
         .ok_or_else(|| Problem::not_found("invoice"))
+}
+
+/// `{tenant, invoice_id | customer_id, entries: [...]}`.
+#[derive(Serialize)]
+struct Timeline {
+    tenant: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invoice_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    customer_id: Option<String>,
+    entries: Vec<timeline::Entry>,
+}
+
+async fn get_invoice_timeline(
+    State(s): State<Arc<Scheduler>>,
+    Path((tenant, invoice_id)): Path<(String, String)>,
+) -> Result<axum::Json<Timeline>, Problem> {
+    let known: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM scheduler.invoices WHERE tenant = $1 AND invoice_id = $2)",
+    )
+    .bind(&tenant)
+    .bind(&invoice_id)
+    .fetch_one(&s.pool)
+    .await
+    .map_err(Problem::internal)?;
+    if !known {
+        return Err(Problem::not_found("invoice"));
+    }
+    let entries = timeline::entries(&s.pool, &tenant, timeline::Of::Invoice(&invoice_id))
+        .await
+        .map_err(Problem::internal)?;
+    Ok(axum::Json(Timeline {
+        tenant,
+        invoice_id: Some(invoice_id),
+        customer_id: None,
+        entries,
+    }))
+}
+
+async fn get_customer_timeline(
+    State(s): State<Arc<Scheduler>>,
+    Path((tenant, customer_id)): Path<(String, String)>,
+) -> Result<axum::Json<Timeline>, Problem> {
+    let known: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM scheduler.customers WHERE tenant = $1 AND customer_id = $2)",
+    )
+    .bind(&tenant)
+    .bind(&customer_id)
+    .fetch_one(&s.pool)
+    .await
+    .map_err(Problem::internal)?;
+    if !known {
+        return Err(Problem::not_found("customer"));
+    }
+    let entries = timeline::entries(&s.pool, &tenant, timeline::Of::Customer(&customer_id))
+        .await
+        .map_err(Problem::internal)?;
+    Ok(axum::Json(Timeline {
+        tenant,
+        invoice_id: None,
+        customer_id: Some(customer_id),
+        entries,
+    }))
 }
 
 async fn get_clock(

@@ -24,6 +24,7 @@ pub mod http;
 pub mod model;
 pub mod policies;
 pub mod preview;
+pub mod timeline;
 
 use std::sync::Arc;
 
@@ -94,8 +95,8 @@ impl Scheduler {
     }
 
     /// Makes sure its schema, the streams and its consumer exist, then starts the event
-    /// consumer, the due-step poller, the test-clock driver and the due-backlog gauge
-    /// (work), and the outbox
+    /// consumer, the due-step poller, the test-clock driver, the due-backlog gauge and
+    /// the journey timeline's projection (work), and the outbox
     /// relay (a flusher, stopped after them).
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), SchedulerError> {
         Scheduler::migrate(&self.pool).await?;
@@ -116,6 +117,13 @@ impl Scheduler {
         }
         shutdown.spawn(clock::run(Arc::clone(self), consumer, shutdown.token()));
         shutdown.spawn(fire::sample_backlog(Arc::clone(self), shutdown.token()));
+        let timeline = nats::ensure_pull_consumer(
+            &self.js,
+            regua_contract::subjects::STREAM_EVENTS,
+            timeline::consumer_config(),
+        )
+        .await?;
+        shutdown.spawn(timeline::run(Arc::clone(self), timeline, shutdown.token()));
         Relay::new(
             OUTBOX,
             self.pool.clone(),

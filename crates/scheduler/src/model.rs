@@ -440,6 +440,8 @@ pub struct LogRow {
     pub at: DateTime<Utc>,
     pub channel: Option<&'static str>,
     pub command_id: Option<String>,
+    /// The trace the decision was made in (the journey timeline shows it).
+    pub trace_id: Option<String>,
 }
 
 /// Appends step decisions, in order.
@@ -457,7 +459,9 @@ pub async fn write_log(conn: &mut PgConnection, rows: &[LogRow]) -> Result<(), s
     let mut at = Vec::new();
     let mut channel = Vec::new();
     let mut command = Vec::new();
+    let mut trace = Vec::new();
     for r in rows {
+        trace.push(r.trace_id.as_deref());
         tenant.push(r.tenant.as_str());
         invoice.push(r.invoice_id.as_str());
         step.push(r.step.as_str());
@@ -470,10 +474,10 @@ pub async fn write_log(conn: &mut PgConnection, rows: &[LogRow]) -> Result<(), s
         command.push(r.command_id.as_deref());
     }
     sqlx::query(
-        "INSERT INTO scheduler.step_log (tenant, invoice_id, step, policy_version, state, reason, planned_at, at, channel, command_id) \
-         SELECT t, i, s, v, st, r, p, a, c, cmd FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], \
-         $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[]) WITH ORDINALITY \
-         AS x(t, i, s, v, st, r, p, a, c, cmd, n) ORDER BY n",
+        "INSERT INTO scheduler.step_log (tenant, invoice_id, step, policy_version, state, reason, planned_at, at, channel, command_id, trace_id) \
+         SELECT t, i, s, v, st, r, p, a, c, cmd, tr FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], \
+         $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY \
+         AS x(t, i, s, v, st, r, p, a, c, cmd, tr, n) ORDER BY n",
     )
     .bind(&tenant)
     .bind(&invoice)
@@ -485,6 +489,7 @@ pub async fn write_log(conn: &mut PgConnection, rows: &[LogRow]) -> Result<(), s
     .bind(&at)
     .bind(&channel)
     .bind(&command)
+    .bind(&trace)
     .execute(conn)
     .await?;
     Ok(())

@@ -1,5 +1,8 @@
 //! Span capture for trace tests: an in-memory OpenTelemetry exporter behind the
-//! platform's own tracing layer, and the assertions every trace test makes.
+//! platform's own tracing layer, every log line kept in memory beside it, and the
+//! assertions every trace test makes.
+
+use std::sync::{Arc, Mutex, OnceLock};
 
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use regua_platform::telemetry;
@@ -7,14 +10,59 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use crate::fail;
 
-/// Installs the global subscriber (once per test binary) with an in-memory exporter.
+/// Every log line written since [`capture`], as text.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+static LOGS: OnceLock<Logs> = OnceLock::new();
+
+/// The log lines written so far (at debug, but for HTTP and TLS plumbing).
+pub fn logs() -> String {
+    let logs = LOGS.get_or_init(Logs::default);
+    let bytes = logs.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Installs the global subscriber (once per test binary) with an in-memory exporter
+/// and an in-memory log writer ([`logs`]).
 pub fn capture() -> (InMemorySpanExporter, SdkTracerProvider) {
     let exporter = InMemorySpanExporter::default();
     let provider =
         telemetry::provider_with("regua-test", |b| b.with_simple_exporter(exporter.clone()));
+    let writer = LOGS.get_or_init(Logs::default).clone();
     let subscriber = tracing_subscriber::Registry::default()
-        .with(tracing_subscriber::EnvFilter::new("info"))
-        .with(telemetry::otel_layer(&provider));
+        .with(tracing_subscriber::EnvFilter::new(
+            "debug,h2=info,hyper=info,hyper_util=info,reqwest=info,rustls=info,tower=info,\
+             tower_http=info,axum=info,lettre=info",
+        ))
+        .with(telemetry::otel_layer(&provider))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(writer),
+        );
     if tracing::subscriber::set_global_default(subscriber).is_err() {
         fail("a global subscriber is already installed: keep trace tests alone in their binary");
     }
@@ -51,6 +99,19 @@ pub fn pii_of(invoice: &serde_json::Value) -> Vec<String> {
         out.push(p.to_owned());
     }
     out
+}
+
+/// Fails if any log line holds one of `pii`.
+pub fn assert_no_pii_in_logs(pii: &[String]) {
+    for line in logs().lines() {
+        if let Some(p) = pii.iter().find(|p| line.contains(p.as_str())) {
+            fail(&format!(
+                "a log line holds PII ({} chars): {}",
+                p.len(),
+                line.replace(p.as_str(), "<redacted>")
+            ));
+        }
+    }
 }
 
 /// Fails if any attribute of any span or span event holds one of `pii`.
