@@ -230,26 +230,9 @@ async fn each_service_does_its_job_under_its_own_user_and_nothing_more(pool: PgP
         },
     )
     .await;
-    let advance = |to: &'static str| {
-        let call = &call;
-        async move {
-            let (status, _) = call(
-                "scheduler",
-                reqwest::Method::POST,
-                "clock:advance",
-                Some(json!({ "to": to })),
-            )
-            .await;
-            assert_eq!(status, 202);
-            eventually("the clock", Duration::from_secs(60), || async {
-                let (_, c) = call("scheduler", reqwest::Method::GET, "clock", None).await;
-                (c["status"] == "ready"
-                    && c["now"].as_str().is_some_and(|n| n.starts_with(&to[..19])))
-                .then_some(())
-            })
-            .await;
-        }
-    };
+    let scheduler_url = addr["scheduler"].clone();
+    let advance =
+        |to: &'static str| regua_testkit::advance_clock(&http, &scheduler_url, TENANT, &key, to);
     // The step fires; the dispatcher sends the reminder.
     advance("2026-12-07T14:00:00Z").await;
     eventually("the reminder", Duration::from_secs(30), || async {

@@ -182,24 +182,7 @@ async fn every_service_exposes_its_series_and_they_move(pool: PgPool) {
     )
     .await;
     let advance = |to: &'static str| {
-        let call = &call;
-        async move {
-            let (s, _) = call(
-                "scheduler",
-                "sim",
-                "clock:advance",
-                Some(json!({ "to": to })),
-            )
-            .await;
-            assert_eq!(s, 202);
-            eventually("the clock", Duration::from_secs(60), || async {
-                let (_, c) = call("scheduler", "sim", "clock", None).await;
-                (c["status"] == "ready"
-                    && c["now"].as_str().is_some_and(|n| n.starts_with(&to[..19])))
-                .then_some(())
-            })
-            .await;
-        }
+        regua_testkit::advance_clock(&http, &services["scheduler"].url, "sim", &keys["sim"], to)
     };
     advance("2026-12-07T14:00:00Z").await;
     eventually("the reminder", Duration::from_secs(30), || async {

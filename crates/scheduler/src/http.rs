@@ -387,20 +387,7 @@ async fn get_invoice_timeline(
     State(s): State<Arc<Scheduler>>,
     Path((tenant, invoice_id)): Path<(String, String)>,
 ) -> Result<axum::Json<Timeline>, Problem> {
-    let known: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM scheduler.invoices WHERE tenant = $1 AND invoice_id = $2)",
-    )
-    .bind(&tenant)
-    .bind(&invoice_id)
-    .fetch_one(&s.pool)
-    .await
-    .map_err(Problem::internal)?;
-    if !known {
-        return Err(Problem::not_found("invoice"));
-    }
-    let entries = timeline::entries(&s.pool, &tenant, timeline::Of::Invoice(&invoice_id))
-        .await
-        .map_err(Problem::internal)?;
+    let entries = timeline_of(&s, &tenant, timeline::Of::Invoice(&invoice_id)).await?;
     Ok(axum::Json(Timeline {
         tenant,
         invoice_id: Some(invoice_id),
@@ -413,26 +400,45 @@ async fn get_customer_timeline(
     State(s): State<Arc<Scheduler>>,
     Path((tenant, customer_id)): Path<(String, String)>,
 ) -> Result<axum::Json<Timeline>, Problem> {
-    let known: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM scheduler.customers WHERE tenant = $1 AND customer_id = $2)",
-    )
-    .bind(&tenant)
-    .bind(&customer_id)
-    .fetch_one(&s.pool)
-    .await
-    .map_err(Problem::internal)?;
-    if !known {
-        return Err(Problem::not_found("customer"));
-    }
-    let entries = timeline::entries(&s.pool, &tenant, timeline::Of::Customer(&customer_id))
-        .await
-        .map_err(Problem::internal)?;
+    let entries = timeline_of(&s, &tenant, timeline::Of::Customer(&customer_id)).await?;
     Ok(axum::Json(Timeline {
         tenant,
         invoice_id: None,
         customer_id: Some(customer_id),
         entries,
     }))
+}
+
+/// The entries of `of`, or 404 when the scheduler does not know it.
+async fn timeline_of(
+    s: &Scheduler,
+    tenant: &str,
+    of: timeline::Of<'_>,
+) -> Result<Vec<timeline::Entry>, Problem> {
+    let (sql, id, what) = match of {
+        timeline::Of::Invoice(id) => (
+            "SELECT EXISTS (SELECT 1 FROM scheduler.invoices WHERE tenant = $1 AND invoice_id = $2)",
+            id,
+            "invoice",
+        ),
+        timeline::Of::Customer(id) => (
+            "SELECT EXISTS (SELECT 1 FROM scheduler.customers WHERE tenant = $1 AND customer_id = $2)",
+            id,
+            "customer",
+        ),
+    };
+    let known: bool = sqlx::query_scalar(sql)
+        .bind(tenant)
+        .bind(id)
+        .fetch_one(&s.pool)
+        .await
+        .map_err(Problem::internal)?;
+    if !known {
+        return Err(Problem::not_found(what));
+    }
+    timeline::entries(&s.pool, tenant, of)
+        .await
+        .map_err(Problem::internal)
 }
 
 async fn get_clock(

@@ -256,6 +256,37 @@ pub fn invoice(invoice_id: &str, customer_n: u64) -> Value {
     })
 }
 
+/// Advances test-clock tenant `tenant`'s clock to `to` (RFC 3339, UTC) through the
+/// scheduler at `base` and waits until the clock is `ready` there: every step due by
+/// then decided and its commands published.
+pub async fn advance_clock(http: &reqwest::Client, base: &str, tenant: &str, key: &str, to: &str) {
+    let r = http
+        .post(format!("{base}/v1/tenants/{tenant}/clock:advance"))
+        .bearer_auth(key)
+        .json(&json!({ "to": to }))
+        .send()
+        .await
+        .unwrap_or_else(|e| fail(&format!("clock:advance: {e}")));
+    if r.status() != 202 {
+        fail(&format!("clock:advance answered {}", r.status()));
+    }
+    let prefix = to.get(..19).unwrap_or(to);
+    eventually("the clock", Duration::from_secs(60), || async {
+        let c: Value = http
+            .get(format!("{base}/v1/tenants/{tenant}/clock"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (c["status"] == "ready" && c["now"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .then_some(())
+    })
+    .await;
+}
+
 /// A valid `POST /v1/tenants` body.
 pub fn tenant(id: &str) -> Value {
     json!({
