@@ -5,7 +5,9 @@
 //! (to the WhatsApp fake) and the `message.sent` it publishes. The provider's delivery
 //! callback starts a trace linked to the firing's; the debtor's payment over HTTP
 //! carries the settlement events, and the scheduler cancels the pending steps in that
-//! trace; the journey timeline names each entry's trace. No span attribute and no log
+//! trace; the thank-you fires in a trace linked to the payment; the provider calls are
+//! HTTP client spans with the HTTP conventions; the journey timeline names each
+//! entry's trace. No span attribute and no log
 //! line holds the test customer's CPF, phone or e-mail. Asserted with an in-memory
 //! exporter and log writer, alone in its binary because it installs the global
 //! subscriber.
@@ -136,6 +138,12 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
         cancelled.then_some(t)
     })
     .await;
+    // The thank-you, on the next clock move.
+    regua_testkit::advance_clock(&http, &url, "trc", &key, "2026-12-08T14:00:00Z").await;
+    eventually("the thank-you", Duration::from_secs(30), || async {
+        (fakes.meta.sent().len() == 2).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     provider.force_flush().unwrap();
     let spans = exporter.get_finished_spans().unwrap();
@@ -196,6 +204,24 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
     );
     assert_eq!(attr(call, "regua.step").as_deref(), Some("lembrete"));
     assert_eq!(attr(call, "regua.outcome").as_deref(), Some("sent"));
+    // The HTTP request itself: a client span with the HTTP conventions, no account ids
+    // in its name (url.template) and no URL with them.
+    let request = find(&spans, "POST /{Phone-Number-ID}/messages");
+    assert_eq!(request.parent_span_id, call.span_context.span_id());
+    assert_eq!(request.span_kind, opentelemetry::trace::SpanKind::Client);
+    assert_eq!(
+        attr(request, "http.request.method").as_deref(),
+        Some("POST")
+    );
+    assert_eq!(
+        attr(request, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        attr(request, "server.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert!(attr(request, "url.full").is_none());
     let sent = find(&spans, "send regua.v1.evt.trc.message.sent");
     assert_eq!(sent.span_context.trace_id(), fired.span_context.trace_id());
 
@@ -246,6 +272,24 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
         })
         .expect("the scheduler's processing of invoice.paid");
     assert_eq!(cancelled.span_context.trace_id(), payment_trace);
+
+    // The thank-you fires in a trace of its own, linked to the payment that caused it,
+    // and its provider call is in that trace.
+    let thanks = spans
+        .iter()
+        .find(|s| {
+            s.name == "fire regua step" && attr(s, "regua.step").as_deref() == Some("on_paid")
+        })
+        .expect("the thank-you's firing");
+    let links: Vec<_> = thanks
+        .links
+        .iter()
+        .map(|l| l.span_context.trace_id())
+        .collect();
+    assert_eq!(links, vec![payment_trace], "linked to the payment");
+    assert!(spans.iter().any(|s| s.name == "provider send"
+        && attr(s, "regua.step").as_deref() == Some("on_paid")
+        && s.span_context.trace_id() == thanks.span_context.trace_id()));
 
     // The journey timeline names each entry's trace: the invoice's, the firing's, the
     // callback's, the payment's.

@@ -510,6 +510,11 @@ fn stop(
         let tz = model::zone(tz.as_deref(), tenant_tz);
         inv.thanks_pending = true;
         inv.next_at = Some(p.send_window.next_open(now, tz, &p.calendar.calendar()));
+        // The thank-you's firing links to what caused it: the payment's trace (this
+        // event is processed in it), no longer the planning's.
+        if let Some(tp) = regua_platform::telemetry::traceparent(&tracing::Span::current()) {
+            inv.traceparent = Some(tp);
+        }
     }
     w.dirty_invoices.push(key.clone());
     Ok(())

@@ -196,6 +196,8 @@ pub struct Invoice {
     pub progress: Progress,
     pub thanks_pending: bool,
     pub next_at: Option<DateTime<Utc>>,
+    /// The trace the invoice's next firing links to: the planning's, then, once paid,
+    /// the payment's (for the thank-you).
     pub traceparent: Option<String>,
     pub opened_at: DateTime<Utc>,
     /// Payments reconciliation reported, loaded when firing.

@@ -13,6 +13,7 @@ use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use regua_platform::Config;
+use tracing::Instrument;
 
 use super::{Outcome, Outgoing, redact};
 use crate::DispatchError;
@@ -125,11 +126,34 @@ impl Email {
             .get_raw("Message-ID")
             .unwrap_or_default()
             .to_owned();
-        match self.transport.send(message).await {
+        let (host, port) = self
+            .account
+            .rsplit_once(':')
+            .map_or((self.account.as_str(), ""), |(h, p)| (h, p));
+        let span = tracing::info_span!(
+            "smtp send",
+            otel.kind = "client",
+            network.protocol.name = "smtp",
+            server.address = host,
+            server.port = port.parse::<u16>().unwrap_or(25),
+            error.type = tracing::field::Empty,
+        );
+        match self.transport.send(message).instrument(span.clone()).await {
             Ok(_) => Outcome::Sent {
                 provider_message_id: message_id,
             },
-            Err(e) => classify(&e),
+            Err(e) => {
+                let outcome = classify(&e);
+                span.record(
+                    "error.type",
+                    if e.is_permanent() {
+                        "permanent"
+                    } else {
+                        "transient"
+                    },
+                );
+                outcome
+            }
         }
     }
 }

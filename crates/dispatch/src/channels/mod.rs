@@ -7,6 +7,7 @@ pub mod sms;
 pub mod whatsapp;
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use regua_contract::commands::DispatchCommand;
 use regua_contract::inbound::Channel;
@@ -199,10 +200,44 @@ impl Answer {
 }
 
 /// Sends `request` and reads the answer; what goes wrong before an answer is the
-/// outcome.
-pub async fn call(request: reqwest::RequestBuilder) -> Result<Answer, Outcome> {
-    let response = request.send().await.map_err(|e| request_error(&e))?;
+/// outcome. The call is an HTTP client span with the OpenTelemetry HTTP conventions;
+/// `template` (`url.template`) names the route without the account ids in the URL.
+pub async fn call(
+    request: reqwest::RequestBuilder,
+    template: &'static str,
+) -> Result<Answer, Outcome> {
+    let (client, built) = request.build_split();
+    let request = built.map_err(|e| request_error(&e))?;
+    let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        "http client",
+        otel.name = format!("{method} {template}"),
+        otel.kind = "client",
+        http.request.method = method.as_str(),
+        url.template = template,
+        url.scheme = request.url().scheme(),
+        server.address = request.url().host_str().unwrap_or(""),
+        server.port = request.url().port_or_known_default().unwrap_or(0),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    let sent = client.execute(request).instrument(span.clone()).await;
+    let response = sent.map_err(|e| {
+        span.record(
+            "error.type",
+            if e.is_timeout() {
+                "timeout"
+            } else {
+                "connection"
+            },
+        );
+        request_error(&e)
+    })?;
     let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if !status.is_success() {
+        span.record("error.type", status.as_str());
+    }
     let retry_after = retry_after(response.headers());
     match response.bytes().await {
         Ok(body) => Ok(Answer {

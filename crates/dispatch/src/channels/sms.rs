@@ -91,7 +91,7 @@ impl Sms {
             .post(&self.url)
             .basic_auth(&self.sid, Some(self.token.expose()))
             .form(&form);
-        let answer = match call(request).await {
+        let answer = match call(request, "/2010-04-01/Accounts/{AccountSid}/Messages.json").await {
             Ok(a) => a,
             Err(outcome) => return outcome,
         };

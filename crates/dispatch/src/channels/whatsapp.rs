@@ -130,7 +130,7 @@ impl Whatsapp {
             .post(&self.url)
             .bearer_auth(self.token.expose())
             .json(&body);
-        let answer = match call(request).await {
+        let answer = match call(request, "/{Phone-Number-ID}/messages").await {
             Ok(a) => a,
             Err(outcome) => return outcome,
         };
