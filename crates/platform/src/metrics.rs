@@ -6,10 +6,12 @@
 //! (outcomes, reject codes, step reasons, channels, providers, consumers, outboxes), so
 //! cardinality stays bounded whatever the portfolio.
 //!
-//! [`watch`] samples what no code path observes: each durable consumer's pending and
-//! ack-pending counts and each outbox's depth.
+//! [`watch`] samples what no code path observes: the pending and ack-pending counts of
+//! each durable consumer this process set up ([`crate::nats::ensure_pull_consumer`]
+//! registers it) and the depth of each outbox it relays ([`crate::outbox::Relay`]
+//! registers it).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -159,22 +161,51 @@ fn describe() {
     describe_gauge!(OUTBOX_DEPTH, "Outbox rows not yet published");
 }
 
-/// What a process samples: its durable consumers (stream, consumer) and its outboxes.
+/// What this process samples: its durable consumers (stream, consumer) and outboxes.
 #[derive(Debug, Clone, Default)]
-pub struct Watched {
-    pub consumers: Vec<(String, String)>,
-    pub outboxes: Vec<Outbox>,
+struct Watched {
+    consumers: Vec<(String, String)>,
+    outboxes: Vec<Outbox>,
+}
+
+static WATCHED: Mutex<Watched> = Mutex::new(Watched {
+    consumers: Vec::new(),
+    outboxes: Vec::new(),
+});
+
+fn watched() -> std::sync::MutexGuard<'static, Watched> {
+    WATCHED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Samples `stream`'s durable `consumer` from now on (once, however often called).
+pub fn watch_consumer(stream: &str, consumer: &str) {
+    let mut w = watched();
+    if !w
+        .consumers
+        .iter()
+        .any(|(s, c)| s == stream && c == consumer)
+    {
+        w.consumers.push((stream.to_owned(), consumer.to_owned()));
+    }
+}
+
+/// Samples `outbox`'s depth from now on (once, however often called).
+pub fn watch_outbox(outbox: Outbox) {
+    let mut w = watched();
+    if !w.outboxes.iter().any(|o| o.table() == outbox.table()) {
+        w.outboxes.push(outbox);
+    }
 }
 
 /// How often [`watch`] samples.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Samples `watched` every `interval` until `cancel`: consumer pending and ack-pending,
-/// outbox depth. A failed sample is skipped (the gauge keeps its last value).
+/// Samples what this process registered every `interval` until `cancel`: consumer
+/// pending and ack-pending, outbox depth. A failed sample is skipped (the gauge keeps
+/// its last value).
 pub async fn watch(
     js: jetstream::Context,
     pool: PgPool,
-    watched: Watched,
     interval: Duration,
     cancel: CancellationToken,
 ) {
@@ -186,8 +217,10 @@ pub async fn watch(
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let watched = watched().clone();
         for (stream, consumer) in &watched.consumers {
-            let info = match js.get_stream(stream).await {
+            // A stream handle without its own info request: one request per consumer.
+            let info = match js.get_stream_no_info(stream).await {
                 Ok(s) => s.consumer_info(consumer).await.ok(),
                 Err(_) => None,
             };

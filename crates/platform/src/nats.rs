@@ -195,6 +195,7 @@ pub async fn ensure_pull_consumer(
         .await
         .map_err(|e| PlatformError::Nats(format!("stream {stream_name}: {e}")))?;
     let name = config.durable_name.clone().unwrap_or_default();
+    crate::metrics::watch_consumer(stream_name, &name);
     match stream.create_consumer(config).await {
         Ok(c) => Ok(c),
         Err(create_err) => {

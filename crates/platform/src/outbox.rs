@@ -177,6 +177,7 @@ impl Relay {
     /// Runs the relay as one of `shutdown`'s flushers: it stops after the work that
     /// fills the outbox, and flushes what that work left.
     pub fn spawn(self, shutdown: &crate::Shutdown) {
+        crate::metrics::watch_outbox(self.outbox);
         let flush = shutdown.flush_token();
         shutdown.spawn_flusher(self.run(flush));
     }

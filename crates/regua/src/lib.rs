@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use regua_contract::inbound::Channel;
-use regua_contract::subjects;
 use regua_dispatch::{DispatchError, Dispatcher};
 use regua_intake::{Intake, IntakeError};
 use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, http, metrics, nats};
@@ -83,47 +82,6 @@ impl Services {
         reconcile: false,
         dispatch: &[],
     };
-
-    /// The durable consumers and outboxes these services own, for the metrics watch.
-    pub fn watched(&self) -> metrics::Watched {
-        let mut w = metrics::Watched::default();
-        let mut consumer = |stream: &str, name: &str| {
-            w.consumers.push((stream.to_owned(), name.to_owned()));
-        };
-        if self.intake {
-            consumer(subjects::STREAM_INBOUND, subjects::CONSUMER_INTAKE);
-        }
-        if self.scheduler {
-            consumer(subjects::STREAM_EVENTS, subjects::CONSUMER_SCHEDULER);
-            consumer(subjects::STREAM_EVENTS, subjects::CONSUMER_TIMELINE);
-        }
-        if self.reconcile {
-            consumer(subjects::STREAM_INBOUND, subjects::CONSUMER_RECONCILE);
-            consumer(subjects::STREAM_EVENTS, subjects::CONSUMER_RECONCILE_STATE);
-        }
-        if !self.dispatch.is_empty() {
-            consumer(subjects::STREAM_EVENTS, subjects::CONSUMER_DISPATCH_STATE);
-        }
-        for &channel in self.dispatch {
-            consumer(
-                subjects::STREAM_COMMANDS,
-                &subjects::dispatch_consumer(channel),
-            );
-        }
-        if self.intake {
-            w.outboxes.push(regua_intake::store::OUTBOX);
-        }
-        if self.scheduler {
-            w.outboxes.push(regua_scheduler::OUTBOX);
-        }
-        if self.reconcile {
-            w.outboxes.push(regua_reconcile::OUTBOX);
-        }
-        if !self.dispatch.is_empty() {
-            w.outboxes.push(regua_dispatch::OUTBOX);
-        }
-        w
-    }
 
     /// One channel's dispatcher.
     pub const fn dispatch(channel: Channel) -> Services {
@@ -231,7 +189,6 @@ impl Platform {
         shutdown.spawn(metrics::watch(
             js.clone(),
             pool.clone(),
-            services.watched(),
             metrics::WATCH_INTERVAL,
             shutdown.token(),
         ));
