@@ -143,16 +143,18 @@ struct StatusReport<'a> {
 const EARLY_STATUS_TTL: chrono::Duration = chrono::Duration::days(7);
 /// How often waiting statuses are matched against recorded sends.
 const EARLY_STATUS_SWEEP: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often statuses past [`EARLY_STATUS_TTL`] are dropped.
+const EARLY_STATUS_EXPIRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Turns a status into its `message.*` event once. A status that beats the worker's
 /// commit of the send it reports on waits in `dispatch.early_statuses` and is applied
 /// by [`run_early_statuses`] once the send is recorded: a callback is never dropped.
 async fn apply_status(d: &Dispatcher, s: StatusReport<'_>) -> Result<(), DispatchError> {
-    if status_event(s.status).is_none() {
+    let Some(kind) = status_event(s.status) else {
         return Ok(());
-    }
+    };
     let mut tx = d.pool.begin().await?;
-    if !apply_status_in(&mut tx, d, &s).await? {
+    if !apply_status_in(&mut tx, d, &s, kind).await? {
         sqlx::query(
             "INSERT INTO dispatch.early_statuses \
              (provider, provider_message_id, status, reason, received_at) \
@@ -184,17 +186,15 @@ fn status_event(status: &str) -> Option<EventType> {
     }
 }
 
-/// Applies `s` in `tx` if regua recorded the send it reports on (and says so): its
-/// event once; a failure after acceptance marks the attempt failed and moves the
-/// message to the next channel.
+/// Applies `s` (whose event is `kind`) in `tx` if regua recorded the send it reports
+/// on, and says so: its event once; a failure after acceptance marks the attempt failed
+/// and moves the message to the next channel.
 async fn apply_status_in(
     tx: &mut sqlx::PgConnection,
     d: &Dispatcher,
     s: &StatusReport<'_>,
+    kind: EventType,
 ) -> Result<bool, DispatchError> {
-    let Some(kind) = status_event(s.status) else {
-        return Ok(true);
-    };
     let Some(row) = sqlx::query(
         "SELECT tenant, command_id, channel, state, calls, sent_at, command, traceparent \
          FROM dispatch.attempts WHERE provider = $1 AND provider_message_id = $2 FOR UPDATE",
@@ -289,16 +289,19 @@ async fn apply_status_in(
 
 /// Applies waiting statuses whose sends are now recorded, until `cancel`; replicas
 /// share the work (`SKIP LOCKED`). Statuses older than [`EARLY_STATUS_TTL`] that never
-/// matched a send are dropped.
+/// matched a send are dropped (checked every [`EARLY_STATUS_EXPIRY`]).
 pub async fn run_early_statuses(d: Arc<Dispatcher>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(EARLY_STATUS_SWEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut expiry = tokio::time::interval(EARLY_STATUS_EXPIRY);
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let result = tokio::select! {
             () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match sweep_early_statuses(&d).await {
+            _ = tick.tick() => sweep_early_statuses(&d).await,
+            _ = expiry.tick() => expire_early_statuses(&d).await.map(|_| 0),
+        };
+        match result {
             Ok(0) => {}
             Ok(n) => {
                 tracing::debug!(applied = n, "early statuses applied");
@@ -309,12 +312,42 @@ pub async fn run_early_statuses(d: Arc<Dispatcher>, cancel: CancellationToken) {
     }
 }
 
-/// One pass of [`run_early_statuses`]: how many statuses it applied.
+/// One pass of [`run_early_statuses`]: takes (deletes, in one statement) the waiting
+/// statuses whose sends are recorded and applies them in the same transaction; how
+/// many.
 async fn sweep_early_statuses(d: &Dispatcher) -> Result<usize, DispatchError> {
     let mut tx = d.pool.begin().await?;
+    let ready: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+        "DELETE FROM dispatch.early_statuses WHERE (provider, provider_message_id, status) IN ( \
+           SELECT e.provider, e.provider_message_id, e.status FROM dispatch.early_statuses e \
+           WHERE EXISTS (SELECT 1 FROM dispatch.attempts a \
+                         WHERE a.provider = e.provider AND a.provider_message_id = e.provider_message_id) \
+           ORDER BY e.received_at LIMIT 100 FOR UPDATE OF e SKIP LOCKED) \
+         RETURNING provider, provider_message_id, status, reason",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (provider, id, status, reason) in &ready {
+        let Some(kind) = status_event(status) else {
+            continue;
+        };
+        let report = StatusReport {
+            provider,
+            provider_message_id: id,
+            status,
+            reason: reason.clone(),
+        };
+        apply_status_in(&mut tx, d, &report, kind).await?;
+    }
+    tx.commit().await?;
+    Ok(ready.len())
+}
+
+/// Drops statuses that waited longer than [`EARLY_STATUS_TTL`] for a send.
+async fn expire_early_statuses(d: &Dispatcher) -> Result<(), DispatchError> {
     let expired = sqlx::query("DELETE FROM dispatch.early_statuses WHERE received_at < $1")
         .bind(d.clock.now() - EARLY_STATUS_TTL)
-        .execute(&mut *tx)
+        .execute(&d.pool)
         .await?
         .rows_affected();
     if expired > 0 {
@@ -323,35 +356,7 @@ async fn sweep_early_statuses(d: &Dispatcher) -> Result<usize, DispatchError> {
             "statuses for messages regua did not send dropped"
         );
     }
-    let ready: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT e.provider, e.provider_message_id, e.status, e.reason \
-         FROM dispatch.early_statuses e \
-         WHERE EXISTS (SELECT 1 FROM dispatch.attempts a \
-                       WHERE a.provider = e.provider AND a.provider_message_id = e.provider_message_id) \
-         ORDER BY e.received_at LIMIT 100 FOR UPDATE OF e SKIP LOCKED",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    for (provider, id, status, reason) in &ready {
-        let report = StatusReport {
-            provider,
-            provider_message_id: id,
-            status,
-            reason: reason.clone(),
-        };
-        apply_status_in(&mut tx, d, &report).await?;
-        sqlx::query(
-            "DELETE FROM dispatch.early_statuses \
-             WHERE provider = $1 AND provider_message_id = $2 AND status = $3",
-        )
-        .bind(provider)
-        .bind(id)
-        .bind(status)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(ready.len())
+    Ok(())
 }
 
 // ---- Twilio ----
