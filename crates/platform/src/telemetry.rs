@@ -147,7 +147,12 @@ pub fn traceparent(span: &Span) -> Option<String> {
 
 /// The trace id (32 hex digits) of `span`, when it is recorded.
 pub fn trace_id(span: &Span) -> Option<String> {
-    traceparent(span).and_then(|tp| tp.split('-').nth(1).map(str::to_owned))
+    traceparent(span).as_deref().and_then(trace_id_of)
+}
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    traceparent.split('-').nth(1).map(str::to_owned)
 }
 
 /// Makes `span` a child of a stored `traceparent`.

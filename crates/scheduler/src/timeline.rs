@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use chrono::{DateTime, Utc};
 use regua_contract::subjects;
-use regua_platform::nats;
+use regua_platform::{nats, telemetry};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::Row;
@@ -32,7 +32,7 @@ const BATCH: usize = 500;
 
 /// The fields of an event's data (or of its `invoice`) a timeline entry keeps. No name,
 /// document, e-mail, phone or message text is among them.
-pub const DETAIL_FIELDS: [&str; 33] = [
+pub const DETAIL_FIELDS: &[&str] = &[
     "invoice_id",
     "invoice_ids",
     "customer_id",
@@ -190,7 +190,7 @@ fn rows_of(msg: &jetstream::Message) -> Vec<Projected> {
         .headers
         .as_ref()
         .and_then(|h| h.get("traceparent"))
-        .and_then(|tp| tp.as_str().split('-').nth(1).map(str::to_owned));
+        .and_then(|tp| telemetry::trace_id_of(tp.as_str()));
     let info = msg.info().ok();
     let stream_seq = info
         .as_ref()
