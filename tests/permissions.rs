@@ -166,20 +166,8 @@ async fn each_service_does_its_job_under_its_own_user_and_nothing_more(pool: PgP
         running.push(Running::start(&config, services).await);
     }
     let http = reqwest::Client::new();
-    let mut tenant = regua_testkit::tenant(TENANT);
-    tenant["test_clock"] = json!(true);
-    tenant["now"] = json!("2026-12-01T03:00:00Z");
-    let created: Value = http
-        .post(format!("{}/v1/tenants", addr["intake"]))
-        .bearer_auth(ADMIN)
-        .json(&tenant)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["api_key"].as_str().unwrap().to_owned();
+    let tenant = regua_testkit::test_clock_tenant(TENANT, "2026-12-01T03:00:00Z");
+    let key = regua_testkit::create_tenant(&http, &addr["intake"], ADMIN, &tenant).await;
     let call = |service: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
         let mut req = http
             .request(

@@ -66,20 +66,8 @@ impl World {
             key: String::new(),
             running: Some(running),
         };
-        let mut body = regua_testkit::tenant(TENANT);
-        body["test_clock"] = json!(true);
-        body["now"] = json!(START);
-        let r = w
-            .http
-            .post(format!("{}/v1/tenants", w.base))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let created: Value = r.json().await.unwrap();
-        w.key = created["api_key"].as_str().unwrap().to_owned();
+        let body = regua_testkit::test_clock_tenant(TENANT, START);
+        w.key = regua_testkit::create_tenant(&w.http, &w.base, ADMIN, &body).await;
         w
     }
 

@@ -46,20 +46,8 @@ async fn a_fired_step_links_back_to_the_trace_that_planned_it(pool: PgPool) {
     let url = format!("http://{}", platform.addr);
     fakes.webhooks_to(&url);
     let http = reqwest::Client::new();
-    let mut tenant = regua_testkit::tenant("trc");
-    tenant["test_clock"] = json!(true);
-    tenant["now"] = json!("2026-12-01T03:00:00Z");
-    let created: Value = http
-        .post(format!("{url}/v1/tenants"))
-        .bearer_auth(ADMIN)
-        .json(&tenant)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["api_key"].as_str().unwrap().to_owned();
+    let tenant = regua_testkit::test_clock_tenant("trc", "2026-12-01T03:00:00Z");
+    let key = regua_testkit::create_tenant(&http, &url, ADMIN, &tenant).await;
     let body = invoice("NF-TRACE", 7);
     let r = http
         .post(format!("{url}/v1/tenants/trc/invoices"))

@@ -126,27 +126,17 @@ async fn every_service_exposes_its_series_and_they_move(pool: PgPool) {
         0.0
     );
 
-    let tenant = |id: &str, test_clock: bool| {
-        let mut t = regua_testkit::tenant(id);
-        if test_clock {
-            t["test_clock"] = json!(true);
-            t["now"] = json!("2026-12-01T03:00:00Z");
-        }
-        t
-    };
     let mut keys = HashMap::new();
-    for (id, clock) in [("sim", true), ("live", false)] {
-        let created: Value = http
-            .post(format!("{}/v1/tenants", services["intake"].url))
-            .bearer_auth(ADMIN)
-            .json(&tenant(id, clock))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        keys.insert(id, created["api_key"].as_str().unwrap().to_owned());
+    for (id, tenant) in [
+        (
+            "sim",
+            regua_testkit::test_clock_tenant("sim", "2026-12-01T03:00:00Z"),
+        ),
+        ("live", regua_testkit::tenant("live")),
+    ] {
+        let key =
+            regua_testkit::create_tenant(&http, &services["intake"].url, ADMIN, &tenant).await;
+        keys.insert(id, key);
     }
     let call = |service: &str, tenant: &str, path: &str, body: Option<Value>| {
         let url = format!("{}/v1/tenants/{tenant}/{path}", services[service].url);

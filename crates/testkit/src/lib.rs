@@ -298,6 +298,42 @@ pub fn tenant(id: &str) -> Value {
     })
 }
 
+/// [`tenant`] on a test clock that starts at `now` (RFC 3339).
+pub fn test_clock_tenant(id: &str, now: &str) -> Value {
+    let mut t = tenant(id);
+    t["test_clock"] = json!(true);
+    t["now"] = json!(now);
+    t
+}
+
+/// Creates `body` with `POST {base}/v1/tenants` as the administrator and returns the
+/// tenant's API key (shown once, with 201).
+pub async fn create_tenant(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    body: &Value,
+) -> String {
+    let r = http
+        .post(format!("{base}/v1/tenants"))
+        .bearer_auth(admin)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| fail(&format!("POST /v1/tenants: {e}")));
+    if r.status() != 201 {
+        fail(&format!("POST /v1/tenants answered {}", r.status()));
+    }
+    let created: Value = r
+        .json()
+        .await
+        .unwrap_or_else(|e| fail(&format!("POST /v1/tenants body: {e}")));
+    created["api_key"]
+        .as_str()
+        .unwrap_or_else(|| fail("POST /v1/tenants: no api_key"))
+        .to_owned()
+}
+
 /// A dispatch command as the scheduler sends it: step `lembrete` of invoice `NF-<n>`
 /// for customer `C-<n>` (e-mail `joao<n>@example.com`, phone `+55119<n:08>`, WhatsApp
 /// opt-in), on `channel` with `fallback`, made `now` and sendable for two hours.
