@@ -9,8 +9,9 @@
 //! Must hold: no dunning call reached the provider after the settlement of its invoice
 //! was taken (the fence's `settled_at`, read after the exclusive lock and before the
 //! commit, so the check is if anything stricter than "after the commit"). Reported:
-//! the distribution of settlement → scheduler applying `invoice.paid` (all pending
-//! steps cancelled).
+//! the distribution of settlement → all pending steps stopped in the schedule (the
+//! halt, or the in-order consumer if it got there first), and of settlement → the
+//! in-order consumer applying `invoice.paid` in full.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -323,20 +324,41 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
         )
         .await;
 
-    // Latency: settlement → the scheduler's transaction applying invoice.paid.
-    let mut lat: Vec<f64> = sqlx::query_scalar::<_, f64>(
-        "SELECT (EXTRACT(EPOCH FROM (p.processed_at - a.settled_at)) * 1000)::float8 \
-         FROM reconcile.applications a JOIN scheduler.processed p ON p.event_id = a.invoice_paid_event",
+    // Latency: settlement → the invoice's pending steps stopped in the schedule, by
+    // the halt (`scheduler-halt`) or, if the in-order consumer got there first, by its
+    // applying invoice.paid in full; and settlement → applied in full.
+    let latencies: Vec<(f64, f64, bool)> = sqlx::query_as::<_, (f64, f64, bool)>(
+        "SELECT (EXTRACT(EPOCH FROM (LEAST(i.halted_at, p.processed_at) - a.settled_at)) * 1000)::float8, \
+         (EXTRACT(EPOCH FROM (p.processed_at - a.settled_at)) * 1000)::float8, i.halted_at IS NOT NULL \
+         FROM reconcile.applications a JOIN scheduler.processed p ON p.event_id = a.invoice_paid_event \
+         JOIN scheduler.invoices i ON i.tenant = a.tenant AND i.invoice_id = a.invoice_id",
     )
     .fetch_all(&pool)
     .await
     .unwrap();
+    let halted = latencies.iter().filter(|l| l.2).count();
+    let mut lat: Vec<f64> = latencies.iter().map(|l| l.0).collect();
     lat.sort_by(|a, b| a.total_cmp(b));
+    let mut full: Vec<f64> = latencies.iter().map(|l| l.1).collect();
+    full.sort_by(|a, b| a.total_cmp(b));
     // Where that time goes: settlement → the event stored in REGUA_EVT (the outbox
     // relay), and stored → applied (the scheduler's consumer).
     let stored = stored_at(&js, "regua.v1.evt.race.invoice.paid", n).await;
     let mut relay = Vec::new();
     let mut consume = Vec::new();
+    let mut halt = Vec::new();
+    let halted_at: HashMap<String, DateTime<Utc>> =
+        sqlx::query_as::<_, (uuid::Uuid, DateTime<Utc>)>(
+            "SELECT a.invoice_paid_event, i.halted_at FROM reconcile.applications a \
+         JOIN scheduler.invoices i ON i.tenant = a.tenant AND i.invoice_id = a.invoice_id \
+         WHERE a.invoice_paid_event IS NOT NULL AND i.halted_at IS NOT NULL",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, h)| (id.to_string(), h))
+        .collect();
     let applied: HashMap<String, (DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as::<
         _,
         (uuid::Uuid, DateTime<Utc>, DateTime<Utc>),
@@ -355,13 +377,20 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
             relay.push((*at - *settled).num_microseconds().unwrap_or(0) as f64 / 1000.0);
             consume.push((*processed - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
         }
+        if let Some(h) = halted_at.get(id) {
+            halt.push((*h - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
     }
     relay.sort_by(|a, b| a.total_cmp(b));
     consume.sort_by(|a, b| a.total_cmp(b));
+    halt.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "  of which settlement -> stored in REGUA_EVT, ms: p50 {:.1}, p99 {:.1}; stored -> applied, ms: p50 {:.1}, p99 {:.1}",
+        "  of which settlement -> stored in REGUA_EVT, ms: p50 {:.1}, p99 {:.1}; stored -> halted, ms: p50 {:.1}, p99 {:.1}; \
+         stored -> applied in full, ms: p50 {:.1}, p99 {:.1}",
         percentile(&relay, 0.5),
         percentile(&relay, 0.99),
+        percentile(&halt, 0.5),
+        percentile(&halt, 0.99),
         percentile(&consume, 0.5),
         percentile(&consume, 0.99),
     );
@@ -370,12 +399,18 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
          {skipped} commands refused by the fence or guard; {cancelled_before_firing} steps cancelled before firing"
     );
     println!(
-        "settlement -> invoice.paid applied by the scheduler, ms: p50 {:.1}, p90 {:.1}, p99 {:.1}, max {:.1} (n = {})",
+        "settlement -> all pending steps stopped in the schedule, ms: p50 {:.1}, p90 {:.1}, p99 {:.1}, max {:.1} \
+         (n = {}; {halted} by the halt, the rest by the in-order consumer)",
         percentile(&lat, 0.5),
         percentile(&lat, 0.9),
         percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(f64::NAN),
         lat.len()
+    );
+    println!(
+        "settlement -> invoice.paid applied in full (history, step log, thank-you), ms: p50 {:.1}, p99 {:.1}",
+        percentile(&full, 0.5),
+        percentile(&full, 0.99),
     );
     assert!(
         late.is_empty(),

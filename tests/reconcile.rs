@@ -753,6 +753,102 @@ async fn payment_stops_the_messages_and_the_thank_you_goes_out_once(pool: PgPool
     assert_eq!(w.get("customers/NOPE/timeline").await.0, 404);
 }
 
+/// A payment halts the invoice's dunning at once even while the scheduler's in-order
+/// consumer is held up (here by a lock on its processed-events table, as a burst of
+/// other events would hold it up): the halt's own consumer clears the next step, and a
+/// write of the schedule from a row read before the halt (what the in-order consumer
+/// or a policy migration would do) cannot bring the step back. Once the in-order
+/// consumer moves, it completes the stop: paid, pending steps cancelled, thank-you.
+#[sqlx::test(migrations = false)]
+async fn a_payment_halts_dunning_while_the_in_order_consumer_is_held_up(pool: PgPool) {
+    let fakes = FakeProviders::start().await.unwrap();
+    let w = World::with(&pool, Services::ALL, |c| fakes.configure(c)).await;
+    fakes.webhooks_to(&w.base);
+    w.invoice(invoice("NF-H", 1)).await;
+    let planned =
+        "SELECT count(*) FROM scheduler.invoices WHERE invoice_id = 'NF-H' AND next_at IS NOT NULL";
+    eventually("NF-H planned", Duration::from_secs(30), || async {
+        (w.count(planned).await == 1).then_some(())
+    })
+    .await;
+    let key = (TENANT.to_owned(), "NF-H".to_owned());
+    let mut conn = pool.acquire().await.unwrap();
+    let before = regua_scheduler::model::load_invoices(&mut conn, std::slice::from_ref(&key))
+        .await
+        .unwrap()
+        .remove(&key)
+        .unwrap();
+    assert!(before.next_at.is_some() && before.halted_at.is_none());
+
+    let mut hold = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE scheduler.processed IN EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let mut p = payment("PAY-H", 15_990);
+    p["invoice_id"] = json!("NF-H");
+    p["paid_at"] = json!("2026-12-02T15:00:00-03:00");
+    let (_, out) = w.post("payments", p).await;
+    assert_eq!(out["settled"], true, "{out}");
+    let halted = "SELECT count(*) FROM scheduler.invoices WHERE invoice_id = 'NF-H' \
+                  AND halted_at IS NOT NULL AND next_at IS NULL";
+    eventually("NF-H halted", Duration::from_secs(30), || async {
+        (w.count(halted).await == 1).then_some(())
+    })
+    .await;
+    // The in-order consumer has not applied the payment: the invoice is still open, and
+    // nothing is cancelled in the step log yet.
+    let open =
+        "SELECT count(*) FROM scheduler.invoices WHERE invoice_id = 'NF-H' AND status = 'open'";
+    assert_eq!(w.count(open).await, 1);
+    let cancelled = "SELECT count(*) FROM scheduler.step_log WHERE invoice_id = 'NF-H' \
+                     AND state = 'cancelled' AND reason = 'invoice paid'";
+    assert_eq!(w.count(cancelled).await, 0);
+    // A write of the row as it was read before the halt keeps it halted.
+    regua_scheduler::model::save_invoices(&mut conn, &[&before])
+        .await
+        .unwrap();
+    assert_eq!(w.count(halted).await, 1, "the halt survives a stale write");
+    assert_eq!(w.count(planned).await, 0);
+
+    hold.rollback().await.unwrap();
+    eventually("the scheduler to stop NF-H", Duration::from_secs(30), || async {
+        let n = w
+            .count("SELECT count(*) FROM scheduler.invoices WHERE invoice_id = 'NF-H' AND status = 'paid'")
+            .await;
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(
+        w.count(cancelled).await > 0,
+        "the pending steps are logged as cancelled"
+    );
+    // The thank-you is the paid invoice's next step: the halt does not hold it back.
+    assert_eq!(
+        w.count("SELECT count(*) FROM scheduler.invoices WHERE invoice_id = 'NF-H' AND thanks_pending AND next_at IS NOT NULL")
+            .await,
+        1
+    );
+    regua_testkit::advance_clock(&w.http, &w.base, TENANT, &w.key, "2027-01-10T14:00:00Z").await;
+    eventually("the thank-you", Duration::from_secs(30), || async {
+        (fakes.meta.sent().len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let templates: Vec<String> = fakes
+        .meta
+        .sent()
+        .iter()
+        .map(|m| m.template_name())
+        .collect();
+    assert_eq!(
+        templates.len(),
+        1,
+        "only the thank-you went out: {templates:?}"
+    );
+    assert!(templates[0].contains("agradecimento"), "{templates:?}");
+}
+
 /// After a partial payment the régua goes on, and its next message states what is
 /// left, not the original amount.
 #[sqlx::test(migrations = false)]

@@ -33,6 +33,9 @@ pub const CONSUMER_RECONCILE_STATE: &str = "reconcile-state";
 
 /// The scheduler's durable consumer of every domain event, for the journey timeline.
 pub const CONSUMER_TIMELINE: &str = "scheduler-timeline";
+/// The scheduler's durable consumer of `invoice.paid` alone: halts the invoice's
+/// pending steps at once, apart from the in-order consumer.
+pub const CONSUMER_SCHEDULER_HALT: &str = "scheduler-halt";
 
 /// The durable consumer one channel's dispatchers share: `dispatch-<channel>`.
 pub fn dispatch_consumer(channel: crate::inbound::Channel) -> String {

@@ -37,7 +37,8 @@ pub const SCHEDULER_FIRE_LATENESS: &str = "regua_scheduler_fire_lateness_seconds
 /// `reason` (for skips and deferrals: `window`, `cap_per_day`, `superseded`, …).
 pub const SCHEDULER_STEPS: &str = "regua_scheduler_steps_total";
 /// Scheduler: from the settlement's commit (the `invoice.paid` event's time) to the
-/// invoice's pending steps cancelled.
+/// invoice's pending steps stopped (halted, or cancelled by the in-order consumer if
+/// it got there first).
 pub const PAYMENT_TO_CANCEL: &str = "regua_payment_to_cancel_seconds";
 /// Dispatch: messages ended by `channel`, `provider` and `outcome` (sent, failed,
 /// skipped, fenced, dead_lettered).

@@ -273,14 +273,20 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
     model::write_log(&mut tx, &w.log).await?;
     tx.commit().await?;
     // Settlement commit (the event's time) to the steps cancelled, for tenants on the
-    // real clock (a test clock's events carry simulated time).
+    // real clock (a test clock's events carry simulated time), unless the halt got
+    // there first and measured it.
     let applied = s.clock.now();
     for item in &items {
         let real = w
             .tenants
             .get(&item.envelope.tenant)
             .is_some_and(|t| !t.test_clock);
-        if real && let Data::InvoicePaid(_) = item.envelope.data {
+        if real
+            && let Data::InvoicePaid(p) = &item.envelope.data
+            && w.invoices
+                .get(&(item.envelope.tenant.clone(), p.invoice_id.clone()))
+                .is_some_and(|i| i.halted_at.is_none())
+        {
             let took = (applied - item.envelope.occurred_at)
                 .to_std()
                 .unwrap_or_default();

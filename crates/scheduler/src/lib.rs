@@ -7,7 +7,10 @@
 //!    `invoice.opened` picks the invoice's policy ([`policies`]), places its steps in
 //!    time ([`regua_domain::schedule::base_plan`]) and stores only its *next* step.
 //!    `invoice.paid`, `invoice.canceled` and `customer.channel_opted_out` stop or adjust pending
-//!    steps in the same transaction.
+//!    steps in the same transaction. Because that consumer is in order, a payment can
+//!    wait behind a burst of other events; [`halt`] (its own consumer of `invoice.paid`
+//!    alone) stops the paid invoice's dunning at once, and the in-order consumer
+//!    completes the stop (history, step log, thank-you) when it gets there.
 //! 2. [`fire`] claims due invoices a customer at a time (try-locked customers, their
 //!    due invoices `FOR UPDATE`; any number of replicas and workers), decides each due step ([`regua_domain::schedule::fire`]: supersede stale
 //!    steps, window, caps, same-day merge, the negativação notice rule), and writes the
@@ -20,6 +23,7 @@
 pub mod clock;
 pub mod events;
 pub mod fire;
+pub mod halt;
 pub mod http;
 pub mod model;
 pub mod policies;
@@ -95,8 +99,8 @@ impl Scheduler {
     }
 
     /// Makes sure its schema, the streams and its consumer exist, then starts the event
-    /// consumer, the due-step poller, the test-clock driver, the due-backlog gauge and
-    /// the journey timeline's projection (work), and the outbox
+    /// consumer, the due-step poller, the test-clock driver, the due-backlog gauge, the
+    /// journey timeline's projection and the halt on payment (work), and the outbox
     /// relay (a flusher, stopped after them).
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), SchedulerError> {
         Scheduler::migrate(&self.pool).await?;
@@ -124,6 +128,13 @@ impl Scheduler {
         )
         .await?;
         shutdown.spawn(timeline::run(Arc::clone(self), timeline, shutdown.token()));
+        let halt = nats::ensure_pull_consumer(
+            &self.js,
+            regua_contract::subjects::STREAM_EVENTS,
+            halt::consumer_config(),
+        )
+        .await?;
+        shutdown.spawn(halt::run(Arc::clone(self), halt, shutdown.token()));
         Relay::new(
             OUTBOX,
             self.pool.clone(),

@@ -200,6 +200,9 @@ pub struct Invoice {
     /// the payment's (for the thank-you).
     pub traceparent: Option<String>,
     pub opened_at: DateTime<Utc>,
+    /// When [`crate::halt`] stopped its dunning because it was paid (before the
+    /// in-order consumer applied the payment). Read only: only the halt writes it.
+    pub halted_at: Option<DateTime<Utc>>,
     /// Payments reconciliation reported, loaded when firing.
     pub paid: Vec<Paid>,
 }
@@ -215,7 +218,7 @@ pub struct Paid {
 }
 
 pub const INVOICE_COLUMNS: &str = "tenant, invoice_id, customer_id, state, status, test_clock, policy, policy_version, \
-     next_step, deferred_to, notice_sent_at, thanks_pending, next_at, traceparent, opened_at";
+     next_step, deferred_to, notice_sent_at, thanks_pending, next_at, traceparent, opened_at, halted_at";
 
 impl Invoice {
     pub fn from_row(r: &sqlx::postgres::PgRow) -> Result<Invoice, sqlx::Error> {
@@ -239,6 +242,7 @@ impl Invoice {
             next_at: r.try_get("next_at")?,
             traceparent: r.try_get("traceparent")?,
             opened_at: r.try_get("opened_at")?,
+            halted_at: r.try_get("halted_at")?,
             paid: Vec::new(),
         })
     }
@@ -264,6 +268,7 @@ impl Invoice {
             next_at: None,
             traceparent,
             opened_at,
+            halted_at: None,
             paid: Vec::new(),
         }
     }
@@ -307,7 +312,9 @@ pub async fn load_invoices(
     Ok(out)
 }
 
-/// Writes invoices back (insert or full update), in one statement.
+/// Writes invoices back (insert or full update), in one statement. An invoice that
+/// [`crate::halt`] halted keeps no next step while it is still open, whatever the
+/// caller planned from the row it read before the halt.
 pub async fn save_invoices(
     conn: &mut PgConnection,
     invoices: &[&Invoice],
@@ -328,7 +335,9 @@ pub async fn save_invoices(
          ON CONFLICT (tenant, invoice_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, state = EXCLUDED.state, \
          status = EXCLUDED.status, policy = EXCLUDED.policy, policy_version = EXCLUDED.policy_version, \
          next_step = EXCLUDED.next_step, deferred_to = EXCLUDED.deferred_to, notice_sent_at = EXCLUDED.notice_sent_at, \
-         thanks_pending = EXCLUDED.thanks_pending, next_at = EXCLUDED.next_at, traceparent = EXCLUDED.traceparent",
+         thanks_pending = EXCLUDED.thanks_pending, traceparent = EXCLUDED.traceparent, \
+         next_at = CASE WHEN scheduler.invoices.halted_at IS NOT NULL AND EXCLUDED.status = 'open' \
+         THEN NULL ELSE EXCLUDED.next_at END",
     ))
     .bind(&c.customer_id)
     .bind(&c.state)
