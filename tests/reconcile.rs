@@ -621,6 +621,22 @@ async fn killed_between_receiving_and_committing_applies_once(pool: PgPool) {
 /// With every service and the provider fakes: the reminder goes out, the customer pays,
 /// the later steps never reach a provider, and the thank-you does, once. The journey
 /// timeline tells that story in order, per invoice and per customer.
+/// The templates of the WhatsApp messages the fake received, once `n` have arrived and
+/// a second more has brought no other.
+async fn whatsapp_templates(fakes: &FakeProviders, n: usize) -> Vec<String> {
+    eventually("the messages", Duration::from_secs(30), || async {
+        (fakes.meta.sent().len() >= n).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fakes
+        .meta
+        .sent()
+        .iter()
+        .map(|m| m.template_name())
+        .collect()
+}
+
 #[sqlx::test(migrations = false)]
 async fn payment_stops_the_messages_and_the_thank_you_goes_out_once(pool: PgPool) {
     let fakes = FakeProviders::start().await.unwrap();
@@ -649,17 +665,7 @@ async fn payment_stops_the_messages_and_the_thank_you_goes_out_once(pool: PgPool
     .await;
     // A month on: every dunning step would have fired by now.
     advance("2027-01-10T14:00:00Z").await;
-    eventually("the thank-you", Duration::from_secs(30), || async {
-        (fakes.meta.sent().len() == 2).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let templates: Vec<String> = fakes
-        .meta
-        .sent()
-        .iter()
-        .map(|m| m.template_name())
-        .collect();
+    let templates = whatsapp_templates(&fakes, 2).await;
     assert_eq!(templates.len(), 2, "{templates:?}");
     assert!(templates[0].contains("lembrete"), "{templates:?}");
     assert!(templates[1].contains("agradecimento"), "{templates:?}");
@@ -830,17 +836,7 @@ async fn a_payment_halts_dunning_while_the_in_order_consumer_is_held_up(pool: Pg
         1
     );
     regua_testkit::advance_clock(&w.http, &w.base, TENANT, &w.key, "2027-01-10T14:00:00Z").await;
-    eventually("the thank-you", Duration::from_secs(30), || async {
-        (fakes.meta.sent().len() == 1).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let templates: Vec<String> = fakes
-        .meta
-        .sent()
-        .iter()
-        .map(|m| m.template_name())
-        .collect();
+    let templates = whatsapp_templates(&fakes, 1).await;
     assert_eq!(
         templates.len(),
         1,
