@@ -10,9 +10,9 @@
 //!   a **shared** advisory lock per invoice (in key order) and reads `fence.settled` for
 //!   them. It drops the settled invoices' messages, makes the calls for the rest, and
 //!   releases the gate (commits) only after the calls have returned.
-//! - Reconciliation, in the transaction that settles an invoice, calls [`settle`]: it
-//!   takes the **exclusive** lock on that invoice, which waits for every gate holding it,
-//!   and then inserts the row.
+//! - Reconciliation, in the transaction that settles an invoice, calls [`settle_all`]
+//!   last, right before the commit: it takes the **exclusive** lock on that invoice,
+//!   which waits for every gate holding it, and then inserts the row.
 //!
 //! Why this holds by construction: a call starts only inside a gate that found no row.
 //! If that gate was opened before the settling transaction took its exclusive lock, the
@@ -48,28 +48,66 @@ macro_rules! key_sql {
     };
 }
 
-/// In the settling transaction: waits for every dispatcher gate on the invoice, then
-/// marks it settled. Returns when it was settled (the database's clock, taken after
-/// the lock was granted), or `None` when it already was.
-pub async fn settle(
+/// One invoice a transaction settles, and the payment that settles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    pub tenant: String,
+    pub invoice_id: String,
+    pub payment_id: String,
+}
+
+/// In the settling transaction, as its last step before the commit: waits for every
+/// dispatcher gate on these invoices, then marks them settled. Returns each invoice it
+/// settled with when (the database's clock, read after every lock was granted); an
+/// invoice already settled is left out.
+///
+/// The locks are taken in key order, as gates take theirs, so a transaction settling
+/// several invoices never waits on a gate in a cycle. Taking them last, rather than as
+/// each payment is applied, keeps the settlement's moment next to its commit: the
+/// gates wait the least, and `invoice.paid` leaves right after the moment it records.
+pub async fn settle_all(
     conn: &mut PgConnection,
-    tenant: &str,
-    invoice_id: &str,
-    payment_id: &str,
-) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    // One statement: the lock is taken while producing the row, so `clock_timestamp()`
-    // is read after it was granted.
-    sqlx::query_scalar(concat!(
-        "INSERT INTO fence.settled (tenant, invoice_id, payment_id, settled_at) \
-         SELECT $1, $2, $3, clock_timestamp() FROM (SELECT pg_advisory_xact_lock(",
-        key_sql!("$1", "$2"),
-        ")) AS locked ON CONFLICT DO NOTHING RETURNING settled_at"
+    settlements: &[Settlement],
+) -> Result<Vec<(Settlement, DateTime<Utc>)>, sqlx::Error> {
+    if settlements.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tenants: Vec<&str> = settlements.iter().map(|s| s.tenant.as_str()).collect();
+    let invoices: Vec<&str> = settlements.iter().map(|s| s.invoice_id.as_str()).collect();
+    let payments: Vec<&str> = settlements.iter().map(|s| s.payment_id.as_str()).collect();
+    // Volatile functions in the target list run after ORDER BY: key order.
+    sqlx::query(concat!(
+        "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT ",
+        key_sql!("t", "i"),
+        " AS k FROM UNNEST($1::text[], $2::text[]) AS u(t, i)) s ORDER BY k"
     ))
-    .bind(tenant)
-    .bind(invoice_id)
-    .bind(payment_id)
-    .fetch_optional(&mut *conn)
-    .await
+    .bind(&tenants)
+    .bind(&invoices)
+    .execute(&mut *conn)
+    .await?;
+    let rows: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
+        "INSERT INTO fence.settled (tenant, invoice_id, payment_id, settled_at) \
+         SELECT t, i, p, clock_timestamp() FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(t, i, p) \
+         ON CONFLICT DO NOTHING RETURNING tenant, invoice_id, payment_id, settled_at",
+    )
+    .bind(&tenants)
+    .bind(&invoices)
+    .bind(&payments)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(tenant, invoice_id, payment_id, at)| {
+            (
+                Settlement {
+                    tenant,
+                    invoice_id,
+                    payment_id,
+                },
+                at,
+            )
+        })
+        .collect())
 }
 
 /// A dispatcher's gate: shared locks on some invoices, held until [`Gate::close`].

@@ -175,6 +175,7 @@ async fn apply(r: &Reconcile, items: &[Item]) -> Result<Vec<&'static str>, Recon
     let now = r.clock.now();
     let mut tx = r.pool.begin().await?;
     let mut times = ledger::Times::default();
+    let mut settlements = ledger::Settlements::default();
     let mut outcomes = Vec::with_capacity(items.len());
     let mut results = Vec::with_capacity(items.len());
     for item in items {
@@ -207,6 +208,7 @@ async fn apply(r: &Reconcile, items: &[Item]) -> Result<Vec<&'static str>, Recon
                 let applied = ledger::ingest(
                     &mut tx,
                     &mut times,
+                    &mut settlements,
                     &item.tenant,
                     d,
                     Source::Nats,
@@ -222,6 +224,7 @@ async fn apply(r: &Reconcile, items: &[Item]) -> Result<Vec<&'static str>, Recon
         };
         outcomes.push(outcome);
     }
+    settlements.settle(&mut tx).await?;
     r.commit(tx).await?;
     results.into_iter().for_each(ledger::count);
     Ok(outcomes)

@@ -84,9 +84,11 @@ async fn ingest(
     message_id: &str,
 ) -> Result<Applied, ReconcileError> {
     let mut tx = r.pool.begin().await?;
+    let mut settlements = ledger::Settlements::default();
     let applied = ledger::ingest(
         &mut tx,
         &mut ledger::Times::default(),
+        &mut settlements,
         tenant,
         draft,
         source,
@@ -96,6 +98,7 @@ async fn ingest(
         regua_platform::telemetry::traceparent(&tracing::Span::current()),
     )
     .await?;
+    settlements.settle(&mut tx).await?;
     r.commit(tx).await?;
     r.outbox_wake.notify_one();
     ledger::count(applied.result());

@@ -255,12 +255,54 @@ impl Times {
     }
 }
 
+/// The invoices a transaction settles, owed to the settlement fence. They are taken
+/// together as the transaction's last step ([`Settlements::settle`]), in key order and
+/// right before the commit, rather than one by one as payments are applied: a group of
+/// payments then holds the fence's exclusive locks (and keeps dispatcher gates
+/// waiting) only for its commit, and the settlement's recorded moment is next to it.
+#[derive(Debug, Default)]
+pub struct Settlements(Vec<fence::Settlement>);
+
+impl Settlements {
+    fn push(&mut self, inv: &InvoiceRow, p: &Payment) {
+        self.0.push(fence::Settlement {
+            tenant: inv.tenant.clone(),
+            invoice_id: inv.invoice_id.clone(),
+            payment_id: p.payment_id.clone(),
+        });
+    }
+
+    /// Settles the invoices in the fence and records when on their applications. Call
+    /// it last, right before the commit.
+    pub async fn settle(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let settled = fence::settle_all(conn, &self.0).await?;
+        if settled.is_empty() {
+            return Ok(());
+        }
+        let tenants: Vec<&str> = settled.iter().map(|(s, _)| s.tenant.as_str()).collect();
+        let payments: Vec<&str> = settled.iter().map(|(s, _)| s.payment_id.as_str()).collect();
+        let at: Vec<DateTime<Utc>> = settled.iter().map(|(_, at)| *at).collect();
+        sqlx::query(
+            "UPDATE reconcile.applications a SET settled_at = u.at \
+             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS u(tenant, payment_id, at) \
+             WHERE a.tenant = u.tenant AND a.payment_id = u.payment_id",
+        )
+        .bind(&tenants)
+        .bind(&payments)
+        .bind(&at)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
 /// Records `draft` and applies it, inside the caller's transaction. A `payment_id`
 /// seen before is [`Applied::Duplicate`] and changes nothing.
 #[allow(clippy::too_many_arguments)]
 pub async fn ingest(
     conn: &mut PgConnection,
     times: &mut Times,
+    settlements: &mut Settlements,
     tenant: &str,
     draft: &PaymentDraft,
     source: Source,
@@ -297,7 +339,9 @@ pub async fn ingest(
     }
     let time = times.of(conn, tenant).await?;
     match find(conn, &p, &time).await? {
-        Found::One(inv, by) => apply(conn, &p, &inv, by, &time, now, traceparent).await,
+        Found::One(inv, by) => {
+            apply(conn, settlements, &p, &inv, by, &time, now, traceparent).await
+        }
         Found::None(reason) => park(conn, &p, reason, now, traceparent).await,
     }
 }
@@ -453,9 +497,12 @@ async fn park(
 }
 
 /// Applies `p` to the locked, open invoice `inv`: the application row, and then either
-/// the settlement (fence, status, `invoice.paid`) or `invoice.partially_paid`.
+/// the settlement (status, `invoice.paid`, and the fence owed in `settlements`) or
+/// `invoice.partially_paid`.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply(
     conn: &mut PgConnection,
+    settlements: &mut Settlements,
     p: &Payment,
     inv: &InvoiceRow,
     matched_by: &'static str,
@@ -483,11 +530,9 @@ pub async fn apply(
     let after = charges::statement(&inv.terms, &paid, on)?;
     let credit = after.credit_cents - before.credit_cents;
     let settled = after.settled();
-    let settled_at = if settled {
-        fence::settle(conn, &inv.tenant, &inv.invoice_id, &p.payment_id).await?
-    } else {
-        None
-    };
+    if settled {
+        settlements.push(inv, p);
+    }
     let mut events: Vec<OutboxMessage> = Vec::new();
     let (t, cause) = (inv.tenant.as_str(), p.message_id.as_str());
     events.push(event(
@@ -548,8 +593,8 @@ pub async fn apply(
     }
     sqlx::query(
         "INSERT INTO reconcile.applications (tenant, payment_id, invoice_id, customer_id, paid_on, amount_cents, \
-         credit_cents, matched_by, settled, settled_at, invoice_paid_event, applied_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         credit_cents, matched_by, settled, invoice_paid_event, applied_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&inv.tenant)
     .bind(&p.payment_id)
@@ -560,7 +605,6 @@ pub async fn apply(
     .bind(credit)
     .bind(matched_by)
     .bind(settled)
-    .bind(settled_at)
     .bind(paid_event)
     .bind(now)
     .execute(&mut *conn)
@@ -651,7 +695,10 @@ pub async fn rematch(
                 .bind(payment_id)
                 .execute(&mut *conn)
                 .await?;
-            Ok(Some(Ok(apply(conn, &p, &inv, by, &time, now, None).await?)))
+            let mut settlements = Settlements::default();
+            let applied = apply(conn, &mut settlements, &p, &inv, by, &time, now, None).await?;
+            settlements.settle(conn).await?;
+            Ok(Some(Ok(applied)))
         }
         Found::None(reason) => Ok(Some(Err(reason))),
     }
