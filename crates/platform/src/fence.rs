@@ -48,6 +48,45 @@ macro_rules! key_sql {
     };
 }
 
+#[derive(Clone, Copy)]
+enum Lock {
+    /// A settlement's: waits for every gate.
+    Exclusive,
+    /// A gate's.
+    Shared,
+}
+
+/// Takes the invoices' locks until the end of the transaction, in key order (volatile
+/// functions in the target list run after ORDER BY), the one order every gate and
+/// settlement uses, so none of them waits on another in a cycle.
+async fn lock(
+    conn: &mut PgConnection,
+    mode: Lock,
+    tenants: &[&str],
+    invoices: &[&str],
+) -> Result<(), sqlx::Error> {
+    const EXCLUSIVE: &str = concat!(
+        "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT ",
+        key_sql!("t", "i"),
+        " AS k FROM UNNEST($1::text[], $2::text[]) AS u(t, i)) s ORDER BY k"
+    );
+    const SHARED: &str = concat!(
+        "SELECT pg_advisory_xact_lock_shared(k) FROM (SELECT DISTINCT ",
+        key_sql!("t", "i"),
+        " AS k FROM UNNEST($1::text[], $2::text[]) AS u(t, i)) s ORDER BY k"
+    );
+    let sql = match mode {
+        Lock::Exclusive => EXCLUSIVE,
+        Lock::Shared => SHARED,
+    };
+    sqlx::query(sql)
+        .bind(tenants)
+        .bind(invoices)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// One invoice a transaction settles, and the payment that settles it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
@@ -61,8 +100,7 @@ pub struct Settlement {
 /// settled with when (the database's clock, read after every lock was granted); an
 /// invoice already settled is left out.
 ///
-/// The locks are taken in key order, as gates take theirs, so a transaction settling
-/// several invoices never waits on a gate in a cycle. Taking them last, rather than as
+/// The locks are taken in key order, as gates take theirs. Taking them last, rather than as
 /// each payment is applied, keeps the settlement's moment next to its commit: the
 /// gates wait the least, and `invoice.paid` leaves right after the moment it records.
 pub async fn settle_all(
@@ -75,16 +113,7 @@ pub async fn settle_all(
     let tenants: Vec<&str> = settlements.iter().map(|s| s.tenant.as_str()).collect();
     let invoices: Vec<&str> = settlements.iter().map(|s| s.invoice_id.as_str()).collect();
     let payments: Vec<&str> = settlements.iter().map(|s| s.payment_id.as_str()).collect();
-    // Volatile functions in the target list run after ORDER BY: key order.
-    sqlx::query(concat!(
-        "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT ",
-        key_sql!("t", "i"),
-        " AS k FROM UNNEST($1::text[], $2::text[]) AS u(t, i)) s ORDER BY k"
-    ))
-    .bind(&tenants)
-    .bind(&invoices)
-    .execute(&mut *conn)
-    .await?;
+    lock(conn, Lock::Exclusive, &tenants, &invoices).await?;
     let rows: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
         "INSERT INTO fence.settled (tenant, invoice_id, payment_id, settled_at) \
          SELECT t, i, p, clock_timestamp() FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(t, i, p) \
@@ -130,17 +159,7 @@ impl Gate {
             .map(|(t, i)| (t.as_str(), i.as_str()))
             .unzip();
         let mut tx = pool.begin().await?;
-        // Volatile functions in the target list run after ORDER BY: the locks are taken
-        // in key order, so two gates never wait on each other in a cycle.
-        sqlx::query(concat!(
-            "SELECT pg_advisory_xact_lock_shared(k) FROM (SELECT DISTINCT ",
-            key_sql!("t", "i"),
-            " AS k FROM UNNEST($1::text[], $2::text[]) AS u(t, i)) s ORDER BY k"
-        ))
-        .bind(&tenants)
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+        lock(&mut tx, Lock::Shared, &tenants, &ids).await?;
         let settled: Vec<(String, String)> = sqlx::query_as(
             "SELECT f.tenant, f.invoice_id FROM fence.settled f \
              JOIN UNNEST($1::text[], $2::text[]) AS u(t, i) ON f.tenant = u.t AND f.invoice_id = u.i",
