@@ -880,3 +880,61 @@ async fn a_malformed_event_is_dead_lettered_and_blocks_nothing(pool: PgPool) {
         "the original payload, unchanged"
     );
 }
+
+/// The in-order event consumer never writes an invoice back over a firing claim's
+/// decision. The test plays the claim: it holds the customer's lock (as a claim does)
+/// and, in the same transaction, moves the invoice past its first step (what the claim
+/// writes once it fired it), while an update of the invoice is published. The
+/// consumer waits for the "claim" to commit before it reads the invoice, so the update
+/// keeps the progress: the first step is neither fired nor logged a second time.
+#[sqlx::test(migrations = false)]
+async fn an_event_never_writes_an_invoice_over_a_firing_claim(pool: PgPool) {
+    let w = World::new(&pool, "claim").await;
+    let inv = invoice("NF-C", 1);
+    w.publish_invoices(std::slice::from_ref(&inv)).await;
+    w.plan("NF-C").await;
+    let customer = inv["customer"]["customer_id"].as_str().unwrap().to_owned();
+    let step = "SELECT next_step FROM scheduler.invoices WHERE invoice_id = 'NF-C'";
+    let first: i32 = sqlx::query_scalar(step).fetch_one(&pool).await.unwrap();
+
+    let mut claim = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
+        .bind(regua_scheduler::fire::customer_lock("claim", &customer))
+        .execute(&mut *claim)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE scheduler.invoices SET next_step = next_step + 1 WHERE invoice_id = 'NF-C'",
+    )
+    .execute(&mut *claim)
+    .await
+    .unwrap();
+    let mut updated = inv.clone();
+    updated["amount_cents"] = json!(inv["amount_cents"].as_i64().unwrap() + 100);
+    w.publish_invoices(&[updated]).await;
+    // The consumer has reached the update and waits (on the customer lock; without it,
+    // on the row, having read the invoice as it was before the claim).
+    eventually("the consumer to wait", Duration::from_secs(30), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    claim.commit().await.unwrap();
+
+    let amount =
+        "SELECT (state->>'amount_cents')::bigint FROM scheduler.invoices WHERE invoice_id = 'NF-C'";
+    let want = inv["amount_cents"].as_i64().unwrap() + 100;
+    eventually("the update applied", Duration::from_secs(30), || async {
+        let now: i64 = sqlx::query_scalar(amount).fetch_one(&pool).await.unwrap();
+        (now == want).then_some(())
+    })
+    .await;
+    let after: i32 = sqlx::query_scalar(step).fetch_one(&pool).await.unwrap();
+    assert_eq!(after, first + 1, "the claim's progress survives the update");
+}

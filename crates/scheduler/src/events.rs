@@ -228,6 +228,7 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
             Data::TenantCreated(_) | Data::InvoicePartiallyPaid(_) => {}
         }
     }
+    lock_owners(&mut tx, &invoice_keys).await?;
     let mut w = Work {
         tenants: model::load_tenants(&mut tx, &tenant_ids).await?,
         customers: model::load_customers(&mut tx, &customer_keys).await?,
@@ -294,6 +295,48 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
                 .record(took.as_secs_f64());
         }
     }
+    Ok(())
+}
+
+/// Takes, waiting, the customer locks a firing claim holds while it decides and writes
+/// an invoice's progress, for every existing invoice among `keys`, before the batch
+/// reads them. Without it, an invoice read here just before a claim fired its step
+/// would be written back with the progress from before that step (the step then fired
+/// again and logged twice). Only existing invoices can be in a claim; claims only
+/// try-lock, so they never wait on this, and this consumer is the only one that waits.
+async fn lock_owners(
+    conn: &mut PgConnection,
+    keys: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let (tenants, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
+    let owners: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.tenant, i.customer_id FROM UNNEST($1::text[], $2::text[]) AS u(tenant, invoice_id) \
+         CROSS JOIN LATERAL (SELECT tenant, customer_id FROM scheduler.invoices i \
+         WHERE i.tenant = u.tenant AND i.invoice_id = u.invoice_id OFFSET 0) AS i",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    if owners.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<String> = owners
+        .iter()
+        .map(|(t, c)| crate::fire::customer_lock(t, c))
+        .collect();
+    names.sort();
+    names.dedup();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(k, 11)) FROM UNNEST($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
+    )
+    .bind(&names)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -167,6 +167,13 @@ struct Output {
     merge: HashMap<(String, String, String, DateTime<Utc>), usize>,
 }
 
+/// The name of the advisory lock (`hashtextextended(name, 11)`) on a customer: a claim
+/// try-locks it to decide the customer's due invoices; the in-order event consumer
+/// waits for it before it writes any of them ([`crate::events`]).
+pub fn customer_lock(tenant: &str, customer_id: &str) -> String {
+    format!("customer/{tenant}/{customer_id}")
+}
+
 /// Claims up to a batch of due invoices in `scope` at `now` and decides them, inside
 /// the caller's transaction.
 pub async fn fire_batch(
@@ -232,7 +239,7 @@ pub async fn fire_batch(
     }
     let lock_keys: Vec<String> = candidates
         .iter()
-        .map(|(t, c)| format!("customer/{t}/{c}"))
+        .map(|(t, c)| customer_lock(t, c))
         .collect();
     let locked: Vec<String> = sqlx::query_scalar(
         "SELECT k FROM UNNEST($1::text[]) AS k WHERE pg_try_advisory_xact_lock(hashtextextended(k, 11))",
