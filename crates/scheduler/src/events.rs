@@ -228,7 +228,21 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
             Data::TenantCreated(_) | Data::InvoicePartiallyPaid(_) => {}
         }
     }
-    lock_owners(&mut tx, &invoice_keys).await?;
+    // `invoice.opened` names an invoice intake has never seen: no claim can hold it.
+    let existing: Vec<(String, String)> = items
+        .iter()
+        .filter(|i| i.envelope.event_type != EventType::InvoiceOpened)
+        .filter_map(|i| {
+            let t = i.envelope.tenant.clone();
+            match &i.envelope.data {
+                Data::InvoiceChanged(c) => Some((t, c.invoice.invoice_id.clone())),
+                Data::InvoiceCanceled(c) => Some((t, c.invoice_id.clone())),
+                Data::InvoicePaid(p) => Some((t, p.invoice_id.clone())),
+                _ => None,
+            }
+        })
+        .collect();
+    lock_owners(&mut tx, &existing).await?;
     let mut w = Work {
         tenants: model::load_tenants(&mut tx, &tenant_ids).await?,
         customers: model::load_customers(&mut tx, &customer_keys).await?,
@@ -299,7 +313,7 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
 }
 
 /// Takes, waiting, the customer locks a firing claim holds while it decides and writes
-/// an invoice's progress, for every existing invoice among `keys`, before the batch
+/// an invoice's progress, for the invoices among `keys` that exist, before the batch
 /// reads them. Without it, an invoice read here just before a claim fired its step
 /// would be written back with the progress from before that step (the step then fired
 /// again and logged twice). Only existing invoices can be in a claim; claims only
