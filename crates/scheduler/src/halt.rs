@@ -6,15 +6,17 @@
 //! thank-you. But it applies every domain event in stream order, one batch at a time
 //! across all replicas, so under load (a burst of firing, of `message.*` events) a
 //! payment waits behind everything stored before it. This module's durable consumer
-//! ([`subjects::CONSUMER_SCHEDULER_HALT`], filtered to `invoice.paid` only, any number
-//! of batches in flight) does the one urgent part at once: it **halts** the invoice, in
-//! one statement per batch that clears the open invoice's next step and stamps
-//! `halted_at`.
+//! ([`subjects::CONSUMER_SCHEDULER_HALT`], filtered to `invoice.paid` only, up to
+//! [`IN_FLIGHT`] batches at once per process) does the one urgent part at once: it
+//! **halts** the invoice, in one statement per batch that clears the open invoice's
+//! next step and stamps `halted_at` (rows a firing claim holds are tried again once
+//! it has committed).
 //!
 //! Why a halted invoice stays halted until the in-order consumer stops it:
-//! - firing takes due invoices `FOR UPDATE ... WHERE next_at <= now`; a claim that
-//!   already holds the row makes the halt wait for its commit, and a claim that comes
-//!   after re-reads the row and skips it (its `next_at` is NULL);
+//! - firing takes due invoices `FOR UPDATE ... WHERE next_at <= now`; the halt of a
+//!   row a claim already holds waits for the claim's commit (so after the halt no step
+//!   of the invoice can fire), and a claim that comes after re-reads the row and skips
+//!   it (its `next_at` is NULL);
 //! - every other writer of an invoice's schedule (the in-order consumer's replanning,
 //!   a policy migration) goes through [`crate::model::save_invoices`], which keeps
 //!   `next_at` NULL while the invoice is halted and still open;
