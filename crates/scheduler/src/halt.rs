@@ -7,7 +7,7 @@
 //! across all replicas, so under load (a burst of firing, of `message.*` events) a
 //! payment waits behind everything stored before it. This module's durable consumer
 //! ([`subjects::CONSUMER_SCHEDULER_HALT`], filtered to `invoice.paid` only, up to
-//! [`IN_FLIGHT`] batches at once per process) does the one urgent part at once: it
+//! four batches at once per process) does the one urgent part at once: it
 //! **halts** the invoice, in one statement per batch that clears the open invoice's
 //! next step and stamps `halted_at` (rows a firing claim holds are tried again once
 //! it has committed).
