@@ -210,38 +210,42 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
     tenant_ids.dedup();
     let mut customer_keys = Vec::new();
     let mut invoice_keys = Vec::new();
+    // The invoices the batch names that may exist already, and so be in a firing
+    // claim: all but `invoice.opened`, which names one intake has never seen.
+    let mut existing = Vec::new();
     for i in &items {
         let t = i.envelope.tenant.clone();
-        match &i.envelope.data {
-            Data::CustomerUpserted(c) => customer_keys.push((t, c.customer.customer_id.clone())),
-            Data::CustomerOptedOut(o) => customer_keys.push((t, o.customer_id.clone())),
-            Data::CustomerOptedIn(o) => customer_keys.push((t, o.customer_id.clone())),
+        let invoice = match &i.envelope.data {
+            Data::CustomerUpserted(c) => {
+                customer_keys.push((t, c.customer.customer_id.clone()));
+                None
+            }
+            Data::CustomerOptedOut(o) => {
+                customer_keys.push((t, o.customer_id.clone()));
+                None
+            }
+            Data::CustomerOptedIn(o) => {
+                customer_keys.push((t, o.customer_id.clone()));
+                None
+            }
             Data::InvoiceChanged(c) => {
                 customer_keys.push((t.clone(), c.invoice.customer_id.clone()));
-                invoice_keys.push((t, c.invoice.invoice_id.clone()));
+                Some((t, c.invoice.invoice_id.clone()))
             }
-            Data::InvoiceCanceled(c) => invoice_keys.push((t, c.invoice_id.clone())),
+            Data::InvoiceCanceled(c) => Some((t, c.invoice_id.clone())),
             Data::InvoicePaid(p) => {
                 customer_keys.push((t.clone(), p.customer_id.clone()));
-                invoice_keys.push((t, p.invoice_id.clone()));
+                Some((t, p.invoice_id.clone()))
             }
-            Data::TenantCreated(_) | Data::InvoicePartiallyPaid(_) => {}
+            Data::TenantCreated(_) | Data::InvoicePartiallyPaid(_) => None,
+        };
+        if let Some(key) = invoice {
+            if i.envelope.event_type != EventType::InvoiceOpened {
+                existing.push(key.clone());
+            }
+            invoice_keys.push(key);
         }
     }
-    // `invoice.opened` names an invoice intake has never seen: no claim can hold it.
-    let existing: Vec<(String, String)> = items
-        .iter()
-        .filter(|i| i.envelope.event_type != EventType::InvoiceOpened)
-        .filter_map(|i| {
-            let t = i.envelope.tenant.clone();
-            match &i.envelope.data {
-                Data::InvoiceChanged(c) => Some((t, c.invoice.invoice_id.clone())),
-                Data::InvoiceCanceled(c) => Some((t, c.invoice_id.clone())),
-                Data::InvoicePaid(p) => Some((t, p.invoice_id.clone())),
-                _ => None,
-            }
-        })
-        .collect();
     lock_owners(&mut tx, &existing).await?;
     let mut w = Work {
         tenants: model::load_tenants(&mut tx, &tenant_ids).await?,
