@@ -326,59 +326,51 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
 
     // Latency: settlement → the invoice's pending steps stopped in the schedule, by
     // the halt (`scheduler-halt`) or, if the in-order consumer got there first, by its
-    // applying invoice.paid in full; and settlement → applied in full.
-    let latencies: Vec<(f64, f64, bool)> = sqlx::query_as::<_, (f64, f64, bool)>(
-        "SELECT (EXTRACT(EPOCH FROM (LEAST(i.halted_at, p.processed_at) - a.settled_at)) * 1000)::float8, \
-         (EXTRACT(EPOCH FROM (p.processed_at - a.settled_at)) * 1000)::float8, i.halted_at IS NOT NULL \
-         FROM reconcile.applications a JOIN scheduler.processed p ON p.event_id = a.invoice_paid_event \
-         JOIN scheduler.invoices i ON i.tenant = a.tenant AND i.invoice_id = a.invoice_id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    let halted = latencies.iter().filter(|l| l.2).count();
-    let mut lat: Vec<f64> = latencies.iter().map(|l| l.0).collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let mut full: Vec<f64> = latencies.iter().map(|l| l.1).collect();
-    full.sort_by(|a, b| a.total_cmp(b));
-    // Where that time goes: settlement → the event stored in REGUA_EVT (the outbox
-    // relay), and stored → applied (the scheduler's consumer).
-    let stored = stored_at(&js, "regua.v1.evt.race.invoice.paid", n).await;
-    let mut relay = Vec::new();
-    let mut consume = Vec::new();
-    let mut halt = Vec::new();
-    let halted_at: HashMap<String, DateTime<Utc>> =
-        sqlx::query_as::<_, (uuid::Uuid, DateTime<Utc>)>(
-            "SELECT a.invoice_paid_event, i.halted_at FROM reconcile.applications a \
-         JOIN scheduler.invoices i ON i.tenant = a.tenant AND i.invoice_id = a.invoice_id \
-         WHERE a.invoice_paid_event IS NOT NULL AND i.halted_at IS NOT NULL",
+    // applying invoice.paid in full; and settlement → applied in full. One row per
+    // settlement: its invoice.paid event, settled, applied in full, halted (if).
+    type Settled = (
+        uuid::Uuid,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+    );
+    let rows: Vec<Settled> =
+        sqlx::query_as(
+            "SELECT a.invoice_paid_event, a.settled_at, p.processed_at, i.halted_at \
+             FROM reconcile.applications a JOIN scheduler.processed p ON p.event_id = a.invoice_paid_event \
+             JOIN scheduler.invoices i ON i.tenant = a.tenant AND i.invoice_id = a.invoice_id",
         )
         .fetch_all(&pool)
         .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, h)| (id.to_string(), h))
+        .unwrap();
+    let ms = |d: TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+    let halted = rows.iter().filter(|r| r.3.is_some()).count();
+    let mut lat: Vec<f64> = rows
+        .iter()
+        .map(|(_, settled, processed, halted)| {
+            ms(halted.map_or(*processed, |h| h.min(*processed)) - *settled)
+        })
         .collect();
-    let applied: HashMap<String, (DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as::<
-        _,
-        (uuid::Uuid, DateTime<Utc>, DateTime<Utc>),
-    >(
-        "SELECT a.invoice_paid_event, a.settled_at, p.processed_at FROM reconcile.applications a \
-             JOIN scheduler.processed p ON p.event_id = a.invoice_paid_event",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(id, s, p)| (id.to_string(), (s, p)))
-    .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let mut full: Vec<f64> = rows.iter().map(|(_, s, p, _)| ms(*p - *s)).collect();
+    full.sort_by(|a, b| a.total_cmp(b));
+    // Where that time goes: settlement → the event stored in REGUA_EVT (the outbox
+    // relay), stored → halted, and stored → applied (the in-order consumer).
+    let stored = stored_at(&js, "regua.v1.evt.race.invoice.paid", n).await;
+    let by_event: HashMap<String, _> = rows
+        .iter()
+        .map(|(id, s, p, h)| (id.to_string(), (*s, *p, *h)))
+        .collect();
+    let mut relay = Vec::new();
+    let mut consume = Vec::new();
+    let mut halt = Vec::new();
     for (id, at) in &stored {
-        if let Some((settled, processed)) = applied.get(id) {
-            relay.push((*at - *settled).num_microseconds().unwrap_or(0) as f64 / 1000.0);
-            consume.push((*processed - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
-        }
-        if let Some(h) = halted_at.get(id) {
-            halt.push((*h - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        if let Some((settled, processed, halted)) = by_event.get(id) {
+            relay.push(ms(*at - *settled));
+            consume.push(ms(*processed - *at));
+            if let Some(h) = halted {
+                halt.push(ms(*h - *at));
+            }
         }
     }
     relay.sort_by(|a, b| a.total_cmp(b));
