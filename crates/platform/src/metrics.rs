@@ -132,7 +132,7 @@ fn describe() {
     describe_histogram!(
         PAYMENT_TO_CANCEL,
         metrics::Unit::Seconds,
-        "Settlement commit to the invoice's steps cancelled"
+        "Settlement commit to the invoice's pending steps stopped (halted or cancelled)"
     );
     describe_counter!(
         DISPATCH_SENDS,
