@@ -10,8 +10,9 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use regua_testkit::fakes::{self, FakeProviders};
@@ -28,23 +29,16 @@ struct Service {
 
 fn spawn(args: &[&str], nats: &str, db: &str, f: &FakeProviders, port: u16) -> Service {
     let url = format!("http://127.0.0.1:{port}");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_regua"))
-        .args(args)
-        .env("REGUA_NATS_URL", nats)
-        .env("REGUA_DATABASE_URL", db)
+    let child = common::regua(args, nats, db)
         .env("REGUA_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("REGUA_PUBLIC_URL", &url)
         .env("REGUA_ADMIN_TOKEN", ADMIN)
-        .env("REGUA_LOG", "warn")
         .env("REGUA_SCHEDULER_POLL_MS", "50")
         .env("REGUA_WHATSAPP_API_BASE", f.meta.base())
         .env("REGUA_WHATSAPP_TOKEN", fakes::WA_TOKEN)
         .env("REGUA_WHATSAPP_PHONE_NUMBER_ID", fakes::WA_PHONE_NUMBER_ID)
         .env("REGUA_WHATSAPP_APP_SECRET", fakes::WA_APP_SECRET)
         .env("REGUA_WHATSAPP_VERIFY_TOKEN", fakes::WA_VERIFY_TOKEN)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     Service { url, _child: child }

@@ -9,8 +9,9 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -24,12 +25,8 @@ use sqlx::PgPool;
 const N: u32 = 80;
 
 fn spawn(nats_url: &str, db_url: &str, f: &FakeProviders) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_regua"))
-        .args(["dispatch", "sms"])
-        .env("REGUA_NATS_URL", nats_url)
-        .env("REGUA_DATABASE_URL", db_url)
+    common::regua(&["dispatch", "sms"], nats_url, db_url)
         .env("REGUA_HTTP_ADDR", "127.0.0.1:0")
-        .env("REGUA_LOG", "warn")
         .env("REGUA_TWILIO_API_BASE", f.twilio.base())
         .env("REGUA_TWILIO_ACCOUNT_SID", fakes::TWILIO_SID)
         .env("REGUA_TWILIO_AUTH_TOKEN", fakes::TWILIO_TOKEN)
@@ -37,9 +34,6 @@ fn spawn(nats_url: &str, db_url: &str, f: &FakeProviders) -> tokio::process::Chi
         .env("REGUA_SMS_RATE_PER_SEC", "20")
         .env("REGUA_DISPATCH_ACK_WAIT_SECS", "30")
         .env("REGUA_DRAIN_TIMEOUT_SECS", "10")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap()
 }
