@@ -324,42 +324,37 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
         )
         .await;
 
-    // Latency: settlement → the invoice's pending steps stopped in the schedule, by
-    // the halt (`scheduler-halt`) or, if the in-order consumer got there first, by its
-    // applying invoice.paid in full; and settlement → applied in full. One row per
-    // settlement: its invoice.paid event, settled, applied in full, halted (if).
+    // Latency: settlement → the invoice's pending steps stopped in the schedule
+    // (`scheduler.halts`: by the halt, or by the in-order consumer if it got there
+    // first); and settlement → invoice.paid applied in full. One row per settlement:
+    // its invoice.paid event, settled, applied in full, stopped, by the halt.
     type Settled = (
         uuid::Uuid,
         DateTime<Utc>,
         DateTime<Utc>,
-        Option<DateTime<Utc>>,
+        DateTime<Utc>,
+        bool,
     );
-    let rows: Vec<Settled> =
-        sqlx::query_as(
-            "SELECT a.invoice_paid_event, a.settled_at, p.processed_at, i.halted_at \
-             FROM reconcile.applications a JOIN scheduler.processed p ON p.event_id = a.invoice_paid_event \
-             JOIN scheduler.invoices i ON i.tenant = a.tenant AND i.invoice_id = a.invoice_id",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let rows: Vec<Settled> = sqlx::query_as(
+        "SELECT a.invoice_paid_event, a.settled_at, p.processed_at, h.halted_at, h.by_halt \
+         FROM reconcile.applications a JOIN scheduler.processed p ON p.event_id = a.invoice_paid_event \
+         JOIN scheduler.halts h ON h.tenant = a.tenant AND h.invoice_id = a.invoice_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     let ms = |d: TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
-    let halted = rows.iter().filter(|r| r.3.is_some()).count();
-    let mut lat: Vec<f64> = rows
-        .iter()
-        .map(|(_, settled, processed, halted)| {
-            ms(halted.map_or(*processed, |h| h.min(*processed)) - *settled)
-        })
-        .collect();
+    let halted = rows.iter().filter(|r| r.4).count();
+    let mut lat: Vec<f64> = rows.iter().map(|(_, s, _, h, _)| ms(*h - *s)).collect();
     lat.sort_by(|a, b| a.total_cmp(b));
-    let mut full: Vec<f64> = rows.iter().map(|(_, s, p, _)| ms(*p - *s)).collect();
+    let mut full: Vec<f64> = rows.iter().map(|(_, s, p, _, _)| ms(*p - *s)).collect();
     full.sort_by(|a, b| a.total_cmp(b));
     // Where that time goes: settlement → the event stored in REGUA_EVT (the outbox
     // relay), stored → halted, and stored → applied (the in-order consumer).
     let stored = stored_at(&js, "regua.v1.evt.race.invoice.paid", n).await;
     let by_event: HashMap<String, _> = rows
         .iter()
-        .map(|(id, s, p, h)| (id.to_string(), (*s, *p, *h)))
+        .map(|(id, s, p, h, by_halt)| (id.to_string(), (*s, *p, by_halt.then_some(*h))))
         .collect();
     let mut relay = Vec::new();
     let mut consume = Vec::new();

@@ -761,10 +761,11 @@ async fn payment_stops_the_messages_and_the_thank_you_goes_out_once(pool: PgPool
 
 /// A payment halts the invoice's dunning at once even while the scheduler's in-order
 /// consumer is held up (here by a lock on its processed-events table, as a burst of
-/// other events would hold it up): the halt's own consumer clears the next step, and a
-/// write of the schedule from a row read before the halt (what the in-order consumer
-/// or a policy migration would do) cannot bring the step back. Once the in-order
-/// consumer moves, it completes the stop: paid, pending steps cancelled, thank-you.
+/// other events would hold it up): the halt's own consumer records the halt, and
+/// neither a write of the schedule from a row read before the halt (what the in-order
+/// consumer or a policy migration would do) nor the clock passing the step's instant
+/// fires it. Once the in-order consumer moves, it completes the stop: paid, pending
+/// steps cancelled, thank-you.
 #[sqlx::test(migrations = false)]
 async fn a_payment_halts_dunning_while_the_in_order_consumer_is_held_up(pool: PgPool) {
     let fakes = FakeProviders::start().await.unwrap();
@@ -784,7 +785,7 @@ async fn a_payment_halts_dunning_while_the_in_order_consumer_is_held_up(pool: Pg
         .unwrap()
         .remove(&key)
         .unwrap();
-    assert!(before.next_at.is_some() && before.halted_at.is_none());
+    let due = before.next_at.unwrap();
 
     let mut hold = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE scheduler.processed IN EXCLUSIVE MODE")
@@ -796,8 +797,7 @@ async fn a_payment_halts_dunning_while_the_in_order_consumer_is_held_up(pool: Pg
     p["paid_at"] = json!("2026-12-02T15:00:00-03:00");
     let (_, out) = w.post("payments", p).await;
     assert_eq!(out["settled"], true, "{out}");
-    let halted = "SELECT count(*) FROM scheduler.invoices WHERE invoice_id = 'NF-H' \
-                  AND halted_at IS NOT NULL AND next_at IS NULL";
+    let halted = "SELECT count(*) FROM scheduler.halts WHERE invoice_id = 'NF-H' AND by_halt";
     eventually("NF-H halted", Duration::from_secs(30), || async {
         (w.count(halted).await == 1).then_some(())
     })
@@ -810,12 +810,28 @@ async fn a_payment_halts_dunning_while_the_in_order_consumer_is_held_up(pool: Pg
     let cancelled = "SELECT count(*) FROM scheduler.step_log WHERE invoice_id = 'NF-H' \
                      AND state = 'cancelled' AND reason = 'invoice paid'";
     assert_eq!(w.count(cancelled).await, 0);
-    // A write of the row as it was read before the halt keeps it halted.
+    // A write of the row as it was read before the halt (its next step still set)...
     regua_scheduler::model::save_invoices(&mut conn, &[&before])
         .await
         .unwrap();
-    assert_eq!(w.count(halted).await, 1, "the halt survives a stale write");
-    assert_eq!(w.count(planned).await, 0);
+    assert_eq!(w.count(planned).await, 1);
+    // ...and a claim at the step's instant (a firing replica's) take nothing.
+    let replica = regua_scheduler::Scheduler::from_parts(
+        w.config.clone(),
+        pool.clone(),
+        nats::connect(&w.config.nats_url, "replica").await.unwrap(),
+        std::sync::Arc::new(regua_platform::clock::SystemClock),
+    );
+    let fired = regua_scheduler::fire::fire_once(
+        &replica,
+        regua_scheduler::fire::Scope::TestClock(TENANT),
+        regua_scheduler::fire::Part { index: 0, of: 1 },
+        None,
+        due,
+    )
+    .await
+    .unwrap();
+    assert_eq!(fired.0, 0, "a halted invoice is not fired");
 
     hold.rollback().await.unwrap();
     eventually("the scheduler to stop NF-H", Duration::from_secs(30), || async {

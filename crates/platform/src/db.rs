@@ -30,6 +30,20 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Platform
     Ok(pool)
 }
 
+/// A pool over `pool`'s database, connecting lazily, whose commits do not wait for the
+/// WAL flush (`synchronous_commit = off`). Only for writes whose loss in a database
+/// crash is harmless because something durable repeats them: what it saves is the
+/// flush's latency, not the write.
+pub fn without_flush_wait(pool: &PgPool, max_connections: u32) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options)
+}
+
 /// Runs `migrator` with its history table inside `schema`.
 pub async fn migrate(
     pool: &PgPool,

@@ -15,6 +15,7 @@ use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::fire::{self, Scope};
+use crate::model;
 use crate::{OUTBOX, Scheduler, SchedulerError};
 use regua_contract::EventType;
 use regua_contract::events::TenantClockAdvanced;
@@ -233,9 +234,10 @@ async fn move_clock(s: &Scheduler, tenant: &str) -> Result<Option<DateTime<Utc>>
     ) else {
         return Ok(None);
     };
-    let next: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT MIN(next_at) FROM scheduler.invoices WHERE tenant = $1 AND next_at IS NOT NULL",
-    )
+    let next: Option<DateTime<Utc>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT MIN(next_at) FROM scheduler.invoices i WHERE tenant = $1 AND next_at IS NOT NULL AND {}",
+        model::NOT_HALTED
+    )))
     .bind(tenant)
     .fetch_one(&mut *tx)
     .await?;

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::model::{self, Customer, Invoice, LogRow, Status, Tenant};
-use crate::{Scheduler, SchedulerError, policies};
+use crate::{Scheduler, SchedulerError, halt, policies};
 
 /// Deliveries before a message that keeps failing is dead-lettered.
 pub const MAX_DELIVER: i64 = 5;
@@ -290,29 +290,21 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
         .collect();
     model::save_invoices(&mut tx, &dirty).await?;
     model::write_log(&mut tx, &w.log).await?;
+    // A payment the halt has not recorded yet (it would only repeat this stop) is
+    // recorded as stopped here.
+    let paid: Vec<halt::Paid> = items
+        .iter()
+        .filter_map(|item| match &item.envelope.data {
+            Data::InvoicePaid(p) => Some(halt::Paid {
+                tenant: item.envelope.tenant.clone(),
+                invoice_id: p.invoice_id.clone(),
+                settled_at: item.envelope.occurred_at,
+            }),
+            _ => None,
+        })
+        .collect();
+    halt::record(&mut tx, &paid, halt::By::InOrder).await?;
     tx.commit().await?;
-    // Settlement commit (the event's time) to the steps cancelled, for tenants on the
-    // real clock (a test clock's events carry simulated time), unless the halt got
-    // there first and measured it.
-    let applied = s.clock.now();
-    for item in &items {
-        let real = w
-            .tenants
-            .get(&item.envelope.tenant)
-            .is_some_and(|t| !t.test_clock);
-        if real
-            && let Data::InvoicePaid(p) = &item.envelope.data
-            && w.invoices
-                .get(&(item.envelope.tenant.clone(), p.invoice_id.clone()))
-                .is_some_and(|i| i.halted_at.is_none())
-        {
-            let took = (applied - item.envelope.occurred_at)
-                .to_std()
-                .unwrap_or_default();
-            metrics::histogram!(regua_platform::metrics::PAYMENT_TO_CANCEL)
-                .record(took.as_secs_f64());
-        }
-    }
     Ok(())
 }
 

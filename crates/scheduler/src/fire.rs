@@ -126,7 +126,10 @@ pub async fn sample_backlog(s: Arc<Scheduler>, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         let due: Result<i64, _> = sqlx::query_scalar(
-            "SELECT count(*) FROM scheduler.invoices WHERE next_at <= $1 AND NOT test_clock",
+            sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM scheduler.invoices i WHERE next_at <= $1 AND NOT test_clock AND {}",
+                model::NOT_HALTED
+            )),
         )
         .bind(s.clock.now())
         .fetch_one(&s.pool)
@@ -199,14 +202,15 @@ pub async fn fire_batch(
     // invoice of the locked customers is taken.
     // Two statements rather than an `OR $6 IS NULL`, so the cursor stays an index bound
     // in the prepared (generic) plan.
-    const CANDIDATES: &str = "SELECT tenant, customer_id, next_at, invoice_id FROM scheduler.invoices WHERE next_at <= $1 \
+    const CANDIDATES: &str = "SELECT tenant, customer_id, next_at, invoice_id FROM scheduler.invoices i WHERE next_at <= $1 \
          AND (CASE WHEN $3::text IS NULL THEN NOT test_clock ELSE tenant = $3 END) \
          AND (hashtextextended(tenant || '/' || customer_id, 0) & 9223372036854775807) % $4 = $5";
     const ORDER: &str = " ORDER BY next_at, tenant, customer_id, invoice_id LIMIT $2";
     let sql = match after {
-        None => format!("{CANDIDATES}{ORDER}"),
+        None => format!("{CANDIDATES} AND {}{ORDER}", model::NOT_HALTED),
         Some(_) => format!(
-            "{CANDIDATES} AND (next_at, tenant, customer_id, invoice_id) > ($6, $7, $8, $9){ORDER}"
+            "{CANDIDATES} AND {} AND (next_at, tenant, customer_id, invoice_id) > ($6, $7, $8, $9){ORDER}",
+            model::NOT_HALTED
         ),
     };
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -262,12 +266,13 @@ pub async fn fire_batch(
         .unzip();
     let sql = format!(
         "SELECT {} FROM scheduler.invoices i JOIN UNNEST($2::text[], $3::text[]) AS k(tenant, customer_id) \
-         USING (tenant, customer_id) WHERE i.next_at <= $1 \
+         USING (tenant, customer_id) WHERE i.next_at <= $1 AND {} \
          ORDER BY i.next_at, i.tenant, i.customer_id, i.invoice_id COLLATE \"C\" FOR UPDATE OF i",
         model::INVOICE_COLUMNS.replace(
             "tenant, invoice_id, customer_id,",
             "i.tenant, i.invoice_id, i.customer_id,"
-        )
+        ),
+        model::NOT_HALTED
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(now)

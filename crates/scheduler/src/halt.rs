@@ -7,29 +7,31 @@
 //! across all replicas, so under load (a burst of firing, of `message.*` events) a
 //! payment waits behind everything stored before it. This module's durable consumer
 //! ([`subjects::CONSUMER_SCHEDULER_HALT`], filtered to `invoice.paid` only, up to
-//! four batches at once per process) does the one urgent part at once: it
-//! **halts** the invoice, in one statement per batch that clears the open invoice's
-//! next step and stamps `halted_at` (rows a firing claim holds are tried again once
-//! it has committed).
+//! four batches at once per process) does the one urgent part at once: it **halts**
+//! the invoice, inserting a row into `scheduler.halts`, one statement per batch.
 //!
-//! Why a halted invoice stays halted until the in-order consumer stops it:
-//! - firing takes due invoices `FOR UPDATE ... WHERE next_at <= now`; the halt of a
-//!   row a claim already holds waits for the claim's commit (so after the halt no step
-//!   of the invoice can fire), and a claim that comes after re-reads the row and skips
-//!   it (its `next_at` is NULL);
-//! - every other writer of an invoice's schedule (the in-order consumer's replanning,
-//!   a policy migration) goes through [`crate::model::save_invoices`], which keeps
-//!   `next_at` NULL while the invoice is halted and still open;
+//! Why no pending step of a halted invoice can fire:
+//! - every query that takes due invoices (the claim's candidates, its `FOR UPDATE`
+//!   re-read, a test clock's next instant) requires [`crate::model::NOT_HALTED`]: an
+//!   open invoice with a halt row is never taken, whatever its `next_at` (the
+//!   in-order consumer may still plan or re-plan it before it applies the payment);
+//! - the halt takes no lock on the invoice, so it waits for nothing. A claim that
+//!   already holds the invoice when the halt commits (its statement began before)
+//!   was already firing that one step: its command goes out, and the dispatcher's
+//!   guard refuses it, because reconciliation settled the fence before `invoice.paid`
+//!   existed. That is the "in-flight command" half of the guarantee (README, Stop);
 //! - the in-order consumer's `stop` then marks the invoice paid and schedules the
-//!   thank-you, which firing sends as before (a paid invoice is no longer "open").
+//!   thank-you, which [`crate::model::NOT_HALTED`] lets through (a paid invoice never
+//!   reopens, so its halt row can stay as the record of when dunning stopped).
 //!
-//! Halting is idempotent (only an open, unhalted invoice changes), so redeliveries and
-//! replicas need no dedup; nothing here is recorded as processed, so the in-order
-//! consumer still applies the event in full. An `invoice.paid` for an invoice the
-//! scheduler does not know yet halts nothing: its `invoice.opened` is still ahead of
-//! it in the in-order consumer, which plans and then stops it.
+//! Halting is idempotent (`ON CONFLICT DO NOTHING`), so redeliveries and replicas need
+//! no dedup; nothing here is recorded as processed, so the in-order consumer still
+//! applies the event in full. An `invoice.paid` for an invoice the scheduler does not
+//! know yet halts it before it is planned. The halt commits without waiting for the
+//! WAL flush (`synchronous_commit = off`): a halt lost to a database crash is only a
+//! lost shortcut, since the in-order consumer applies the same event durably and the
+//! dispatcher's fence already refuses the invoice's dunning.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +41,7 @@ use regua_contract::events::InvoicePaid;
 use regua_contract::{Envelope, EventType, subjects};
 use regua_platform::nats;
 use regua_platform::shutdown::Backoff;
+use sqlx::PgConnection;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -65,129 +68,160 @@ pub fn consumer_config() -> consumer::pull::Config {
     }
 }
 
-/// Batches halted at once: a batch waiting for rows a firing claim holds does not hold
-/// up the payments behind it.
-const IN_FLIGHT: usize = 4;
+/// Batches halted at once per process.
+pub const IN_FLIGHT: usize = 4;
 
-/// Halts paid invoices until `cancel`, then finishes the batches in hand.
+/// Halts paid invoices until `cancel`, then finishes the batches in hand. Messages are
+/// pulled continuously (no request per batch), and whatever has arrived is halted at
+/// once as one batch.
 pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
     let name = subjects::CONSUMER_SCHEDULER_HALT;
     let mut backoff = Backoff::new(Duration::from_millis(200));
     let mut tasks = JoinSet::new();
-    while let Some(msgs) = nats::fetch_batch(
-        &consumer,
-        BATCH,
-        Duration::from_millis(500),
-        &mut backoff,
-        &cancel,
-        name,
-    )
-    .await
-    {
-        while tasks.try_join_next().is_some() {}
-        if msgs.is_empty() {
-            continue;
-        }
-        while tasks.len() >= IN_FLIGHT {
-            tasks.join_next().await;
-        }
-        let s = Arc::clone(&s);
-        tasks.spawn(async move {
-            match halt(&s, &msgs).await {
-                Ok(_) => {
-                    for m in &msgs {
-                        nats::settle(m, jetstream::AckKind::Ack).await;
-                    }
+    while !cancel.is_cancelled() {
+        let messages = match consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, consumer = name, "pulling failed; retrying");
+                if !backoff.wait(&cancel).await {
+                    break;
                 }
-                Err(e) => {
-                    // Not any one message's fault (halting cannot fail on content):
-                    // all of them are delivered again later.
-                    tracing::warn!(error = %e, consumer = name, n = msgs.len(), "halt failed; will retry");
-                    for m in &msgs {
-                        nats::settle_failure(&s.js, m, name, MAX_DELIVER, &e.to_string(), false)
-                            .await;
-                    }
+                continue;
+            }
+        };
+        backoff.reset();
+        let mut chunks = futures::StreamExt::ready_chunks(messages, BATCH);
+        loop {
+            let chunk = tokio::select! {
+                () = cancel.cancelled() => break,
+                c = futures::StreamExt::next(&mut chunks) => c,
+            };
+            let Some(chunk) = chunk else {
+                break;
+            };
+            let mut msgs = Vec::with_capacity(chunk.len());
+            for m in chunk {
+                match m {
+                    Ok(m) => msgs.push(m),
+                    // The pull goes on (a missed heartbeat, a server restart).
+                    Err(e) => tracing::warn!(error = %e, consumer = name, "pulling"),
                 }
             }
-        });
+            while tasks.try_join_next().is_some() {}
+            if msgs.is_empty() {
+                continue;
+            }
+            while tasks.len() >= IN_FLIGHT {
+                tasks.join_next().await;
+            }
+            tasks.spawn(settle(Arc::clone(&s), msgs));
+        }
     }
     while tasks.join_next().await.is_some() {}
 }
 
-/// How long a halt waits before trying again the invoices a claim had locked.
-const LOCKED_RETRY: Duration = Duration::from_millis(5);
+/// Halts one batch, then acks it (or has it delivered again).
+async fn settle(s: Arc<Scheduler>, msgs: Vec<jetstream::Message>) {
+    let name = subjects::CONSUMER_SCHEDULER_HALT;
+    match halt(&s, &msgs).await {
+        Ok(_) => {
+            for m in &msgs {
+                nats::settle(m, jetstream::AckKind::Ack).await;
+            }
+        }
+        Err(e) => {
+            // Not any one message's fault (halting cannot fail on content): all of
+            // them are delivered again later.
+            tracing::warn!(error = %e, consumer = name, n = msgs.len(), "halt failed; will retry");
+            for m in &msgs {
+                nats::settle_failure(&s.js, m, name, MAX_DELIVER, &e.to_string(), false).await;
+            }
+        }
+    }
+}
 
-/// Halts the open invoices `msgs` settle; returns how many it halted.
-///
-/// Rows another transaction holds (a firing claim, the in-order consumer's write) are
-/// skipped and tried again once it has committed, rather than waited for: a claim locks
-/// its invoices in due order and this batch in its own, and waiting on each other's
-/// rows could deadlock.
+/// Halts the invoices `msgs` report paid; returns how many it halted (a repeat, or
+/// an invoice the in-order consumer already stopped, halts nothing).
 pub async fn halt(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<usize, SchedulerError> {
-    let mut paid: Vec<(String, String, DateTime<Utc>)> = msgs
+    let paid: Vec<Paid> = msgs
         .iter()
         .filter_map(|m| serde_json::from_slice::<Envelope<InvoicePaid>>(&m.payload).ok())
         .filter(|e| e.event_type == EventType::InvoicePaid)
-        .map(|e| (e.tenant, e.data.invoice_id, e.occurred_at))
+        .map(|e| Paid {
+            tenant: e.tenant,
+            invoice_id: e.data.invoice_id,
+            settled_at: e.occurred_at,
+        })
         .collect();
-    let mut halted = 0;
-    while !paid.is_empty() {
-        let (tenants, invoices): (Vec<&str>, Vec<&str>) = paid
-            .iter()
-            .map(|(t, i, _)| (t.as_str(), i.as_str()))
-            .unzip();
-        let settled: Vec<DateTime<Utc>> = paid.iter().map(|p| p.2).collect();
-        // `clock_timestamp()`: the database's clock at the write, the one
-        // reconciliation's settlement is stamped with, so the two compare.
-        let rows: Vec<(bool, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-            // Each key is looked up by the primary key on its own (a locking subquery is
-            // never flattened into a join), whatever the planner guesses about how many
-            // invoices are open: a join it costs on a bad guess scans the whole table
-            // per key, holding the locks it took meanwhile.
-            "WITH t AS (SELECT i.tenant, i.invoice_id, p.settled_at \
-             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS p(tenant, invoice_id, settled_at) \
-             CROSS JOIN LATERAL (SELECT tenant, invoice_id FROM scheduler.invoices i \
-             WHERE i.tenant = p.tenant AND i.invoice_id = p.invoice_id AND i.status = 'open' \
-             AND i.halted_at IS NULL FOR UPDATE SKIP LOCKED) AS i) \
-             UPDATE scheduler.invoices AS i SET next_at = NULL, halted_at = clock_timestamp() FROM t \
-             WHERE i.tenant = t.tenant AND i.invoice_id = t.invoice_id \
-             RETURNING i.test_clock, i.halted_at, t.settled_at",
-        )
-        .bind(&tenants)
-        .bind(&invoices)
-        .bind(&settled)
-        .fetch_all(&s.pool)
-        .await?;
-        halted += rows.len();
-        for (test_clock, at, settled_at) in &rows {
-            // A test clock's events carry simulated time: only real-time tenants measure.
-            if !test_clock {
-                let took = (*at - *settled_at).to_std().unwrap_or_default();
-                metrics::histogram!(regua_platform::metrics::PAYMENT_TO_CANCEL)
-                    .record(took.as_secs_f64());
-            }
-        }
-        if rows.len() == paid.len() {
-            break;
-        }
-        // The rest needs no halt (unknown yet, already stopped) or was locked: keep
-        // only those still open and unhalted, and try them again.
-        let still: HashSet<(String, String)> = sqlx::query_as(
-            "SELECT i.tenant, i.invoice_id FROM UNNEST($1::text[], $2::text[]) AS p(tenant, invoice_id) \
-             CROSS JOIN LATERAL (SELECT tenant, invoice_id FROM scheduler.invoices i \
-             WHERE i.tenant = p.tenant AND i.invoice_id = p.invoice_id AND i.status = 'open' \
-             AND i.halted_at IS NULL OFFSET 0) AS i",
-        )
-        .bind(&tenants)
-        .bind(&invoices)
-        .fetch_all(&s.pool)
-        .await?
-        .into_iter()
-        .collect();
-        paid.retain(|(t, i, _)| still.contains(&(t.clone(), i.clone())));
-        if !paid.is_empty() {
-            tokio::time::sleep(LOCKED_RETRY).await;
+    if paid.is_empty() {
+        return Ok(0);
+    }
+    // One statement on a connection whose commits do not wait for the WAL flush.
+    let mut conn = s.halt_pool.acquire().await?;
+    let halted = record(&mut conn, &paid, By::Halt).await?;
+    Ok(halted)
+}
+
+/// A paid invoice, as its `invoice.paid` reports it.
+pub struct Paid {
+    pub tenant: String,
+    pub invoice_id: String,
+    /// Reconciliation's settlement instant (the event's `occurred_at`).
+    pub settled_at: DateTime<Utc>,
+}
+
+/// Which path stopped an invoice's dunning first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// This module's consumer.
+    Halt,
+    /// The in-order consumer, applying `invoice.paid` in full before the halt came.
+    InOrder,
+}
+
+/// Records, in the caller's transaction, that the dunning of `paid` stopped now, for
+/// those not recorded yet, and measures settlement → stopped for them
+/// (`regua_payment_to_cancel_seconds`, real-time tenants only: a test clock's events
+/// carry simulated time). Returns how many it recorded.
+pub async fn record(conn: &mut PgConnection, paid: &[Paid], by: By) -> Result<usize, sqlx::Error> {
+    if paid.is_empty() {
+        return Ok(0);
+    }
+    let mut tenants = Vec::with_capacity(paid.len());
+    let mut invoices = Vec::with_capacity(paid.len());
+    let mut settled = Vec::with_capacity(paid.len());
+    for p in paid {
+        tenants.push(p.tenant.as_str());
+        invoices.push(p.invoice_id.as_str());
+        settled.push(p.settled_at);
+    }
+    // `clock_timestamp()` (the column's default): the database's clock at the write,
+    // the one reconciliation's settlement is stamped with, so the two compare.
+    let rows: Vec<(DateTime<Utc>, DateTime<Utc>, Option<bool>)> = sqlx::query_as(
+        "WITH h AS (INSERT INTO scheduler.halts (tenant, invoice_id, settled_at, by_halt) \
+         SELECT t.*, $4 FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS t \
+         ON CONFLICT DO NOTHING RETURNING tenant, settled_at, halted_at) \
+         SELECT h.halted_at, h.settled_at, t.test_clock FROM h \
+         LEFT JOIN scheduler.tenants t ON t.id = h.tenant",
+    )
+    .bind(&tenants)
+    .bind(&invoices)
+    .bind(&settled)
+    .bind(by == By::Halt)
+    .fetch_all(conn)
+    .await?;
+    for (at, settled_at, test_clock) in &rows {
+        if *test_clock == Some(false) {
+            let took = (*at - *settled_at).to_std().unwrap_or_default();
+            metrics::histogram!(regua_platform::metrics::PAYMENT_TO_CANCEL)
+                .record(took.as_secs_f64());
         }
     }
-    Ok(halted)
+    Ok(rows.len())
 }

@@ -71,6 +71,9 @@ pub struct Scheduler {
     pub outbox_wake: Arc<Notify>,
     /// Woken when there may be due work (an advance, a new plan).
     pub fire_wake: Arc<Notify>,
+    /// The halt's connections ([`halt`]): same database, commits without waiting for
+    /// the WAL flush.
+    pub halt_pool: PgPool,
 }
 
 impl Scheduler {
@@ -81,8 +84,10 @@ impl Scheduler {
         client: async_nats::Client,
         clock: SharedClock,
     ) -> Arc<Scheduler> {
+        let halt_pool = db::without_flush_wait(&pool, u32::try_from(halt::IN_FLIGHT).unwrap_or(4));
         Arc::new(Scheduler {
             config,
+            halt_pool,
             pool,
             js: nats::jetstream(client),
             clock,

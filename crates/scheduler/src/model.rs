@@ -200,9 +200,6 @@ pub struct Invoice {
     /// the payment's (for the thank-you).
     pub traceparent: Option<String>,
     pub opened_at: DateTime<Utc>,
-    /// When [`crate::halt`] stopped its dunning because it was paid (before the
-    /// in-order consumer applied the payment). Read only: only the halt writes it.
-    pub halted_at: Option<DateTime<Utc>>,
     /// Payments reconciliation reported, loaded when firing.
     pub paid: Vec<Paid>,
 }
@@ -217,8 +214,13 @@ pub struct Paid {
     pub settles: bool,
 }
 
+/// The condition (on `scheduler.invoices i`) that firing may take the invoice: not an
+/// open invoice that [`crate::halt`] halted. A paid one still sends its thank-you.
+pub const NOT_HALTED: &str = "(i.status = 'paid' OR NOT EXISTS (SELECT 1 FROM scheduler.halts h \
+     WHERE h.tenant = i.tenant AND h.invoice_id = i.invoice_id))";
+
 pub const INVOICE_COLUMNS: &str = "tenant, invoice_id, customer_id, state, status, test_clock, policy, policy_version, \
-     next_step, deferred_to, notice_sent_at, thanks_pending, next_at, traceparent, opened_at, halted_at";
+     next_step, deferred_to, notice_sent_at, thanks_pending, next_at, traceparent, opened_at";
 
 impl Invoice {
     pub fn from_row(r: &sqlx::postgres::PgRow) -> Result<Invoice, sqlx::Error> {
@@ -242,7 +244,6 @@ impl Invoice {
             next_at: r.try_get("next_at")?,
             traceparent: r.try_get("traceparent")?,
             opened_at: r.try_get("opened_at")?,
-            halted_at: r.try_get("halted_at")?,
             paid: Vec::new(),
         })
     }
@@ -268,7 +269,6 @@ impl Invoice {
             next_at: None,
             traceparent,
             opened_at,
-            halted_at: None,
             paid: Vec::new(),
         }
     }
@@ -312,9 +312,8 @@ pub async fn load_invoices(
     Ok(out)
 }
 
-/// Writes invoices back (insert or full update), in one statement. An invoice that
-/// [`crate::halt`] halted keeps no next step while it is still open, whatever the
-/// caller planned from the row it read before the halt.
+/// Writes invoices back (insert or full update), in one statement. (An open invoice
+/// that [`crate::halt`] halted may be given a next step here; firing never takes it.)
 pub async fn save_invoices(
     conn: &mut PgConnection,
     invoices: &[&Invoice],
@@ -336,8 +335,7 @@ pub async fn save_invoices(
          status = EXCLUDED.status, policy = EXCLUDED.policy, policy_version = EXCLUDED.policy_version, \
          next_step = EXCLUDED.next_step, deferred_to = EXCLUDED.deferred_to, notice_sent_at = EXCLUDED.notice_sent_at, \
          thanks_pending = EXCLUDED.thanks_pending, traceparent = EXCLUDED.traceparent, \
-         next_at = CASE WHEN scheduler.invoices.halted_at IS NOT NULL AND EXCLUDED.status = 'open' \
-         THEN NULL ELSE EXCLUDED.next_at END",
+         next_at = EXCLUDED.next_at",
     ))
     .bind(&c.customer_id)
     .bind(&c.state)
