@@ -34,6 +34,8 @@ pub enum PlatformError {
     Http(String),
     #[error("telemetry: {0}")]
     Telemetry(String),
+    #[error("a background task ended abnormally: {0}")]
+    Task(String),
 }
 
 impl PlatformError {

@@ -16,23 +16,28 @@
 //! );
 //! ```
 //!
-//! Only one relay publishes a table at a time (a transaction-scoped advisory lock), so
-//! events leave in commit order even with several replicas. If the relay dies after a
-//! publish but before the delete commits, the rows are published again with the same
-//! ids and JetStream's duplicate window drops the repeats.
+//! Only one relay publishes a table at a time (an advisory lock held by a connection of
+//! its own), so events leave in order even with several replicas. It does not wait for
+//! one batch's acks before it publishes the next: a row committed while a batch is in
+//! flight leaves at once, and its batch is deleted once JetStream has acked it. If the
+//! relay dies after a publish but before the delete, the rows are published again with
+//! the same ids and JetStream's duplicate window drops the repeats.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
 use futures::future::try_join_all;
 // Table names come from service constants, never from input.
 use chrono::{DateTime, Utc};
 use regua_contract::{Envelope, EventType, subjects};
 use serde::Serialize;
+use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::{NoContext, Timestamp, Uuid};
@@ -185,19 +190,9 @@ impl Relay {
     /// Relays until `cancel`, then flushes what is left (bounded by a few attempts).
     pub async fn run(self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100));
-        loop {
-            match self.relay_once().await {
-                Ok(n) => {
-                    backoff.reset();
-                    if n as i64 >= self.batch {
-                        continue;
-                    }
-                    tokio::select! {
-                        () = cancel.cancelled() => break,
-                        () = self.wake.notified() => {}
-                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    }
-                }
+        while !cancel.is_cancelled() {
+            match self.lead(&cancel).await {
+                Ok(()) => backoff.reset(),
                 Err(e) => {
                     tracing::warn!(error = %e, table = self.outbox.table, "outbox relay failed; retrying");
                     if !backoff.wait(&cancel).await {
@@ -218,7 +213,122 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch in order and deletes it. Returns how many were published.
+    /// Takes the table's relay lock (session-scoped, on a connection of its own) and
+    /// relays until `cancel` or a failure; closing the connection releases the lock.
+    /// Returns at once, after a pause, when another replica holds it.
+    async fn lead(&self, cancel: &CancellationToken) -> Result<(), PlatformError> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(self.outbox.table)
+            .fetch_one(&mut conn)
+            .await?;
+        let result = if locked {
+            self.pump(&mut conn, cancel).await
+        } else {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            Ok(())
+        };
+        if let Err(e) = sqlx::Connection::close(conn).await {
+            tracing::debug!(error = %e, "closing the relay's connection");
+        }
+        result
+    }
+
+    /// Publishes rows as they commit, without waiting for the acks of what it already
+    /// published: a confirming task awaits those (in order) and deletes the rows, while
+    /// this loop selects and publishes the next ones, skipping rows still in flight.
+    async fn pump(
+        &self,
+        conn: &mut PgConnection,
+        cancel: &CancellationToken,
+    ) -> Result<(), PlatformError> {
+        let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        let (sent, confirmed) = mpsc::channel::<Sent>(IN_FLIGHT_BATCHES);
+        let confirming = tokio::spawn(confirm(
+            self.outbox,
+            self.pool.clone(),
+            confirmed,
+            Arc::clone(&in_flight),
+        ));
+        let select = format!(
+            "SELECT seq, id, subject, payload, traceparent FROM {} \
+             WHERE seq <> ALL($1) ORDER BY seq LIMIT $2",
+            self.outbox.table
+        );
+        let pumped = async {
+            while !cancel.is_cancelled() && !confirming.is_finished() {
+                let skip: Vec<i64> = lock(&in_flight).iter().copied().collect();
+                let rows = sqlx::query(AssertSqlSafe(select.as_str()))
+                    .bind(&skip)
+                    .bind(self.batch)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let n = rows.len();
+                if n > 0 {
+                    let mut batch = Sent {
+                        seqs: Vec::with_capacity(n),
+                        acks: Vec::with_capacity(n),
+                    };
+                    for row in &rows {
+                        let seq: i64 = row.try_get("seq")?;
+                        batch.acks.push(self.publish(row).await?);
+                        batch.seqs.push(seq);
+                    }
+                    lock(&in_flight).extend(batch.seqs.iter().copied());
+                    if sent.send(batch).await.is_err() {
+                        // The confirming task ended: its result says why.
+                        break;
+                    }
+                }
+                if n as i64 >= self.batch {
+                    continue;
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+            Ok::<(), PlatformError>(())
+        }
+        .await;
+        drop(sent);
+        let confirmed = confirming
+            .await
+            .map_err(|e| PlatformError::Task(format!("outbox confirmation: {e}")))?;
+        pumped.and(confirmed)
+    }
+
+    /// Publishes one outbox row, with its id as `Nats-Msg-Id` and its trace context.
+    async fn publish(&self, row: &PgRow) -> Result<PublishAckFuture, PlatformError> {
+        let id: Uuid = row.try_get("id")?;
+        let subject: String = row.try_get("subject")?;
+        let payload: Vec<u8> = row.try_get("payload")?;
+        let tp: Option<String> = row.try_get("traceparent")?;
+        let id = id.to_string();
+        let span = nats::publish_span(&subject, &id);
+        if let Some(tp) = &tp {
+            telemetry::continue_from_traceparent(&span, tp);
+        }
+        let publish = nats::traced_publish(
+            &span,
+            async_nats::HeaderMap::new(),
+            &id,
+            Bytes::from(payload),
+        );
+        self.js
+            .send_publish(subject, publish)
+            .instrument(span)
+            .await
+            .map_err(PlatformError::nats)
+    }
+
+    /// Publishes one batch in order and deletes it, in one transaction under the
+    /// table's relay lock. Returns how many were published. (The flush at shutdown,
+    /// once the pumping connection has let the lock go.)
     pub async fn relay_once(&self) -> Result<usize, PlatformError> {
         let mut tx = self.pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
@@ -241,42 +351,63 @@ impl Relay {
         let mut acks = Vec::with_capacity(rows.len());
         let mut seqs = Vec::with_capacity(rows.len());
         for row in &rows {
-            let seq: i64 = row.try_get("seq")?;
-            let id: Uuid = row.try_get("id")?;
-            let subject: String = row.try_get("subject")?;
-            let payload: Vec<u8> = row.try_get("payload")?;
-            let tp: Option<String> = row.try_get("traceparent")?;
-            let id = id.to_string();
-            let span = nats::publish_span(&subject, &id);
-            if let Some(tp) = &tp {
-                telemetry::continue_from_traceparent(&span, tp);
-            }
-            let publish = nats::traced_publish(
-                &span,
-                async_nats::HeaderMap::new(),
-                &id,
-                Bytes::from(payload),
-            );
-            let ack = self
-                .js
-                .send_publish(subject, publish)
-                .instrument(span)
-                .await
-                .map_err(PlatformError::nats)?;
-            acks.push(ack.into_future());
-            seqs.push(seq);
+            acks.push(self.publish(row).await?.into_future());
+            seqs.push(row.try_get::<i64, _>("seq")?);
         }
         try_join_all(acks).await.map_err(PlatformError::nats)?;
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {} WHERE seq = ANY($1)",
-            self.outbox.table
-        )))
-        .bind(&seqs)
-        .execute(&mut *tx)
-        .await?;
+        delete(&mut tx, self.outbox, &seqs).await?;
         tx.commit().await?;
         Ok(rows.len())
     }
+}
+
+/// Published batches whose acks are not awaited yet, at most, before the pump waits.
+const IN_FLIGHT_BATCHES: usize = 4;
+
+/// A published batch: its rows' sequence numbers and the acks to await.
+struct Sent {
+    seqs: Vec<i64>,
+    acks: Vec<PublishAckFuture>,
+}
+
+fn lock(set: &Mutex<HashSet<i64>>) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Awaits each published batch's acks in order and deletes its rows; the first failed
+/// ack ends it (the pump then stops, and the next leader publishes the rows again:
+/// JetStream's duplicate window drops what was stored).
+async fn confirm(
+    outbox: Outbox,
+    pool: PgPool,
+    mut batches: mpsc::Receiver<Sent>,
+    in_flight: Arc<Mutex<HashSet<i64>>>,
+) -> Result<(), PlatformError> {
+    while let Some(batch) = batches.recv().await {
+        try_join_all(batch.acks.into_iter().map(IntoFuture::into_future))
+            .await
+            .map_err(PlatformError::nats)?;
+        let mut conn = pool.acquire().await?;
+        delete(&mut conn, outbox, &batch.seqs).await?;
+        let mut set = lock(&in_flight);
+        for seq in &batch.seqs {
+            set.remove(seq);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes published rows.
+async fn delete(conn: &mut PgConnection, outbox: Outbox, seqs: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {} WHERE seq = ANY($1)",
+        outbox.table
+    )))
+    .bind(seqs)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// The events among `msgs` of one of `kinds` that `processed` (a service's
