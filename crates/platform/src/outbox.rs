@@ -217,20 +217,22 @@ impl Relay {
     /// relays until `cancel` or a failure; closing the connection releases the lock.
     /// Returns at once, after a pause, when another replica holds it.
     async fn lead(&self, cancel: &CancellationToken) -> Result<(), PlatformError> {
-        let mut conn = self.pool.acquire().await?.detach();
+        let mut pooled = self.pool.acquire().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
             .bind(self.outbox.table)
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *pooled)
             .await?;
-        let result = if locked {
-            self.pump(&mut conn, cancel).await
-        } else {
+        if !locked {
+            drop(pooled);
             tokio::select! {
                 () = cancel.cancelled() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            Ok(())
-        };
+            return Ok(());
+        }
+        // Out of the pool: the lock lives as long as this connection.
+        let mut conn = pooled.detach();
+        let result = self.pump(&mut conn, cancel).await;
         if let Err(e) = sqlx::Connection::close(conn).await {
             tracing::debug!(error = %e, "closing the relay's connection");
         }
