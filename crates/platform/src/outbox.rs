@@ -23,7 +23,7 @@
 //! relay dies after a publish but before the delete, the rows are published again with
 //! the same ids and JetStream's duplicate window drops the repeats.
 
-use std::collections::VecDeque;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -230,8 +230,11 @@ impl Relay {
             }
             return Ok(());
         }
-        // Out of the pool: the lock lives as long as this connection.
+        // Out of the pool: the lock (and this setting) live as long as this connection.
         let mut conn = pooled.detach();
+        sqlx::query("SET plan_cache_mode = force_custom_plan")
+            .execute(&mut conn)
+            .await?;
         let result = self.pump(&mut conn, cancel).await;
         if let Err(e) = sqlx::Connection::close(conn).await {
             tracing::debug!(error = %e, "closing the relay's connection");
@@ -241,14 +244,13 @@ impl Relay {
 
     /// Publishes rows as they commit, without waiting for the acks of what it already
     /// published: a confirming task awaits those (in order) and deletes the rows, while
-    /// this loop selects and publishes the next ones, outside the span of the batches in
-    /// flight.
+    /// this loop selects and publishes the next ones, skipping rows still in flight.
     async fn pump(
         &self,
         conn: &mut PgConnection,
         cancel: &CancellationToken,
     ) -> Result<(), PlatformError> {
-        let in_flight: Arc<Spans> = Arc::default();
+        let in_flight: Arc<InFlight> = Arc::default();
         let (sent, confirmed) = mpsc::channel::<Sent>(IN_FLIGHT_BATCHES);
         let confirming = tokio::spawn(confirm(
             self.outbox,
@@ -256,25 +258,19 @@ impl Relay {
             confirmed,
             Arc::clone(&in_flight),
         ));
-        // The rows outside the span of the batches in flight (each an index range): a
-        // row that commits late inside that span waits until the batches before it are
-        // confirmed.
-        let table = self.outbox.table;
+        // The next rows, skipping those in flight. (The pump's connection plans each
+        // execution with the actual list, which Postgres then probes as a hash table:
+        // a generic plan would compare each row with every sequence in flight.)
         let select = format!(
-            "(SELECT seq, id, subject, payload, traceparent FROM {table} WHERE seq < $1 ORDER BY seq LIMIT $3) \
-             UNION ALL (SELECT seq, id, subject, payload, traceparent FROM {table} WHERE seq > $2 ORDER BY seq LIMIT $3) \
-             ORDER BY seq LIMIT $3"
+            "SELECT seq, id, subject, payload, traceparent FROM {} \
+             WHERE seq <> ALL($1) ORDER BY seq LIMIT $2",
+            self.outbox.table
         );
         let pumped = async {
             while !cancel.is_cancelled() && !confirming.is_finished() {
-                let (lo, hi) = lock(&in_flight)
-                    .iter()
-                    .fold((i64::MAX, i64::MIN), |(lo, hi), &(a, b)| {
-                        (lo.min(a), hi.max(b))
-                    });
+                let skip: Vec<i64> = lock(&in_flight).iter().copied().collect();
                 let rows = sqlx::query(AssertSqlSafe(select.as_str()))
-                    .bind(lo)
-                    .bind(hi)
+                    .bind(&skip)
                     .bind(self.batch)
                     .fetch_all(&mut *conn)
                     .await?;
@@ -289,11 +285,7 @@ impl Relay {
                         batch.acks.push(self.publish(row).await?);
                         batch.seqs.push(seq);
                     }
-                    let span = batch
-                        .seqs
-                        .iter()
-                        .fold((i64::MAX, i64::MIN), |(lo, hi), &q| (lo.min(q), hi.max(q)));
-                    lock(&in_flight).push_back(span);
+                    lock(&in_flight).extend(batch.seqs.iter().copied());
                     if sent.send(batch).await.is_err() {
                         // The confirming task ended: its result says why.
                         break;
@@ -386,12 +378,11 @@ struct Sent {
     acks: Vec<PublishAckFuture>,
 }
 
-/// The span (lowest, highest sequence) of each batch in flight, oldest first.
-type Spans = Mutex<VecDeque<(i64, i64)>>;
+/// The sequences published and not deleted yet.
+type InFlight = Mutex<HashSet<i64>>;
 
-fn lock(spans: &Spans) -> std::sync::MutexGuard<'_, VecDeque<(i64, i64)>> {
-    spans
-        .lock()
+fn lock(set: &InFlight) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+    set.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -402,7 +393,7 @@ async fn confirm(
     outbox: Outbox,
     pool: PgPool,
     mut batches: mpsc::Receiver<Sent>,
-    in_flight: Arc<Spans>,
+    in_flight: Arc<InFlight>,
 ) -> Result<(), PlatformError> {
     while let Some(batch) = batches.recv().await {
         try_join_all(batch.acks.into_iter().map(IntoFuture::into_future))
@@ -410,7 +401,10 @@ async fn confirm(
             .map_err(PlatformError::nats)?;
         let mut conn = pool.acquire().await?;
         delete(&mut conn, outbox, &batch.seqs).await?;
-        lock(&in_flight).pop_front();
+        let mut set = lock(&in_flight);
+        for seq in &batch.seqs {
+            set.remove(seq);
+        }
     }
     Ok(())
 }
