@@ -815,7 +815,7 @@ async fn a_payment_halts_dunning_while_the_in_order_consumer_is_held_up(pool: Pg
         .await
         .unwrap();
     assert_eq!(w.count(planned).await, 1);
-    // ...and a claim at the step's instant (a firing replica's) take nothing.
+    // ...and a claim at the step's instant (a firing replica's) takes nothing.
     let replica = regua_scheduler::Scheduler::from_parts(
         w.config.clone(),
         pool.clone(),

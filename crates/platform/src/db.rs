@@ -22,11 +22,7 @@ pub async fn ensure_database(url: &str) -> Result<(), PlatformError> {
 /// A pool that waits for the server instead of failing on the first refused connect.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, PlatformError> {
     let options = PgConnectOptions::from_str(url)?.application_name("regua");
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await?;
+    let pool = pool_options(max_connections).connect_with(options).await?;
     Ok(pool)
 }
 
@@ -38,10 +34,14 @@ pub fn without_flush_wait(pool: &PgPool, max_connections: u32) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
         .options([("synchronous_commit", "off")]);
+    pool_options(max_connections).connect_lazy_with(options)
+}
+
+/// Every regua pool's sizing and acquire timeout.
+fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(options)
 }
 
 /// Runs `migrator` with its history table inside `schema`.

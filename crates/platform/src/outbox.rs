@@ -218,11 +218,7 @@ impl Relay {
     /// Returns at once, after a pause, when another replica holds it.
     async fn lead(&self, cancel: &CancellationToken) -> Result<(), PlatformError> {
         let mut pooled = self.pool.acquire().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-            .bind(self.outbox.table)
-            .fetch_one(&mut *pooled)
-            .await?;
-        if !locked {
+        if !self.try_lock(&mut pooled, LockScope::Session).await? {
             drop(pooled);
             tokio::select! {
                 () = cancel.cancelled() => {}
@@ -258,22 +254,10 @@ impl Relay {
             confirmed,
             Arc::clone(&in_flight),
         ));
-        // The next rows, skipping those in flight. (The pump's connection plans each
-        // execution with the actual list, which Postgres then probes as a hash table:
-        // a generic plan would compare each row with every sequence in flight.)
-        let select = format!(
-            "SELECT seq, id, subject, payload, traceparent FROM {} \
-             WHERE seq <> ALL($1) ORDER BY seq LIMIT $2",
-            self.outbox.table
-        );
         let pumped = async {
             while !cancel.is_cancelled() && !confirming.is_finished() {
                 let skip: Vec<i64> = lock(&in_flight).iter().copied().collect();
-                let rows = sqlx::query(AssertSqlSafe(select.as_str()))
-                    .bind(&skip)
-                    .bind(self.batch)
-                    .fetch_all(&mut *conn)
-                    .await?;
+                let rows = self.next_rows(conn, &skip).await?;
                 let n = rows.len();
                 if n > 0 {
                     let mut batch = Sent {
@@ -310,6 +294,43 @@ impl Relay {
         pumped.and(confirmed)
     }
 
+    /// Tries to take the table's relay lock, for the connection's session or for the
+    /// transaction it is in.
+    async fn try_lock(
+        &self,
+        conn: &mut PgConnection,
+        scope: LockScope,
+    ) -> Result<bool, sqlx::Error> {
+        let sql = match scope {
+            LockScope::Session => "SELECT pg_try_advisory_lock(hashtext($1))",
+            LockScope::Transaction => "SELECT pg_try_advisory_xact_lock(hashtext($1))",
+        };
+        sqlx::query_scalar(sql)
+            .bind(self.outbox.table)
+            .fetch_one(conn)
+            .await
+    }
+
+    /// The next batch of rows in sequence order, skipping the sequences in `skip`. (The
+    /// pump's connection plans each execution with the actual list, which Postgres then
+    /// probes as a hash table: a generic plan would compare each row with every
+    /// sequence in flight.)
+    async fn next_rows(
+        &self,
+        conn: &mut PgConnection,
+        skip: &[i64],
+    ) -> Result<Vec<PgRow>, sqlx::Error> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT seq, id, subject, payload, traceparent FROM {} \
+             WHERE seq <> ALL($1) ORDER BY seq LIMIT $2",
+            self.outbox.table
+        )))
+        .bind(skip)
+        .bind(self.batch)
+        .fetch_all(conn)
+        .await
+    }
+
     /// Publishes one outbox row, with its id as `Nats-Msg-Id` and its trace context.
     async fn publish(&self, row: &PgRow) -> Result<PublishAckFuture, PlatformError> {
         let id: Uuid = row.try_get("id")?;
@@ -339,20 +360,10 @@ impl Relay {
     /// once the pumping connection has let the lock go.)
     pub async fn relay_once(&self) -> Result<usize, PlatformError> {
         let mut tx = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
-            .bind(self.outbox.table)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !locked {
+        if !self.try_lock(&mut tx, LockScope::Transaction).await? {
             return Ok(0);
         }
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT seq, id, subject, payload, traceparent FROM {} ORDER BY seq LIMIT $1",
-            self.outbox.table
-        )))
-        .bind(self.batch)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = self.next_rows(&mut tx, &[]).await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -367,6 +378,15 @@ impl Relay {
         tx.commit().await?;
         Ok(rows.len())
     }
+}
+
+/// How long the relay lock is held.
+#[derive(Debug, Clone, Copy)]
+enum LockScope {
+    /// Until the connection closes (the pump).
+    Session,
+    /// Until the transaction ends (the flush at shutdown).
+    Transaction,
 }
 
 /// Published batches whose acks are not awaited yet, at most, before the pump waits.
