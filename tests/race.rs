@@ -197,6 +197,29 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
         (0..n).map(|i| (i, rng.random_range(0..=2000))).collect()
     };
     offsets.sort_by_key(|(_, ms)| *ms);
+    // Settlement signals as they arrive (a plain subscriber, beside the scheduler's
+    // queue group), to show where the time goes: settlement -> signalled -> halted.
+    let signalled = {
+        use futures::StreamExt;
+        let mut sub = js
+            .client()
+            .subscribe(subjects::settled_any_tenant())
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let mut at = HashMap::new();
+            while at.len() < n {
+                let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(30), sub.next()).await
+                else {
+                    break;
+                };
+                let now = Utc::now();
+                let sig: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+                at.insert(sig["invoice_id"].as_str().unwrap_or("").to_owned(), now);
+            }
+            at
+        })
+    };
     let r = http
         .post(tenant_url("clock:advance"))
         .bearer_auth(&key)
@@ -334,9 +357,10 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
         DateTime<Utc>,
         DateTime<Utc>,
         bool,
+        String,
     );
     let rows: Vec<Settled> = sqlx::query_as(
-        "SELECT a.invoice_paid_event, a.settled_at, p.processed_at, h.halted_at, h.by_halt \
+        "SELECT a.invoice_paid_event, a.settled_at, p.processed_at, h.halted_at, h.by_halt, a.invoice_id \
          FROM reconcile.applications a JOIN scheduler.processed p ON p.event_id = a.invoice_paid_event \
          JOIN scheduler.halts h ON h.tenant = a.tenant AND h.invoice_id = a.invoice_id",
     )
@@ -345,16 +369,16 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
     .unwrap();
     let ms = |d: TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
     let halted = rows.iter().filter(|r| r.4).count();
-    let mut lat: Vec<f64> = rows.iter().map(|(_, s, _, h, _)| ms(*h - *s)).collect();
+    let mut lat: Vec<f64> = rows.iter().map(|(_, s, _, h, ..)| ms(*h - *s)).collect();
     lat.sort_by(|a, b| a.total_cmp(b));
-    let mut full: Vec<f64> = rows.iter().map(|(_, s, p, _, _)| ms(*p - *s)).collect();
+    let mut full: Vec<f64> = rows.iter().map(|(_, s, p, ..)| ms(*p - *s)).collect();
     full.sort_by(|a, b| a.total_cmp(b));
     // Where that time goes: settlement → the event stored in REGUA_EVT (the outbox
     // relay), stored → halted, and stored → applied (the in-order consumer).
     let stored = stored_at(&js, "regua.v1.evt.race.invoice.paid", n).await;
     let by_event: HashMap<String, _> = rows
         .iter()
-        .map(|(id, s, p, h, by_halt)| (id.to_string(), (*s, *p, by_halt.then_some(*h))))
+        .map(|(id, s, p, h, by_halt, _)| (id.to_string(), (*s, *p, by_halt.then_some(*h))))
         .collect();
     let mut relay = Vec::new();
     let mut consume = Vec::new();
@@ -371,6 +395,24 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
     relay.sort_by(|a, b| a.total_cmp(b));
     consume.sort_by(|a, b| a.total_cmp(b));
     halt.sort_by(|a, b| a.total_cmp(b));
+    let signalled = signalled.await.unwrap();
+    let (mut to_signal, mut signal_to_halt) = (Vec::new(), Vec::new());
+    for (_, s, _, h, _, invoice) in &rows {
+        if let Some(at) = signalled.get(invoice) {
+            to_signal.push(ms(*at - *s));
+            signal_to_halt.push(ms(*h - *at));
+        }
+    }
+    to_signal.sort_by(|a, b| a.total_cmp(b));
+    signal_to_halt.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "  settlement signals seen: {}; settlement -> signal received, ms: p50 {:.1}, p99 {:.1}; signal -> halted, ms: p50 {:.1}, p99 {:.1}",
+        to_signal.len(),
+        percentile(&to_signal, 0.5),
+        percentile(&to_signal, 0.99),
+        percentile(&signal_to_halt, 0.5),
+        percentile(&signal_to_halt, 0.99),
+    );
     println!(
         "  of which settlement -> stored in REGUA_EVT, ms: p50 {:.1}, p99 {:.1}; stored -> halted, ms: p50 {:.1}, p99 {:.1}; \
          stored -> applied in full, ms: p50 {:.1}, p99 {:.1}",

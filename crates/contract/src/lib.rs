@@ -3,8 +3,9 @@
 //! Everything an integrator or another regua service codes against lives here and only
 //! here: the subjects and stream names ([`subjects`]), the dispatch commands
 //! ([`commands`]), the event envelope
-//! ([`envelope`]), the inbound payloads ([`inbound`]), the domain events ([`events`]) and
-//! the stable rejection codes ([`rejection`]). [`proto`] renders all of it as JSON Schema,
+//! ([`envelope`]), the inbound payloads ([`inbound`]), the domain events ([`events`]),
+//! the core-NATS signals between services ([`signals`]) and the stable rejection codes
+//! ([`rejection`]). [`proto`] renders all of it as JSON Schema,
 //! an AsyncAPI 3 document and example payloads; the files under `proto/` at the top of
 //! the repository are generated from it and a test fails when they are stale.
 
@@ -14,6 +15,7 @@ pub mod events;
 pub mod inbound;
 pub mod proto;
 pub mod rejection;
+pub mod signals;
 pub mod subjects;
 
 pub use envelope::{Envelope, EventType};

@@ -22,6 +22,7 @@ use crate::inbound::{
     PaymentMethod, PaymentReceived,
 };
 use crate::rejection::{FieldIssue, RejectCode, WarnCode};
+use crate::signals::InvoiceSettled;
 use crate::subjects::{self, InboundKind};
 
 /// Whether a message goes into regua or comes out of it.
@@ -31,6 +32,8 @@ pub enum Direction {
     Out,
     /// A command between services (`regua.v1.cmd.>`).
     Command,
+    /// A core NATS signal between services (`regua.v1.sig.>`), in no stream.
+    Signal,
 }
 
 /// One message of the contract.
@@ -41,7 +44,8 @@ pub struct Message {
     pub direction: Direction,
     /// Subject with `{tenant}` as the parameter.
     pub address: String,
-    pub stream: &'static str,
+    /// The JetStream stream that stores it; `None` for a core NATS signal.
+    pub stream: Option<&'static str>,
     pub summary: &'static str,
     pub schema: Value,
     pub example: Value,
@@ -53,6 +57,7 @@ impl Message {
             Direction::In => format!("in.{}", self.name),
             Direction::Out => format!("evt.{}", self.name),
             Direction::Command => format!("cmd.{}", self.name),
+            Direction::Signal => format!("sig.{}", self.name),
         }
     }
 }
@@ -75,7 +80,7 @@ fn inbound_message(
         name: kind.suffix(),
         direction: Direction::In,
         address: format!("{}.v1.in.{{tenant}}.{}", subjects::ROOT, kind.suffix()),
-        stream: subjects::STREAM_INBOUND,
+        stream: Some(subjects::STREAM_INBOUND),
         summary,
         schema,
         example,
@@ -87,7 +92,7 @@ fn event_message(kind: EventType, summary: &'static str, schema: Value, example:
         name: kind.as_str(),
         direction: Direction::Out,
         address: format!("{}.v1.evt.{{tenant}}.{}", subjects::ROOT, kind.as_str()),
-        stream: subjects::STREAM_EVENTS,
+        stream: Some(subjects::STREAM_EVENTS),
         summary,
         schema,
         example,
@@ -330,11 +335,20 @@ pub fn messages() -> Vec<Message> {
         name: "dispatch",
         direction: Direction::Command,
         address: format!("{}.v1.cmd.{{tenant}}.dispatch.{{channel}}", subjects::ROOT),
-        stream: subjects::STREAM_COMMANDS,
+        stream: Some(subjects::STREAM_COMMANDS),
         summary: "Send one message on one channel (scheduler to dispatchers)",
         schema: schema::<DispatchCommand>(),
         example: example(&ex.dispatch_command()),
     }]);
+    messages.push(Message {
+        name: "invoice.settled",
+        direction: Direction::Signal,
+        address: subjects::settled("{tenant}"),
+        stream: None,
+        summary: "Reconciliation settled an invoice (core NATS, at most once, right after the commit): the scheduler halts its dunning at once; invoice.paid follows",
+        schema: schema::<InvoiceSettled>(),
+        example: example(&ex.invoice_settled()),
+    });
     messages
 }
 
@@ -358,11 +372,15 @@ pub fn asyncapi(messages: &[Message]) -> Value {
                 },
                 "messages": { id.clone(): { "$ref": format!("#/components/messages/{id}") } },
                 "x-jetstream-stream": m.stream,
+                "x-delivery": match m.stream {
+                    Some(_) => "JetStream: durable, at least once",
+                    None => "core NATS: at most once, no stream; a shortcut for a durable event",
+                },
             }),
         );
         let (action, verb) = match m.direction {
             Direction::In => ("send", "publish"),
-            Direction::Out | Direction::Command => ("receive", "consume"),
+            Direction::Out | Direction::Command | Direction::Signal => ("receive", "consume"),
         };
         operations.insert(
             format!("{verb}{}", upper_first(&id)),
@@ -414,6 +432,17 @@ pub fn asyncapi(messages: &[Message]) -> Value {
                     "properties": {
                         "Nats-Msg-Id": { "type": "string", "description": "The envelope id (UUIDv7)." },
                         "traceparent": { "type": "string", "description": "W3C trace context of the change." },
+                    },
+                }),
+            );
+        }
+        if let (Direction::Signal, Some(obj)) = (m.direction, message.as_object_mut()) {
+            obj.insert(
+                "headers".into(),
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "traceparent": { "type": "string", "description": "W3C trace context of the payment." },
                     },
                 }),
             );
@@ -802,6 +831,15 @@ impl Examples {
         }
     }
 
+    pub fn invoice_settled(&self) -> InvoiceSettled {
+        InvoiceSettled {
+            invoice_id: "NF-2026-000123".into(),
+            payment_id: "PAY-77120".into(),
+            settled_at: self.at,
+            event_id: Uuid::from_u128(0x019a_b2c3_d4e5_7f00_8000_0000_0000_0001),
+        }
+    }
+
     pub fn envelope<T>(&self, event_type: EventType, data: T) -> Envelope<T> {
         Envelope {
             id: Uuid::from_u128(0x019a_b2c3_d4e5_7f00_8000_0000_0000_0001),
@@ -852,7 +890,7 @@ mod tests {
     #[test]
     fn every_message_has_schema_and_example() {
         let ms = messages();
-        assert_eq!(ms.len(), InboundKind::ALL.len() + EventType::ALL.len() + 1);
+        assert_eq!(ms.len(), InboundKind::ALL.len() + EventType::ALL.len() + 2);
         for m in &ms {
             assert!(m.schema.get("$schema").is_some(), "{}", m.name);
             assert!(m.example.is_object(), "{}", m.name);
@@ -897,6 +935,7 @@ mod tests {
         );
         assert_eq!(doc["x-jetstream-streams"].as_object().unwrap().len(), 4);
         assert!(addresses.contains(&"regua.v1.cmd.{tenant}.dispatch.{channel}"));
+        assert!(addresses.contains(&"regua.v1.sig.{tenant}.invoice.settled"));
         assert_eq!(
             doc["channels"]["deadLetter"]["address"],
             "regua.v1.dlq.{consumer}.{tenant}"

@@ -37,6 +37,10 @@ pub const CONSUMER_TIMELINE: &str = "scheduler-timeline";
 /// pending steps at once, apart from the in-order consumer.
 pub const CONSUMER_SCHEDULER_HALT: &str = "scheduler-halt";
 
+/// The queue group of the scheduler replicas subscribed to [`settled_any_tenant`]: each
+/// signal reaches one of them.
+pub const QUEUE_SCHEDULER_HALT: &str = "scheduler-halt";
+
 /// The durable consumer one channel's dispatchers share: `dispatch-<channel>`.
 pub fn dispatch_consumer(channel: crate::inbound::Channel) -> String {
     format!("dispatch-{}", channel.as_str())
@@ -98,6 +102,18 @@ pub fn dispatch(tenant: &str, channel: crate::inbound::Channel) -> String {
 /// `regua.v1.cmd.*.dispatch.<channel>`: one channel's commands across tenants.
 pub fn dispatch_any_tenant(channel: crate::inbound::Channel) -> String {
     format!("{ROOT}.v1.cmd.*.dispatch.{}", channel.as_str())
+}
+
+/// `regua.v1.sig.<tenant>.invoice.settled`: reconciliation's signal, right after the
+/// commit that settled an invoice ([`crate::signals::InvoiceSettled`]). Core NATS, in
+/// no stream: at most once, a shortcut for `invoice.paid`, never a substitute.
+pub fn settled(tenant: &str) -> String {
+    format!("{ROOT}.v1.sig.{tenant}.invoice.settled")
+}
+
+/// `regua.v1.sig.*.invoice.settled`: the settlement signals of every tenant.
+pub fn settled_any_tenant() -> String {
+    format!("{ROOT}.v1.sig.*.invoice.settled")
 }
 
 /// The subject prefixes (`regua.v1.evt.<tenant>.` and `regua.v1.cmd.<tenant>.`) of

@@ -224,8 +224,9 @@ async fn apply(r: &Reconcile, items: &[Item]) -> Result<Vec<&'static str>, Recon
         };
         outcomes.push(outcome);
     }
-    settlements.settle(&mut tx).await?;
+    let settled = settlements.settle(&mut tx).await?;
     r.commit(tx).await?;
+    r.signal(&settled).await;
     results.into_iter().for_each(ledger::count);
     Ok(outcomes)
 }

@@ -98,8 +98,9 @@ async fn ingest(
         regua_platform::telemetry::traceparent(&tracing::Span::current()),
     )
     .await?;
-    settlements.settle(&mut tx).await?;
+    let settled = settlements.settle(&mut tx).await?;
     r.commit(tx).await?;
+    r.signal(&settled).await;
     r.outbox_wake.notify_one();
     ledger::count(applied.result());
     Ok(applied)
@@ -187,8 +188,10 @@ async fn post_match(
         Problem::invalid::<_, Value>(&[issue], &[])
     })?;
     let mut tx = r.pool.begin().await.map_err(internal)?;
+    let mut settled = ledger::Settled::default();
     let result = ledger::rematch(
         &mut tx,
+        &mut settled,
         &tenant,
         payment_id,
         Some(&m.invoice_id),
@@ -223,6 +226,7 @@ async fn post_match(
         }
         Some(Ok(applied)) => {
             r.commit(tx).await.map_err(internal)?;
+            r.signal(&settled).await;
             r.outbox_wake.notify_one();
             Ok(axum::Json(applied).into_response())
         }

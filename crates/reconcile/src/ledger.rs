@@ -6,6 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use regua_contract::EventType;
 use regua_contract::events::{InvoicePaid, InvoicePartiallyPaid, PaymentMatched, PaymentUnmatched};
+use regua_contract::signals::InvoiceSettled;
 use regua_domain::charges::{self, Terms};
 use regua_intake::decode::PaymentDraft;
 use regua_platform::fence;
@@ -261,23 +262,73 @@ impl Times {
 /// payments then holds the fence's exclusive locks (and keeps dispatcher gates
 /// waiting) only for its commit, and the settlement's recorded moment is next to it.
 #[derive(Debug, Default)]
-pub struct Settlements(Vec<fence::Settlement>);
+pub struct Settlements(Vec<(fence::Settlement, Signal)>);
+
+/// What the settlement signal of one invoice carries, besides the tenant.
+#[derive(Debug)]
+struct Signal {
+    settled: InvoiceSettled,
+    traceparent: Option<String>,
+}
+
+/// The invoices a committed transaction settled, to be signalled
+/// ([`crate::Reconcile::signal`]).
+#[derive(Debug, Default)]
+pub struct Settled(Vec<(String, Signal)>);
+
+impl Settled {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn extend(&mut self, other: Settled) {
+        self.0.extend(other.0);
+    }
+
+    /// (tenant, signal, traceparent) of each settled invoice.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &InvoiceSettled, Option<&str>)> {
+        self.0
+            .iter()
+            .map(|(t, s)| (t.as_str(), &s.settled, s.traceparent.as_deref()))
+    }
+}
 
 impl Settlements {
-    fn push(&mut self, inv: &InvoiceRow, p: &Payment) {
-        self.0.push(fence::Settlement {
+    /// Owes the fence `inv`, settled by `p`; `invoice.paid` is `event_id`, at `at`.
+    fn push(
+        &mut self,
+        inv: &InvoiceRow,
+        p: &Payment,
+        (event_id, at): (uuid::Uuid, DateTime<Utc>),
+        traceparent: Option<String>,
+    ) {
+        let settlement = fence::Settlement {
             tenant: inv.tenant.clone(),
             invoice_id: inv.invoice_id.clone(),
             payment_id: p.payment_id.clone(),
-        });
+        };
+        let settled = InvoiceSettled {
+            invoice_id: inv.invoice_id.clone(),
+            payment_id: p.payment_id.clone(),
+            settled_at: at,
+            event_id,
+        };
+        self.0.push((
+            settlement,
+            Signal {
+                settled,
+                traceparent,
+            },
+        ));
     }
 
     /// Settles the invoices in the fence and records when on their applications. Call
-    /// it last, right before the commit.
-    pub async fn settle(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let settled = fence::settle_all(conn, &self.0).await?;
+    /// it last, right before the commit; once committed, signal what it returns.
+    pub async fn settle(self, conn: &mut PgConnection) -> Result<Settled, sqlx::Error> {
+        let (owed, mut signals): (Vec<_>, Vec<_>) = self.0.into_iter().unzip();
+        let settled = fence::settle_all(conn, &owed).await?;
         if settled.is_empty() {
-            return Ok(());
+            return Ok(Settled::default());
         }
         let tenants: Vec<&str> = settled.iter().map(|(s, _)| s.tenant.as_str()).collect();
         let payments: Vec<&str> = settled.iter().map(|(s, _)| s.payment_id.as_str()).collect();
@@ -292,7 +343,17 @@ impl Settlements {
         .bind(&at)
         .execute(conn)
         .await?;
-        Ok(())
+        // Only what this transaction settled (an invoice settled before is left out).
+        let out = settled
+            .into_iter()
+            .filter_map(|(s, _)| {
+                let i = signals.iter().position(|x| {
+                    x.settled.invoice_id == s.invoice_id && x.settled.payment_id == s.payment_id
+                })?;
+                Some((s.tenant, signals.swap_remove(i)))
+            })
+            .collect();
+        Ok(Settled(out))
     }
 }
 
@@ -530,9 +591,6 @@ pub async fn apply(
     let after = charges::statement(&inv.terms, &paid, on)?;
     let credit = after.credit_cents - before.credit_cents;
     let settled = after.settled();
-    if settled {
-        settlements.push(inv, p);
-    }
     let mut events: Vec<OutboxMessage> = Vec::new();
     let (t, cause) = (inv.tenant.as_str(), p.message_id.as_str());
     events.push(event(
@@ -572,6 +630,7 @@ pub async fn apply(
             traceparent.clone(),
         )?;
         paid_event = Some(msg.id);
+        settlements.push(inv, p, (msg.id, now), traceparent.clone());
         events.push(msg);
     } else {
         events.push(event(
@@ -662,9 +721,11 @@ pub async fn waiting_for(
 }
 
 /// Retries the match of an unmatched payment (after its invoice appeared, or by
-/// hand with `to`). `None` when the payment is not waiting.
+/// hand with `to`). `None` when the payment is not waiting. An invoice it settles is
+/// added to `settled`, to be signalled once the caller commits.
 pub async fn rematch(
     conn: &mut PgConnection,
+    settled: &mut Settled,
     tenant: &str,
     payment_id: &str,
     to: Option<&str>,
@@ -697,7 +758,7 @@ pub async fn rematch(
                 .await?;
             let mut settlements = Settlements::default();
             let applied = apply(conn, &mut settlements, &p, &inv, by, &time, now, None).await?;
-            settlements.settle(conn).await?;
+            settled.extend(settlements.settle(conn).await?);
             Ok(Some(Ok(applied)))
         }
         Found::None(reason) => Ok(Some(Err(reason))),

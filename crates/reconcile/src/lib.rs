@@ -29,9 +29,10 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use regua_contract::subjects;
 use regua_platform::outbox::{Outbox, Relay};
-use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, fence, nats};
+use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, fence, nats, telemetry};
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 /// Reconciliation's schema in Postgres.
 pub const SCHEMA: &str = "reconcile";
@@ -148,5 +149,39 @@ impl Reconcile {
             std::future::pending::<()>().await;
         }
         tx.commit().await
+    }
+
+    /// Signals each invoice `settled` settled (`regua.v1.sig.<tenant>.invoice.settled`,
+    /// core NATS), right after the commit: the scheduler halts its dunning without
+    /// waiting for `invoice.paid` to leave through the outbox. At most once: a signal
+    /// that cannot be sent is only a lost shortcut, and `invoice.paid` follows anyway.
+    pub(crate) async fn signal(&self, settled: &ledger::Settled) {
+        if settled.is_empty() {
+            return;
+        }
+        let client = self.js.client();
+        for (tenant, signal, traceparent) in settled.iter() {
+            let payload = match serde_json::to_vec(signal) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "encoding a settlement signal");
+                    continue;
+                }
+            };
+            let subject = subjects::settled(tenant);
+            let span = nats::publish_span(&subject, &signal.event_id.to_string());
+            if let Some(tp) = traceparent {
+                telemetry::continue_from_traceparent(&span, tp);
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            telemetry::inject(&span, &mut headers);
+            if let Err(e) = client
+                .publish_with_headers(subject, headers, payload.into())
+                .instrument(span)
+                .await
+            {
+                tracing::warn!(error = %e, "sending a settlement signal");
+            }
+        }
     }
 }

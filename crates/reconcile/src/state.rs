@@ -77,10 +77,12 @@ async fn apply(r: &Reconcile, msgs: &[jetstream::Message]) -> Result<(), Reconci
     // Most events (the dispatchers' own `message.*`, say) are not of these kinds: no
     // write for them.
     let table = "reconcile.processed";
+    let mut settled = ledger::Settled::default();
     for env in outbox::fresh_events(&mut tx, table, msgs, &STATE_EVENTS).await? {
-        apply_one(r, &mut tx, &env).await?;
+        apply_one(r, &mut tx, &env, &mut settled).await?;
     }
     tx.commit().await?;
+    r.signal(&settled).await;
     Ok(())
 }
 
@@ -88,6 +90,7 @@ async fn apply_one(
     r: &Reconcile,
     conn: &mut PgConnection,
     env: &Envelope<&RawValue>,
+    settled: &mut ledger::Settled,
 ) -> Result<(), ReconcileError> {
     let tenant = env.tenant.as_str();
     match env.event_type {
@@ -170,7 +173,7 @@ async fn apply_one(
             for payment_id in
                 ledger::waiting_for(conn, tenant, &i.invoice_id, i.reference.as_deref()).await?
             {
-                ledger::rematch(conn, tenant, &payment_id, None, now).await?;
+                ledger::rematch(conn, settled, tenant, &payment_id, None, now).await?;
             }
         }
         EventType::InvoiceCanceled => {

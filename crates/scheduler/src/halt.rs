@@ -38,6 +38,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use chrono::{DateTime, Utc};
 use regua_contract::events::InvoicePaid;
+use regua_contract::signals::InvoiceSettled;
 use regua_contract::{Envelope, EventType, subjects};
 use regua_platform::nats;
 use regua_platform::shutdown::Backoff;
@@ -126,6 +127,84 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
     while tasks.join_next().await.is_some() {}
 }
 
+/// Halts the invoices reconciliation signals settled
+/// ([`subjects::settled_any_tenant`], core NATS, the queue group
+/// [`subjects::QUEUE_SCHEDULER_HALT`] across replicas) until `cancel`, then finishes the
+/// batches in hand. The signal leaves reconciliation right after its commit, before
+/// `invoice.paid` has gone through the outbox and the event stream: whichever arrives
+/// first halts the invoice. A signal is at most once, so a lost one (this process
+/// down, a broker restart) or a failed write only leaves the halt to `invoice.paid`.
+pub async fn run_signals(s: Arc<Scheduler>, cancel: CancellationToken) {
+    let client = s.js.client();
+    let mut backoff = Backoff::new(Duration::from_millis(200));
+    let subscriber = loop {
+        match client
+            .queue_subscribe(
+                subjects::settled_any_tenant(),
+                subjects::QUEUE_SCHEDULER_HALT.to_owned(),
+            )
+            .await
+        {
+            Ok(sub) => break sub,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscribing to settlement signals failed; retrying");
+                if !backoff.wait(&cancel).await {
+                    return;
+                }
+            }
+        }
+    };
+    let mut chunks = futures::StreamExt::ready_chunks(subscriber, BATCH);
+    let mut tasks = JoinSet::new();
+    loop {
+        let chunk = tokio::select! {
+            () = cancel.cancelled() => break,
+            c = futures::StreamExt::next(&mut chunks) => c,
+        };
+        let Some(chunk) = chunk else {
+            break;
+        };
+        let paid: Vec<Paid> = chunk.iter().filter_map(signalled).collect();
+        while tasks.try_join_next().is_some() {}
+        if paid.is_empty() {
+            continue;
+        }
+        while tasks.len() >= IN_FLIGHT {
+            tasks.join_next().await;
+        }
+        let s = Arc::clone(&s);
+        tasks.spawn(async move {
+            let halted = match s.halt_pool.acquire().await {
+                Ok(mut conn) => record(&mut conn, &paid, By::Halt).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = halted {
+                // Only the shortcut is lost: `invoice.paid` halts these invoices.
+                tracing::warn!(error = %e, n = paid.len(), "halting signalled settlements failed");
+            }
+        });
+    }
+    // Dropping the subscription unsubscribes; then the batches in hand finish.
+    drop(chunks);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The paid invoice a settlement signal reports; `None` (logged) for one that does not
+/// decode.
+fn signalled(m: &async_nats::Message) -> Option<Paid> {
+    match serde_json::from_slice::<InvoiceSettled>(&m.payload) {
+        Ok(sig) => Some(Paid {
+            tenant: subjects::tenant_token(&m.subject).to_owned(),
+            invoice_id: sig.invoice_id,
+            settled_at: sig.settled_at,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, subject = %m.subject, "a settlement signal that does not decode");
+            None
+        }
+    }
+}
+
 /// Halts one batch, then acks it (or has it delivered again).
 async fn settle(s: Arc<Scheduler>, msgs: Vec<jetstream::Message>) {
     let name = subjects::CONSUMER_SCHEDULER_HALT;
@@ -193,10 +272,15 @@ pub async fn record(conn: &mut PgConnection, paid: &[Paid], by: By) -> Result<us
     if paid.is_empty() {
         return Ok(0);
     }
+    // In key order: concurrent writers (the halt's batches, the in-order consumer) that
+    // name the same invoices then wait for one another instead of deadlocking (which
+    // Postgres would break only after `deadlock_timeout`, a second).
+    let mut sorted: Vec<&Paid> = paid.iter().collect();
+    sorted.sort_by(|a, b| (&a.tenant, &a.invoice_id).cmp(&(&b.tenant, &b.invoice_id)));
     let mut tenants = Vec::with_capacity(paid.len());
     let mut invoices = Vec::with_capacity(paid.len());
     let mut settled = Vec::with_capacity(paid.len());
-    for p in paid {
+    for p in sorted {
         tenants.push(p.tenant.as_str());
         invoices.push(p.invoice_id.as_str());
         settled.push(p.settled_at);
@@ -205,8 +289,9 @@ pub async fn record(conn: &mut PgConnection, paid: &[Paid], by: By) -> Result<us
     // the one reconciliation's settlement is stamped with, so the two compare.
     let rows: Vec<(DateTime<Utc>, DateTime<Utc>, Option<bool>)> = sqlx::query_as(
         "WITH h AS (INSERT INTO scheduler.halts (tenant, invoice_id, settled_at, by_halt) \
-         SELECT t.*, $4 FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS t \
-         ON CONFLICT DO NOTHING RETURNING tenant, settled_at, halted_at) \
+         SELECT t.tenant, t.invoice_id, t.settled_at, $4 \
+         FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS t(tenant, invoice_id, settled_at, n) \
+         ORDER BY t.n ON CONFLICT DO NOTHING RETURNING tenant, settled_at, halted_at) \
          SELECT h.halted_at, h.settled_at, t.test_clock FROM h \
          LEFT JOIN scheduler.tenants t ON t.id = h.tenant",
     )

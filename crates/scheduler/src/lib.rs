@@ -140,6 +140,7 @@ impl Scheduler {
         )
         .await?;
         shutdown.spawn(halt::run(Arc::clone(self), halt, shutdown.token()));
+        shutdown.spawn(halt::run_signals(Arc::clone(self), shutdown.token()));
         Relay::new(
             OUTBOX,
             self.pool.clone(),
