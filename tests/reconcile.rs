@@ -861,6 +861,96 @@ async fn a_payment_halts_dunning_while_the_in_order_consumer_is_held_up(pool: Pg
     assert!(templates[0].contains("agradecimento"), "{templates:?}");
 }
 
+/// The settlement signal alone (core NATS, as reconciliation sends it right after its
+/// commit) halts an invoice's dunning, before any `invoice.paid` exists; one that does
+/// not decode changes nothing and the next one still works.
+#[sqlx::test(migrations = false)]
+async fn a_settlement_signal_halts_dunning_before_invoice_paid_exists(pool: PgPool) {
+    // No reconciliation here: the signal is sent by hand.
+    let w = World::new(&pool, Services::CORE).await;
+    w.invoice(invoice("NF-S", 1)).await;
+    w.invoice(invoice("NF-T", 2)).await;
+    let planned = "SELECT count(*) FROM scheduler.invoices WHERE invoice_id IN ('NF-S', 'NF-T') AND next_at IS NOT NULL";
+    eventually("both planned", Duration::from_secs(30), || async {
+        (w.count(planned).await == 2).then_some(())
+    })
+    .await;
+    let client = w.js.client();
+    let subject = subjects::settled(TENANT);
+    client
+        .publish(subject.clone(), "not json".into())
+        .await
+        .unwrap();
+    let settled_at: chrono::DateTime<chrono::Utc> = "2026-12-02T18:00:00Z".parse().unwrap();
+    let signal = regua_contract::signals::InvoiceSettled {
+        invoice_id: "NF-S".into(),
+        payment_id: "PAY-S".into(),
+        settled_at,
+        event_id: uuid::Uuid::now_v7(),
+    };
+    client
+        .publish(subject, serde_json::to_vec(&signal).unwrap().into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let halted = "SELECT count(*) FROM scheduler.halts WHERE tenant = 'acme' AND invoice_id = 'NF-S' AND by_halt";
+    eventually(
+        "NF-S halted by its signal",
+        Duration::from_secs(30),
+        || async { (w.count(halted).await == 1).then_some(()) },
+    )
+    .await;
+    let recorded: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT settled_at FROM scheduler.halts WHERE invoice_id = 'NF-S'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, settled_at);
+    assert!(w.events("invoice.paid").await.is_empty());
+    assert_eq!(
+        w.count("SELECT count(*) FROM scheduler.halts").await,
+        1,
+        "only the signalled invoice is halted"
+    );
+    // At the steps' instant a claim takes NF-T only: NF-S, still open for the in-order
+    // consumer (no invoice.paid), is halted.
+    let mut conn = pool.acquire().await.unwrap();
+    let keys = [
+        (TENANT.to_owned(), "NF-S".to_owned()),
+        (TENANT.to_owned(), "NF-T".to_owned()),
+    ];
+    let invoices = regua_scheduler::model::load_invoices(&mut conn, &keys)
+        .await
+        .unwrap();
+    assert!(
+        invoices
+            .values()
+            .all(|i| i.status == regua_scheduler::model::Status::Open)
+    );
+    let due = invoices.values().filter_map(|i| i.next_at).max().unwrap();
+    let replica = regua_scheduler::Scheduler::from_parts(
+        w.config.clone(),
+        pool.clone(),
+        nats::connect(&w.config.nats_url, "replica").await.unwrap(),
+        Arc::new(SystemClock),
+    );
+    let fired = regua_scheduler::fire::fire_once(
+        &replica,
+        regua_scheduler::fire::Scope::TestClock(TENANT),
+        regua_scheduler::fire::Part { index: 0, of: 1 },
+        None,
+        due,
+    )
+    .await
+    .unwrap();
+    assert_eq!(fired.0, 1, "NF-T is taken, NF-S is not");
+    // Of the two invoices due, the claim took one (NF-T); NF-S still waits, untaken.
+    let after = regua_scheduler::model::load_invoices(&mut conn, &keys)
+        .await
+        .unwrap();
+    assert_eq!(after[&keys[0]].next_at, Some(due), "NF-S was not taken");
+}
+
 /// After a partial payment the régua goes on, and its next message states what is
 /// left, not the original amount.
 #[sqlx::test(migrations = false)]

@@ -2,14 +2,15 @@
 //! logic: layered configuration ([`config`]), tracing with OpenTelemetry and W3C trace
 //! context in NATS headers ([`telemetry`]), NATS connection, JetStream streams and dead
 //! letters ([`nats`]), the Postgres pool and per-service migrations ([`db`]), the
-//! transactional outbox and its relay ([`outbox`]), ordered shutdown ([`shutdown`]) and
-//! the injected [`clock`].
+//! transactional outbox and its relay ([`outbox`]), ordered shutdown ([`shutdown`]),
+//! latency-critical work on a thread of its own ([`lane`]) and the injected [`clock`].
 
 pub mod clock;
 pub mod config;
 pub mod db;
 pub mod fence;
 pub mod http;
+pub mod lane;
 pub mod metrics;
 pub mod nats;
 pub mod outbox;

@@ -24,10 +24,11 @@ pub mod http;
 pub mod ledger;
 pub mod state;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_nats::jetstream;
 use regua_contract::subjects;
+use regua_platform::lane::Lane;
 use regua_platform::outbox::{Outbox, Relay};
 use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, fence, nats, telemetry};
 use sqlx::PgPool;
@@ -66,6 +67,10 @@ pub struct Reconcile {
     pub js: jetstream::Context,
     pub clock: SharedClock,
     pub outbox_wake: Arc<Notify>,
+    /// The connection settlement signals leave on ([`Reconcile::signal`]), apart from
+    /// the shared one, so that they do not queue behind its traffic. Made by
+    /// [`Reconcile::start`]; until then signals use the shared connection.
+    signals: OnceLock<(async_nats::Client, Lane)>,
     /// Tests only: hold every payment transaction open before its commit, forever.
     pub pause_before_commit: Option<Arc<Pause>>,
 }
@@ -95,6 +100,7 @@ impl Reconcile {
             js: nats::jetstream(client),
             clock,
             outbox_wake: Arc::new(Notify::new()),
+            signals: OnceLock::new(),
             pause_before_commit,
         }
     }
@@ -109,6 +115,15 @@ impl Reconcile {
     /// Starts the consumers (payments, domain events) and the outbox relay.
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), ReconcileError> {
         Reconcile::migrate(&self.pool).await?;
+        // The signals' connection lives on a lane: its socket is written at once, not
+        // when the busy service runtime gets to it.
+        let lane = Lane::start("regua-signals")?;
+        let config = self.config.clone();
+        let signals = lane
+            .run(async move { nats::connect_as(&config, "regua-reconcile-signals").await })
+            .await??;
+        // Started once: a second start keeps the first connection.
+        let _ = self.signals.set((signals, lane));
         nats::ensure_streams(&self.js, nats::Streams::of(&self.config)).await?;
         let events =
             nats::ensure_pull_consumer(&self.js, subjects::STREAM_EVENTS, state::consumer_config())
@@ -159,7 +174,10 @@ impl Reconcile {
         if settled.is_empty() {
             return;
         }
-        let client = self.js.client();
+        let client = match self.signals.get() {
+            Some((client, _)) => client.clone(),
+            None => self.js.client(),
+        };
         for (tenant, signal, traceparent) in settled.iter() {
             let payload = match serde_json::to_vec(signal) {
                 Ok(p) => p,

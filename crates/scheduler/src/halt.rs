@@ -135,16 +135,22 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
 /// first halts the invoice. A signal is at most once, so a lost one (this process
 /// down, a broker restart) or a failed write only leaves the halt to `invoice.paid`.
 pub async fn run_signals(s: Arc<Scheduler>, cancel: CancellationToken) {
-    let client = s.js.client();
     let mut backoff = Backoff::new(Duration::from_millis(200));
-    let subscriber = loop {
-        match client
-            .queue_subscribe(
-                subjects::settled_any_tenant(),
-                subjects::QUEUE_SCHEDULER_HALT.to_owned(),
-            )
-            .await
-        {
+    let (_client, subscriber) = loop {
+        // A connection of its own: signals do not queue behind the shared one's traffic
+        // (pulls, acks, publishes of the firing).
+        let subscribed = match nats::connect_as(&s.config, "regua-scheduler-signals").await {
+            Ok(client) => client
+                .queue_subscribe(
+                    subjects::settled_any_tenant(),
+                    subjects::QUEUE_SCHEDULER_HALT.to_owned(),
+                )
+                .await
+                .map(|sub| (client, sub))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match subscribed {
             Ok(sub) => break sub,
             Err(e) => {
                 tracing::warn!(error = %e, "subscribing to settlement signals failed; retrying");

@@ -30,9 +30,10 @@ pub mod policies;
 pub mod preview;
 pub mod timeline;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_nats::jetstream;
+use regua_platform::lane::Lane;
 use regua_platform::outbox::{Outbox, Relay};
 use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, nats};
 use sqlx::PgPool;
@@ -72,8 +73,11 @@ pub struct Scheduler {
     /// Woken when there may be due work (an advance, a new plan).
     pub fire_wake: Arc<Notify>,
     /// The halt's connections ([`halt`]): same database, commits without waiting for
-    /// the WAL flush.
+    /// the WAL flush. Opened and used on the halt's lane only.
     pub halt_pool: PgPool,
+    /// The halt's thread ([`halt`], [`regua_platform::lane`]), made by
+    /// [`Scheduler::start`].
+    halt_lane: OnceLock<Lane>,
 }
 
 impl Scheduler {
@@ -94,6 +98,7 @@ impl Scheduler {
             policies: policies::Cache::default(),
             outbox_wake: Arc::new(Notify::new()),
             fire_wake: Arc::new(Notify::new()),
+            halt_lane: OnceLock::new(),
         })
     }
 
@@ -109,6 +114,7 @@ impl Scheduler {
     /// relay (a flusher, stopped after them).
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), SchedulerError> {
         Scheduler::migrate(&self.pool).await?;
+        let lane = Lane::start("regua-halt")?;
         nats::ensure_streams(&self.js, nats::Streams::of(&self.config)).await?;
         let consumer = nats::ensure_pull_consumer(
             &self.js,
@@ -139,8 +145,15 @@ impl Scheduler {
             halt::consumer_config(),
         )
         .await?;
-        shutdown.spawn(halt::run(Arc::clone(self), halt, shutdown.token()));
-        shutdown.spawn(halt::run_signals(Arc::clone(self), shutdown.token()));
+        // The halt runs on a lane: a busy firing does not hold up the stop.
+        let lane = self.halt_lane.get_or_init(|| lane);
+        let (pull, signals) = (
+            lane.spawn(halt::run(Arc::clone(self), halt, shutdown.token())),
+            lane.spawn(halt::run_signals(Arc::clone(self), shutdown.token())),
+        );
+        shutdown.spawn(async move {
+            let _ = tokio::join!(pull, signals);
+        });
         Relay::new(
             OUTBOX,
             self.pool.clone(),
