@@ -144,6 +144,28 @@ impl World {
             .unwrap()
     }
 
+    /// One firing claim at `due` by another scheduler replica; how many invoices it took.
+    async fn claim_as_replica(&self, due: chrono::DateTime<chrono::Utc>) -> usize {
+        let replica = regua_scheduler::Scheduler::from_parts(
+            self.config.clone(),
+            self.pool.clone(),
+            nats::connect(&self.config.nats_url, "replica")
+                .await
+                .unwrap(),
+            Arc::new(SystemClock),
+        );
+        regua_scheduler::fire::fire_once(
+            &replica,
+            regua_scheduler::fire::Scope::TestClock(TENANT),
+            regua_scheduler::fire::Part { index: 0, of: 1 },
+            None,
+            due,
+        )
+        .await
+        .unwrap()
+        .0
+    }
+
     async fn status(&self, id: &str) -> String {
         self.get(&format!("invoices/{id}")).await.1["status"]
             .as_str()
@@ -816,22 +838,8 @@ async fn a_payment_halts_dunning_while_the_in_order_consumer_is_held_up(pool: Pg
         .unwrap();
     assert_eq!(w.count(planned).await, 1);
     // ...and a claim at the step's instant (a firing replica's) takes nothing.
-    let replica = regua_scheduler::Scheduler::from_parts(
-        w.config.clone(),
-        pool.clone(),
-        nats::connect(&w.config.nats_url, "replica").await.unwrap(),
-        std::sync::Arc::new(regua_platform::clock::SystemClock),
-    );
-    let fired = regua_scheduler::fire::fire_once(
-        &replica,
-        regua_scheduler::fire::Scope::TestClock(TENANT),
-        regua_scheduler::fire::Part { index: 0, of: 1 },
-        None,
-        due,
-    )
-    .await
-    .unwrap();
-    assert_eq!(fired.0, 0, "a halted invoice is not fired");
+    let fired = w.claim_as_replica(due).await;
+    assert_eq!(fired, 0, "a halted invoice is not fired");
 
     hold.rollback().await.unwrap();
     eventually("the scheduler to stop NF-H", Duration::from_secs(30), || async {
@@ -928,22 +936,8 @@ async fn a_settlement_signal_halts_dunning_before_invoice_paid_exists(pool: PgPo
             .all(|i| i.status == regua_scheduler::model::Status::Open)
     );
     let due = invoices.values().filter_map(|i| i.next_at).max().unwrap();
-    let replica = regua_scheduler::Scheduler::from_parts(
-        w.config.clone(),
-        pool.clone(),
-        nats::connect(&w.config.nats_url, "replica").await.unwrap(),
-        Arc::new(SystemClock),
-    );
-    let fired = regua_scheduler::fire::fire_once(
-        &replica,
-        regua_scheduler::fire::Scope::TestClock(TENANT),
-        regua_scheduler::fire::Part { index: 0, of: 1 },
-        None,
-        due,
-    )
-    .await
-    .unwrap();
-    assert_eq!(fired.0, 1, "NF-T is taken, NF-S is not");
+    let fired = w.claim_as_replica(due).await;
+    assert_eq!(fired, 1, "NF-T is taken, NF-S is not");
     // Of the two invoices due, the claim took one (NF-T); NF-S still waits, untaken.
     let after = regua_scheduler::model::load_invoices(&mut conn, &keys)
         .await

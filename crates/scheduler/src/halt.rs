@@ -98,14 +98,7 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
         };
         backoff.reset();
         let mut chunks = futures::StreamExt::ready_chunks(messages, BATCH);
-        loop {
-            let chunk = tokio::select! {
-                () = cancel.cancelled() => break,
-                c = futures::StreamExt::next(&mut chunks) => c,
-            };
-            let Some(chunk) = chunk else {
-                break;
-            };
+        while let Some(chunk) = next_or_cancel(&mut chunks, &cancel).await {
             let mut msgs = Vec::with_capacity(chunk.len());
             for m in chunk {
                 match m {
@@ -114,14 +107,9 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
                     Err(e) => tracing::warn!(error = %e, consumer = name, "pulling"),
                 }
             }
-            while tasks.try_join_next().is_some() {}
-            if msgs.is_empty() {
-                continue;
+            if !msgs.is_empty() {
+                spawn_bounded(&mut tasks, settle(Arc::clone(&s), msgs)).await;
             }
-            while tasks.len() >= IN_FLIGHT {
-                tasks.join_next().await;
-            }
-            tasks.spawn(settle(Arc::clone(&s), msgs));
         }
     }
     while tasks.join_next().await.is_some() {}
@@ -162,24 +150,13 @@ pub async fn run_signals(s: Arc<Scheduler>, cancel: CancellationToken) {
     };
     let mut chunks = futures::StreamExt::ready_chunks(subscriber, BATCH);
     let mut tasks = JoinSet::new();
-    loop {
-        let chunk = tokio::select! {
-            () = cancel.cancelled() => break,
-            c = futures::StreamExt::next(&mut chunks) => c,
-        };
-        let Some(chunk) = chunk else {
-            break;
-        };
+    while let Some(chunk) = next_or_cancel(&mut chunks, &cancel).await {
         let paid: Vec<Paid> = chunk.iter().filter_map(signalled).collect();
-        while tasks.try_join_next().is_some() {}
         if paid.is_empty() {
             continue;
         }
-        while tasks.len() >= IN_FLIGHT {
-            tasks.join_next().await;
-        }
         let s = Arc::clone(&s);
-        tasks.spawn(async move {
+        let halt = async move {
             let halted = match s.halt_pool.acquire().await {
                 Ok(mut conn) => record(&mut conn, &paid, By::Halt).await,
                 Err(e) => Err(e),
@@ -188,11 +165,35 @@ pub async fn run_signals(s: Arc<Scheduler>, cancel: CancellationToken) {
                 // Only the shortcut is lost: `invoice.paid` halts these invoices.
                 tracing::warn!(error = %e, n = paid.len(), "halting signalled settlements failed");
             }
-        });
+        };
+        spawn_bounded(&mut tasks, halt).await;
     }
     // Dropping the subscription unsubscribes; then the batches in hand finish.
     drop(chunks);
     while tasks.join_next().await.is_some() {}
+}
+
+/// The next item of `stream`, or `None` once it ends or `cancel` fires.
+async fn next_or_cancel<S: futures::Stream + Unpin>(
+    stream: &mut S,
+    cancel: &CancellationToken,
+) -> Option<S::Item> {
+    tokio::select! {
+        () = cancel.cancelled() => None,
+        item = futures::StreamExt::next(stream) => item,
+    }
+}
+
+/// Spawns `batch` once fewer than [`IN_FLIGHT`] batches are in hand.
+async fn spawn_bounded(
+    tasks: &mut JoinSet<()>,
+    batch: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    while tasks.try_join_next().is_some() {}
+    while tasks.len() >= IN_FLIGHT {
+        tasks.join_next().await;
+    }
+    tasks.spawn(batch);
 }
 
 /// The paid invoice a settlement signal reports; `None` (logged) for one that does not
