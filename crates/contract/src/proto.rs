@@ -400,51 +400,27 @@ pub fn asyncapi(messages: &[Message]) -> Value {
             },
             "examples": [ { "name": "example", "payload": m.example } ],
         });
-        if let (Direction::In, Some(obj)) = (m.direction, message.as_object_mut()) {
+        let headers = match m.direction {
+            Direction::In => json!({
+                "Nats-Msg-Id": { "type": "string", "description": "Optional. JetStream deduplicates repeats within the stream's duplicate window; intake reports a later repeat as `duplicate`." },
+                "traceparent": { "type": "string", "description": "Optional W3C trace context." },
+            }),
+            Direction::Command => json!({
+                "Nats-Msg-Id": { "type": "string", "description": "UUIDv5 (namespace 6f1d2b0e-9c1a-4f43-9a57-7d0b3c1ea001) of the command_id <tenant>:<invoice_id>:<step>:v<policy_version>, so a step fires once." },
+                "traceparent": { "type": "string", "description": "W3C trace context of the firing; it links to the trace that planned the invoice." },
+            }),
+            Direction::Out => json!({
+                "Nats-Msg-Id": { "type": "string", "description": "The envelope id (UUIDv7)." },
+                "traceparent": { "type": "string", "description": "W3C trace context of the change." },
+            }),
+            Direction::Signal => json!({
+                "traceparent": { "type": "string", "description": "W3C trace context of the payment." },
+            }),
+        };
+        if let Some(obj) = message.as_object_mut() {
             obj.insert(
                 "headers".into(),
-                json!({
-                    "type": "object",
-                    "properties": {
-                        "Nats-Msg-Id": { "type": "string", "description": "Optional. JetStream deduplicates repeats within the stream's duplicate window; intake reports a later repeat as `duplicate`." },
-                        "traceparent": { "type": "string", "description": "Optional W3C trace context." },
-                    },
-                }),
-            );
-        }
-        if let (Direction::Command, Some(obj)) = (m.direction, message.as_object_mut()) {
-            obj.insert(
-                "headers".into(),
-                json!({
-                    "type": "object",
-                    "properties": {
-                        "Nats-Msg-Id": { "type": "string", "description": "UUIDv5 (namespace 6f1d2b0e-9c1a-4f43-9a57-7d0b3c1ea001) of the command_id <tenant>:<invoice_id>:<step>:v<policy_version>, so a step fires once." },
-                        "traceparent": { "type": "string", "description": "W3C trace context of the firing; it links to the trace that planned the invoice." },
-                    },
-                }),
-            );
-        }
-        if let (Direction::Out, Some(obj)) = (m.direction, message.as_object_mut()) {
-            obj.insert(
-                "headers".into(),
-                json!({
-                    "type": "object",
-                    "properties": {
-                        "Nats-Msg-Id": { "type": "string", "description": "The envelope id (UUIDv7)." },
-                        "traceparent": { "type": "string", "description": "W3C trace context of the change." },
-                    },
-                }),
-            );
-        }
-        if let (Direction::Signal, Some(obj)) = (m.direction, message.as_object_mut()) {
-            obj.insert(
-                "headers".into(),
-                json!({
-                    "type": "object",
-                    "properties": {
-                        "traceparent": { "type": "string", "description": "W3C trace context of the payment." },
-                    },
-                }),
+                json!({ "type": "object", "properties": headers }),
             );
         }
         components.insert(id, message);
