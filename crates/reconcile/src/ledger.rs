@@ -262,19 +262,20 @@ impl Times {
 /// payments then holds the fence's exclusive locks (and keeps dispatcher gates
 /// waiting) only for its commit, and the settlement's recorded moment is next to it.
 #[derive(Debug, Default)]
-pub struct Settlements(Vec<(fence::Settlement, Signal)>);
+pub struct Settlements(Vec<Owed>);
 
-/// What the settlement signal of one invoice carries, besides the tenant.
+/// One invoice owed to the fence, with what its settlement signal will carry.
 #[derive(Debug)]
-struct Signal {
-    settled: InvoiceSettled,
+struct Owed {
+    tenant: String,
+    signal: InvoiceSettled,
     traceparent: Option<String>,
 }
 
 /// The invoices a committed transaction settled, to be signalled
 /// ([`crate::Reconcile::signal`]).
 #[derive(Debug, Default)]
-pub struct Settled(Vec<(String, Signal)>);
+pub struct Settled(Vec<Owed>);
 
 impl Settled {
     pub fn is_empty(&self) -> bool {
@@ -289,7 +290,7 @@ impl Settled {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &InvoiceSettled, Option<&str>)> {
         self.0
             .iter()
-            .map(|(t, s)| (t.as_str(), &s.settled, s.traceparent.as_deref()))
+            .map(|o| (o.tenant.as_str(), &o.signal, o.traceparent.as_deref()))
     }
 }
 
@@ -302,30 +303,30 @@ impl Settlements {
         (event_id, at): (uuid::Uuid, DateTime<Utc>),
         traceparent: Option<String>,
     ) {
-        let settlement = fence::Settlement {
+        self.0.push(Owed {
             tenant: inv.tenant.clone(),
-            invoice_id: inv.invoice_id.clone(),
-            payment_id: p.payment_id.clone(),
-        };
-        let settled = InvoiceSettled {
-            invoice_id: inv.invoice_id.clone(),
-            payment_id: p.payment_id.clone(),
-            settled_at: at,
-            event_id,
-        };
-        self.0.push((
-            settlement,
-            Signal {
-                settled,
-                traceparent,
+            signal: InvoiceSettled {
+                invoice_id: inv.invoice_id.clone(),
+                payment_id: p.payment_id.clone(),
+                settled_at: at,
+                event_id,
             },
-        ));
+            traceparent,
+        });
     }
 
     /// Settles the invoices in the fence and records when on their applications. Call
     /// it last, right before the commit; once committed, signal what it returns.
     pub async fn settle(self, conn: &mut PgConnection) -> Result<Settled, sqlx::Error> {
-        let (owed, mut signals): (Vec<_>, Vec<_>) = self.0.into_iter().unzip();
+        let owed: Vec<fence::Settlement> = self
+            .0
+            .iter()
+            .map(|o| fence::Settlement {
+                tenant: o.tenant.clone(),
+                invoice_id: o.signal.invoice_id.clone(),
+                payment_id: o.signal.payment_id.clone(),
+            })
+            .collect();
         let settled = fence::settle_all(conn, &owed).await?;
         if settled.is_empty() {
             return Ok(Settled::default());
@@ -344,16 +345,15 @@ impl Settlements {
         .execute(conn)
         .await?;
         // Only what this transaction settled (an invoice settled before is left out).
-        let out = settled
-            .into_iter()
-            .filter_map(|(s, _)| {
-                let i = signals.iter().position(|x| {
-                    x.settled.invoice_id == s.invoice_id && x.settled.payment_id == s.payment_id
-                })?;
-                Some((s.tenant, signals.swap_remove(i)))
+        let mut owed = self.0;
+        owed.retain(|o| {
+            settled.iter().any(|(s, _)| {
+                s.tenant == o.tenant
+                    && s.invoice_id == o.signal.invoice_id
+                    && s.payment_id == o.signal.payment_id
             })
-            .collect();
-        Ok(Settled(out))
+        });
+        Ok(Settled(owed))
     }
 }
 
