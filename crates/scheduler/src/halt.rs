@@ -157,11 +157,7 @@ pub async fn run_signals(s: Arc<Scheduler>, cancel: CancellationToken) {
         }
         let s = Arc::clone(&s);
         let halt = async move {
-            let halted = match s.halt_pool.acquire().await {
-                Ok(mut conn) => record(&mut conn, &paid, By::Halt).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = halted {
+            if let Err(e) = halt_paid(&s, &paid).await {
                 // Only the shortcut is lost: `invoice.paid` halts these invoices.
                 tracing::warn!(error = %e, n = paid.len(), "halting signalled settlements failed");
             }
@@ -245,13 +241,17 @@ pub async fn halt(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<usize, S
             settled_at: e.occurred_at,
         })
         .collect();
+    halt_paid(s, &paid).await
+}
+
+/// Halts `paid`: one statement on the halt's pool, whose commits do not wait for the
+/// WAL flush. Returns how many it halted.
+async fn halt_paid(s: &Scheduler, paid: &[Paid]) -> Result<usize, SchedulerError> {
     if paid.is_empty() {
         return Ok(0);
     }
-    // One statement on a connection whose commits do not wait for the WAL flush.
     let mut conn = s.halt_pool.acquire().await?;
-    let halted = record(&mut conn, &paid, By::Halt).await?;
-    Ok(halted)
+    Ok(record(&mut conn, paid, By::Halt).await?)
 }
 
 /// A paid invoice, as its `invoice.paid` reports it.
