@@ -376,6 +376,16 @@ pub fn publish_span(subject: &str, message_id: &str) -> Span {
     )
 }
 
+/// A [`publish_span`] that continues the trace of a stored `traceparent` (the change
+/// that produced the message), when there is one.
+pub fn publish_span_continuing(subject: &str, message_id: &str, traceparent: Option<&str>) -> Span {
+    let span = publish_span(subject, message_id);
+    if let Some(tp) = traceparent {
+        telemetry::continue_from_traceparent(&span, tp);
+    }
+    span
+}
+
 /// A span for processing one consumed message, continuing the publisher's trace.
 pub fn process_span(
     subject: &str,

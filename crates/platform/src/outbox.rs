@@ -43,7 +43,7 @@ use tracing::Instrument;
 use uuid::{NoContext, Timestamp, Uuid};
 
 use crate::shutdown::Backoff;
-use crate::{PlatformError, nats, telemetry};
+use crate::{PlatformError, nats};
 
 /// One message waiting to be published.
 #[derive(Debug, Clone)]
@@ -166,6 +166,8 @@ pub struct Relay {
     js: jetstream::Context,
     wake: Arc<Notify>,
     batch: i64,
+    /// The next rows, skipping the sequences in `$1` ([`Relay::next_rows`]).
+    select_next: String,
 }
 
 impl Relay {
@@ -176,6 +178,11 @@ impl Relay {
             js,
             wake,
             batch: 1000,
+            select_next: format!(
+                "SELECT seq, id, subject, payload, traceparent FROM {} \
+                 WHERE seq <> ALL($1) ORDER BY seq LIMIT $2",
+                outbox.table
+            ),
         }
     }
 
@@ -320,15 +327,11 @@ impl Relay {
         conn: &mut PgConnection,
         skip: &[i64],
     ) -> Result<Vec<PgRow>, sqlx::Error> {
-        sqlx::query(AssertSqlSafe(format!(
-            "SELECT seq, id, subject, payload, traceparent FROM {} \
-             WHERE seq <> ALL($1) ORDER BY seq LIMIT $2",
-            self.outbox.table
-        )))
-        .bind(skip)
-        .bind(self.batch)
-        .fetch_all(conn)
-        .await
+        sqlx::query(AssertSqlSafe(self.select_next.as_str()))
+            .bind(skip)
+            .bind(self.batch)
+            .fetch_all(conn)
+            .await
     }
 
     /// Publishes one outbox row, with its id as `Nats-Msg-Id` and its trace context.
@@ -338,10 +341,7 @@ impl Relay {
         let payload: Vec<u8> = row.try_get("payload")?;
         let tp: Option<String> = row.try_get("traceparent")?;
         let id = id.to_string();
-        let span = nats::publish_span(&subject, &id);
-        if let Some(tp) = &tp {
-            telemetry::continue_from_traceparent(&span, tp);
-        }
+        let span = nats::publish_span_continuing(&subject, &id, tp.as_deref());
         let publish = nats::traced_publish(
             &span,
             async_nats::HeaderMap::new(),

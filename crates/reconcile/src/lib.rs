@@ -187,10 +187,8 @@ impl Reconcile {
                 }
             };
             let subject = subjects::settled(tenant);
-            let span = nats::publish_span(&subject, &signal.event_id.to_string());
-            if let Some(tp) = traceparent {
-                telemetry::continue_from_traceparent(&span, tp);
-            }
+            let span =
+                nats::publish_span_continuing(&subject, &signal.event_id.to_string(), traceparent);
             let mut headers = async_nats::HeaderMap::new();
             telemetry::inject(&span, &mut headers);
             if let Err(e) = client
