@@ -370,9 +370,9 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
     let ms = |d: TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
     let halted = rows.iter().filter(|r| r.4).count();
     let mut lat: Vec<f64> = rows.iter().map(|(_, s, _, h, ..)| ms(*h - *s)).collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
+    lat.sort_by(f64::total_cmp);
     let mut full: Vec<f64> = rows.iter().map(|(_, s, p, ..)| ms(*p - *s)).collect();
-    full.sort_by(|a, b| a.total_cmp(b));
+    full.sort_by(f64::total_cmp);
     // Where that time goes: settlement → the event stored in REGUA_EVT (the outbox
     // relay), stored → halted, and stored → applied (the in-order consumer).
     let stored = stored_at(&js, "regua.v1.evt.race.invoice.paid", n).await;
@@ -392,9 +392,9 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
             }
         }
     }
-    relay.sort_by(|a, b| a.total_cmp(b));
-    consume.sort_by(|a, b| a.total_cmp(b));
-    halt.sort_by(|a, b| a.total_cmp(b));
+    relay.sort_by(f64::total_cmp);
+    consume.sort_by(f64::total_cmp);
+    halt.sort_by(f64::total_cmp);
     let signalled = signalled.await.unwrap();
     let (mut to_signal, mut signal_to_halt) = (Vec::new(), Vec::new());
     for (_, s, _, h, _, invoice) in &rows {
@@ -403,8 +403,8 @@ async fn no_dunning_call_starts_after_the_settling_payment_commits(pool: PgPool)
             signal_to_halt.push(ms(*h - *at));
         }
     }
-    to_signal.sort_by(|a, b| a.total_cmp(b));
-    signal_to_halt.sort_by(|a, b| a.total_cmp(b));
+    to_signal.sort_by(f64::total_cmp);
+    signal_to_halt.sort_by(f64::total_cmp);
     println!(
         "  settlement signals seen: {}; settlement -> signal received, ms: p50 {:.1}, p99 {:.1}; signal -> halted, ms: p50 {:.1}, p99 {:.1}",
         to_signal.len(),
