@@ -109,19 +109,49 @@ async fn every_row_leaves_once_in_order_across_a_killed_leader_and_a_late_commit
     })
     .await;
 
-    let stored: Vec<u64> = read_stream(&js, "RELAYTEST", "relaytest.>")
+    let order: Vec<u64> = read_stream(&js, "RELAYTEST", "relaytest.>")
         .await
         .into_iter()
         .map(|(_, _, body)| body["n"].as_u64().unwrap())
         .collect();
-    assert_eq!(
-        stored.len(),
-        N + 1,
-        "each row once: {} stored",
-        stored.len()
-    );
+    assert_eq!(order.len(), N + 1, "each row once: {} stored", order.len());
     let expected: Vec<u64> = (1..=N as u64).chain([0]).collect();
-    assert_eq!(stored, expected, "in commit order");
+    assert_eq!(order, expected, "in commit order");
+
+    // Again once the relay's select starts above the rows already relayed: a row
+    // drawn before later rows that are relayed, and committed after them.
+    let mut late = pool.begin().await.unwrap();
+    OUTBOX.enqueue(&mut late, &[message(N + 1)]).await.unwrap();
+    for n in N + 2..N + 5 {
+        let mut tx = pool.begin().await.unwrap();
+        OUTBOX.enqueue(&mut tx, &[message(n)]).await.unwrap();
+        tx.commit().await.unwrap();
+        wake.notify_waiters();
+        // A few rounds of the relay each, so its floor has moments to move.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eventually(
+        "the rows after the late one relayed",
+        Duration::from_secs(30),
+        || async { (left(&pool).await == 0 && stored().await == N as u64 + 4).then_some(()) },
+    )
+    .await;
+    late.commit().await.unwrap();
+    wake.notify_waiters();
+    eventually(
+        "the second late row relayed",
+        Duration::from_secs(30),
+        || async { (left(&pool).await == 0 && stored().await == N as u64 + 5).then_some(()) },
+    )
+    .await;
+    let tail: Vec<u64> = read_stream(&js, "RELAYTEST", "relaytest.>")
+        .await
+        .into_iter()
+        .skip(N + 1)
+        .map(|(_, _, body)| body["n"].as_u64().unwrap())
+        .collect();
+    let n = N as u64;
+    assert_eq!(tail, vec![n + 2, n + 3, n + 4, n + 1], "in commit order");
     second_stop.cancel();
     second.await.unwrap();
 }
