@@ -274,36 +274,25 @@ impl Relay {
             confirmed,
             Arc::clone(&in_flight),
         ));
-        let mut floor = Floor::default();
-        let mut busy = false;
+        let mut floor = Floor::new(self.outbox);
         let pumped = async {
             while !cancel.is_cancelled() && !confirming.is_finished() {
-                let horizon = floor.observe(conn, self.outbox, busy).await?;
+                floor.observe(conn).await?;
                 let skip: Vec<i64> = lock(&in_flight).iter().copied().collect();
                 let rows = self.next_rows(conn, &skip, floor.at).await?;
-                let n = rows.len();
-                let last = match rows.last() {
-                    Some(row) => Some(row.try_get::<i64, _>("seq")?),
-                    None => None,
-                };
-                floor.advance(
-                    self.outbox.table,
-                    horizon,
-                    (n as i64 >= self.batch).then_some(last).flatten(),
-                );
-                busy = n > 0;
+                let seqs = rows
+                    .iter()
+                    .map(|row| row.try_get::<i64, _>("seq"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let n = seqs.len();
+                floor.advance(&seqs, self.batch);
                 if n > 0 {
-                    let mut batch = Sent {
-                        seqs: Vec::with_capacity(n),
-                        acks: Vec::with_capacity(n),
-                    };
+                    let mut acks = Vec::with_capacity(n);
                     for row in &rows {
-                        let seq: i64 = row.try_get("seq")?;
-                        batch.acks.push(self.publish(row).await?);
-                        batch.seqs.push(seq);
+                        acks.push(self.publish(row).await?);
                     }
-                    lock(&in_flight).extend(batch.seqs.iter().copied());
-                    if sent.send(batch).await.is_err() {
+                    lock(&in_flight).extend(seqs.iter().copied());
+                    if sent.send(Sent { seqs, acks }).await.is_err() {
                         // The confirming task ended: its result says why.
                         break;
                     }
@@ -450,59 +439,73 @@ fn floors() -> std::sync::MutexGuard<'static, HashMap<&'static str, i64>> {
 /// a time, as `BIGSERIAL` does), so a lower id. Once a later snapshot's `xmin` passes
 /// the mark's id, all those transactions have ended, and that round's select sees every
 /// row up to the mark.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Floor {
+    outbox: Outbox,
     /// Every row below this sequence has been published (or is in flight).
     at: i64,
     /// The last value of the sequence, read in the previous round.
     last_read: Option<i64>,
     /// (sequence value, transaction id) waiting for the snapshots to pass the id.
     mark: Option<(i64, i64)>,
+    /// The mark's sequence value once every row up to it is visible to this round's
+    /// select ([`Floor::observe`]).
+    ready: Option<i64>,
+    /// Whether the previous round selected rows: only then is a new mark worth a
+    /// transaction id.
+    busy: bool,
 }
 
 impl Floor {
+    fn new(outbox: Outbox) -> Self {
+        Floor {
+            outbox,
+            at: 0,
+            last_read: None,
+            mark: None,
+            ready: None,
+            busy: false,
+        }
+    }
+
     /// Reads the snapshot and the sequence before a round's select (and, when the
     /// relay is busy and no mark is waiting, takes a transaction id for a new mark).
-    /// Returns the mark's sequence value when every row up to it is visible to the
-    /// round's select.
-    async fn observe(
-        &mut self,
-        conn: &mut PgConnection,
-        outbox: Outbox,
-        busy: bool,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        let new_mark = busy && self.mark.is_none() && self.last_read.is_some();
-        let sql = if new_mark {
+    async fn observe(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let new_mark = self.busy && self.mark.is_none() && self.last_read.is_some();
+        // A CASE evaluates only the branch it takes: no id is taken otherwise.
+        let (xmin, last, xid): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
              pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass), \
-             pg_current_xact_id()::text::bigint"
-        } else {
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
-             pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass), NULL::bigint"
-        };
-        let (xmin, last, xid): (i64, Option<i64>, Option<i64>) = sqlx::query_as(sql)
-            .bind(outbox.table)
-            .fetch_one(conn)
-            .await?;
-        let ready = self.mark.filter(|&(_, id)| xmin > id).map(|(seq, _)| seq);
+             CASE WHEN $2 THEN pg_current_xact_id()::text::bigint END",
+        )
+        .bind(self.outbox.table)
+        .bind(new_mark)
+        .fetch_one(conn)
+        .await?;
+        self.ready = self.mark.filter(|&(_, id)| xmin > id).map(|(seq, _)| seq);
         if let (Some(seq), Some(id)) = (self.last_read, xid) {
             // The value read in the previous round, with an id taken after it.
             self.mark = Some((seq, id));
         }
         self.last_read = last;
-        Ok(ready)
+        Ok(())
     }
 
-    /// After the select of a round whose [`Floor::observe`] returned `ready`: `full`
-    /// is the last sequence selected when the select was cut by its limit (rows above
-    /// it may be waiting), `None` when it took everything there was.
-    fn advance(&mut self, table: &'static str, ready: Option<i64>, full: Option<i64>) {
-        let Some(mark) = ready else {
+    /// After a round's select, which took `seqs` (in order) with at most `limit` rows:
+    /// when its select could see every row up to the mark, the floor rises to the mark,
+    /// or only past the last row taken when the limit cut the select short.
+    fn advance(&mut self, seqs: &[i64], limit: i64) {
+        self.busy = !seqs.is_empty();
+        let Some(mark) = self.ready.take() else {
             return;
         };
-        let covered = full.map_or(mark, |last| last.min(mark));
+        let cut = i64::try_from(seqs.len()).unwrap_or(i64::MAX) >= limit;
+        let covered = match seqs.last() {
+            Some(&last) if cut => last.min(mark),
+            _ => mark,
+        };
         self.at = self.at.max(covered.saturating_add(1));
-        floors().insert(table, self.at);
+        floors().insert(self.outbox.table, self.at);
         if covered == mark {
             self.mark = None;
         }
