@@ -39,6 +39,25 @@ async fn left(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
+/// Waits until the table is empty and the stream holds `total` messages.
+async fn relayed(what: &str, pool: &PgPool, js: &jetstream::Context, total: usize) {
+    eventually(what, Duration::from_secs(30), || async {
+        let mut stream = js.get_stream("RELAYTEST").await.unwrap();
+        let stored = stream.info().await.unwrap().state.messages;
+        (left(pool).await == 0 && stored == total as u64).then_some(())
+    })
+    .await;
+}
+
+/// The `n` of every message in the stream, in stream order.
+async fn stored(js: &jetstream::Context) -> Vec<u64> {
+    read_stream(js, "RELAYTEST", "relaytest.>")
+        .await
+        .into_iter()
+        .map(|(_, _, body)| body["n"].as_u64().unwrap())
+        .collect()
+}
+
 #[sqlx::test(migrations = false)]
 async fn every_row_leaves_once_in_order_across_a_killed_leader_and_a_late_commit(pool: PgPool) {
     sqlx::raw_sql(
@@ -92,28 +111,12 @@ async fn every_row_leaves_once_in_order_across_a_killed_leader_and_a_late_commit
             first.abort();
         }
     }
-    let stored = || async {
-        let mut stream = js.get_stream("RELAYTEST").await.unwrap();
-        stream.info().await.unwrap().state.messages
-    };
-    eventually(
-        "every committed row relayed",
-        Duration::from_secs(30),
-        || async { (left(&pool).await == 0 && stored().await == N as u64).then_some(()) },
-    )
-    .await;
+    relayed("every committed row relayed", &pool, &js, N).await;
     late.commit().await.unwrap();
     wake.notify_waiters();
-    eventually("the late row relayed", Duration::from_secs(30), || async {
-        (left(&pool).await == 0 && stored().await == N as u64 + 1).then_some(())
-    })
-    .await;
+    relayed("the late row relayed", &pool, &js, N + 1).await;
 
-    let order: Vec<u64> = read_stream(&js, "RELAYTEST", "relaytest.>")
-        .await
-        .into_iter()
-        .map(|(_, _, body)| body["n"].as_u64().unwrap())
-        .collect();
+    let order = stored(&js).await;
     assert_eq!(order.len(), N + 1, "each row once: {} stored", order.len());
     let expected: Vec<u64> = (1..=N as u64).chain([0]).collect();
     assert_eq!(order, expected, "in commit order");
@@ -130,26 +133,11 @@ async fn every_row_leaves_once_in_order_across_a_killed_leader_and_a_late_commit
         // A few rounds of the relay each, so its floor has moments to move.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    eventually(
-        "the rows after the late one relayed",
-        Duration::from_secs(30),
-        || async { (left(&pool).await == 0 && stored().await == N as u64 + 4).then_some(()) },
-    )
-    .await;
+    relayed("the rows after the late one relayed", &pool, &js, N + 4).await;
     late.commit().await.unwrap();
     wake.notify_waiters();
-    eventually(
-        "the second late row relayed",
-        Duration::from_secs(30),
-        || async { (left(&pool).await == 0 && stored().await == N as u64 + 5).then_some(()) },
-    )
-    .await;
-    let tail: Vec<u64> = read_stream(&js, "RELAYTEST", "relaytest.>")
-        .await
-        .into_iter()
-        .skip(N + 1)
-        .map(|(_, _, body)| body["n"].as_u64().unwrap())
-        .collect();
+    relayed("the second late row relayed", &pool, &js, N + 5).await;
+    let tail: Vec<u64> = stored(&js).await.split_off(N + 1);
     let n = N as u64;
     assert_eq!(tail, vec![n + 2, n + 3, n + 4, n + 1], "in commit order");
     second_stop.cancel();
