@@ -246,6 +246,8 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
             invoice_keys.push(key);
         }
     }
+    let batch_tenants: Vec<&str> = tenant_ids.iter().map(String::as_str).collect();
+    crate::fire::lock_schedules(&mut tx, &batch_tenants).await?;
     lock_owners(&mut tx, &existing).await?;
     let mut w = Work {
         tenants: model::load_tenants(&mut tx, &tenant_ids).await?,

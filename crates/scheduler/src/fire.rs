@@ -1,8 +1,10 @@
 //! Firing due steps. The customer is the unit of a claim: a claim picks up to a batch of
 //! customers with a due invoice, try-locks each (a customer another claim or replica
-//! holds is skipped: the SKIP LOCKED pattern at customer grain), then takes every due
-//! invoice of the customers it got `FOR UPDATE`. So replicas never decide the same
-//! invoice, and caps and same-instant merges see all of a customer's due invoices.
+//! holds is skipped: the SKIP LOCKED pattern at customer grain), then reads every due
+//! invoice of the customers it got. So replicas never decide the same invoice, and caps
+//! and same-instant merges see all of a customer's due invoices. The invoices are read
+//! without row locks: every writer of an invoice holds its customer's lock, or (a
+//! policy migration) its tenant's schedule lock exclusively ([`lock_schedules`]).
 //! Every decision, the contact ledger, the invoice's next step and the dispatch
 //! commands are written in the caller's transaction; the relay publishes the commands
 //! after commit.
@@ -177,6 +179,30 @@ pub fn customer_lock(tenant: &str, customer_id: &str) -> String {
     format!("customer/{tenant}/{customer_id}")
 }
 
+/// Takes, waiting, the tenants' schedule locks (`hashtextextended("schedule/<tenant>",
+/// 11)`) in shared mode, in name order, before any customer lock. Claims and the
+/// in-order consumer hold them shared while they read and write invoices; a policy
+/// write with `migrate_open` holds its tenant's exclusively while it re-plans
+/// ([`crate::policies`]). With the customer locks, they are what keeps two writers
+/// off one invoice: a claim reads its invoices without row locks.
+pub async fn lock_schedules(conn: &mut PgConnection, tenants: &[&str]) -> Result<(), sqlx::Error> {
+    let mut names: Vec<String> = tenants.iter().map(|t| schedule_lock(t)).collect();
+    names.sort();
+    names.dedup();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock_shared(hashtextextended(k, 11)) FROM UNNEST($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
+    )
+    .bind(&names)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The name of a tenant's schedule lock (see [`lock_schedules`]).
+pub fn schedule_lock(tenant: &str) -> String {
+    format!("schedule/{tenant}")
+}
+
 /// Claims up to a batch of due invoices in `scope` at `now` and decides them, inside
 /// the caller's transaction.
 pub async fn fire_batch(
@@ -241,16 +267,21 @@ pub async fn fire_batch(
     if candidates.is_empty() {
         return Ok((0, last));
     }
+    let mut claim_tenants: Vec<&str> = candidates.iter().map(|(t, _)| t.as_str()).collect();
+    claim_tenants.dedup();
+    lock_schedules(conn, &claim_tenants).await?;
     let lock_keys: Vec<String> = candidates
         .iter()
         .map(|(t, c)| customer_lock(t, c))
         .collect();
-    let locked: Vec<String> = sqlx::query_scalar(
+    let locked: std::collections::HashSet<String> = sqlx::query_scalar(
         "SELECT k FROM UNNEST($1::text[]) AS k WHERE pg_try_advisory_xact_lock(hashtextextended(k, 11))",
     )
     .bind(&lock_keys)
     .fetch_all(&mut *conn)
-    .await?;
+    .await?
+    .into_iter()
+    .collect();
     let customer_keys: Vec<(String, String)> = candidates
         .into_iter()
         .zip(lock_keys)
@@ -267,7 +298,7 @@ pub async fn fire_batch(
     let sql = format!(
         "SELECT {} FROM scheduler.invoices i JOIN UNNEST($2::text[], $3::text[]) AS k(tenant, customer_id) \
          USING (tenant, customer_id) WHERE i.next_at <= $1 AND {} \
-         ORDER BY i.next_at, i.tenant, i.customer_id, i.invoice_id COLLATE \"C\" FOR UPDATE OF i",
+         ORDER BY i.next_at, i.tenant, i.customer_id, i.invoice_id COLLATE \"C\"",
         model::INVOICE_COLUMNS.replace(
             "tenant, invoice_id, customer_id,",
             "i.tenant, i.invoice_id, i.customer_id,"

@@ -278,6 +278,13 @@ async fn migrate(
     version: i32,
     policy: &Policy,
 ) -> Result<usize, SchedulerError> {
+    // Firing claims and the in-order consumer read invoices without row locks, under
+    // this lock shared: taking it exclusively waits for those in flight and holds off
+    // new ones until this transaction ends.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
+        .bind(crate::fire::schedule_lock(tenant))
+        .execute(&mut *conn)
+        .await?;
     let sql = format!(
         "SELECT {} FROM scheduler.invoices WHERE tenant = $1 AND policy = $2 AND status = 'open' FOR UPDATE",
         model::INVOICE_COLUMNS
