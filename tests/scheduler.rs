@@ -938,3 +938,80 @@ async fn an_event_never_writes_an_invoice_over_a_firing_claim(pool: PgPool) {
     let after: i32 = sqlx::query_scalar(step).fetch_one(&pool).await.unwrap();
     assert_eq!(after, first + 1, "the claim's progress survives the update");
 }
+
+/// A claim reads its invoices without row locks; what keeps it off an invoice a policy
+/// migration is re-planning is the tenant's schedule lock, which the migration holds
+/// exclusively and every claim takes shared. The test plays the migration: it holds
+/// that lock and, in the same transaction, moves the invoice past its first step and
+/// far later (what a migration writes), while the clock crosses the first step. The
+/// claim waits for the migration to commit before it reads the invoice, so the first
+/// step is neither fired nor written back over the migration's progress.
+#[sqlx::test(migrations = false)]
+async fn a_claim_waits_for_a_policy_migration(pool: PgPool) {
+    let w = World::new(&pool, "mig").await;
+    let inv = invoice("NF-M", 1);
+    w.publish_invoices(std::slice::from_ref(&inv)).await;
+    let plan = w.plan("NF-M").await;
+    let first_at: DateTime<Utc> = plan["steps"][0]["send_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let step = "SELECT next_step FROM scheduler.invoices WHERE invoice_id = 'NF-M'";
+    let first: i32 = sqlx::query_scalar(step).fetch_one(&pool).await.unwrap();
+
+    let mut migration = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
+        .bind(regua_scheduler::fire::schedule_lock("mig"))
+        .execute(&mut *migration)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE scheduler.invoices SET next_step = next_step + 1, next_at = next_at + interval '100 days' \
+         WHERE invoice_id = 'NF-M'",
+    )
+    .execute(&mut *migration)
+    .await
+    .unwrap();
+    let to = first_at + TimeDelta::minutes(1);
+    let (status, body) = w
+        .send(
+            reqwest::Method::POST,
+            "clock:advance",
+            json!({ "to": to.to_rfc3339() }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // The claim has found the invoice due (as committed before the migration) and waits
+    // on the schedule lock.
+    eventually("a claim to wait", Duration::from_secs(30), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND wait_event = 'advisory' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    migration.commit().await.unwrap();
+    w.ready(to).await;
+
+    let logged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM scheduler.step_log WHERE invoice_id = 'NF-M'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(logged, 0, "no decision on the migrated invoice's old step");
+    assert!(
+        steps_of(&w.commands().await, "NF-M").is_empty(),
+        "no command for the old step"
+    );
+    let after: i32 = sqlx::query_scalar(step).fetch_one(&pool).await.unwrap();
+    assert_eq!(
+        after,
+        first + 1,
+        "the migration's progress survives the claim"
+    );
+}
