@@ -208,6 +208,12 @@ impl World {
     /// Advances the test clock to `to` and waits until every due step fired and its
     /// commands are published.
     async fn advance(&self, to: DateTime<Utc>) {
+        self.start_advance(to).await;
+        self.ready(to).await;
+    }
+
+    /// Asks for the test clock to advance to `to`, without waiting for it.
+    async fn start_advance(&self, to: DateTime<Utc>) {
         let (status, body) = self
             .send(
                 reqwest::Method::POST,
@@ -216,7 +222,6 @@ impl World {
             )
             .await;
         assert_eq!(status, 202, "{body}");
-        self.ready(to).await;
     }
 
     async fn ready(&self, to: DateTime<Utc>) {
@@ -898,11 +903,11 @@ async fn an_event_never_writes_an_invoice_over_a_firing_claim(pool: PgPool) {
     let first: i32 = sqlx::query_scalar(step).fetch_one(&pool).await.unwrap();
 
     let mut claim = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
-        .bind(regua_scheduler::fire::customer_lock("claim", &customer))
-        .execute(&mut *claim)
-        .await
-        .unwrap();
+    hold_lock(
+        &mut claim,
+        &regua_scheduler::fire::customer_lock("claim", &customer),
+    )
+    .await;
     sqlx::query(
         "UPDATE scheduler.invoices SET next_step = next_step + 1 WHERE invoice_id = 'NF-C'",
     )
@@ -914,17 +919,7 @@ async fn an_event_never_writes_an_invoice_over_a_firing_claim(pool: PgPool) {
     w.publish_invoices(&[updated]).await;
     // The consumer has reached the update and waits (on the customer lock; without it,
     // on the row, having read the invoice as it was before the claim).
-    eventually("the consumer to wait", Duration::from_secs(30), || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        (waiting > 0).then_some(())
-    })
-    .await;
+    lock_waited("the consumer to wait", &pool, "%").await;
     claim.commit().await.unwrap();
 
     let amount =
@@ -961,11 +956,7 @@ async fn a_claim_waits_for_a_policy_migration(pool: PgPool) {
     let first: i32 = sqlx::query_scalar(step).fetch_one(&pool).await.unwrap();
 
     let mut migration = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
-        .bind(regua_scheduler::fire::schedule_lock("mig"))
-        .execute(&mut *migration)
-        .await
-        .unwrap();
+    hold_lock(&mut migration, &regua_scheduler::fire::schedule_lock("mig")).await;
     sqlx::query(
         "UPDATE scheduler.invoices SET next_step = next_step + 1, next_at = next_at + interval '100 days' \
          WHERE invoice_id = 'NF-M'",
@@ -974,27 +965,10 @@ async fn a_claim_waits_for_a_policy_migration(pool: PgPool) {
     .await
     .unwrap();
     let to = first_at + TimeDelta::minutes(1);
-    let (status, body) = w
-        .send(
-            reqwest::Method::POST,
-            "clock:advance",
-            json!({ "to": to.to_rfc3339() }).to_string(),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    w.start_advance(to).await;
     // The claim has found the invoice due (as committed before the migration) and waits
     // on the schedule lock.
-    eventually("a claim to wait", Duration::from_secs(30), || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND wait_event = 'advisory' AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        (waiting > 0).then_some(())
-    })
-    .await;
+    lock_waited("a claim to wait", &pool, "advisory").await;
     migration.commit().await.unwrap();
     w.ready(to).await;
 
@@ -1014,4 +988,30 @@ async fn a_claim_waits_for_a_policy_migration(pool: PgPool) {
         first + 1,
         "the migration's progress survives the claim"
     );
+}
+
+/// Takes the advisory lock `name` (as regua names them) in `tx`, until it ends.
+async fn hold_lock(tx: &mut sqlx::PgConnection, name: &str) {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
+        .bind(name)
+        .execute(tx)
+        .await
+        .unwrap();
+}
+
+/// Waits until another session of this database waits on a heavyweight lock whose
+/// wait event is `like` (`advisory`, or `%` for any).
+async fn lock_waited(what: &str, pool: &PgPool, like: &str) {
+    eventually(what, Duration::from_secs(30), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND wait_event LIKE $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(like)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
 }
