@@ -21,6 +21,7 @@ use regua::{Platform, Services};
 use regua_contract::commands::DispatchCommand;
 use regua_contract::{TenantId, subjects};
 use regua_platform::{Config, SystemClock, nats};
+use regua_scheduler::fire;
 use regua_testkit::{NatsServer, eventually, invoice};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -903,11 +904,7 @@ async fn an_event_never_writes_an_invoice_over_a_firing_claim(pool: PgPool) {
     let first: i32 = sqlx::query_scalar(step).fetch_one(&pool).await.unwrap();
 
     let mut claim = pool.begin().await.unwrap();
-    hold_lock(
-        &mut claim,
-        &regua_scheduler::fire::customer_lock("claim", &customer),
-    )
-    .await;
+    hold_lock(&mut claim, &fire::customer_lock("claim", &customer)).await;
     sqlx::query(
         "UPDATE scheduler.invoices SET next_step = next_step + 1 WHERE invoice_id = 'NF-C'",
     )
@@ -956,7 +953,7 @@ async fn a_claim_waits_for_a_policy_migration(pool: PgPool) {
     let first: i32 = sqlx::query_scalar(step).fetch_one(&pool).await.unwrap();
 
     let mut migration = pool.begin().await.unwrap();
-    hold_lock(&mut migration, &regua_scheduler::fire::schedule_lock("mig")).await;
+    hold_lock(&mut migration, &fire::schedule_lock("mig")).await;
     sqlx::query(
         "UPDATE scheduler.invoices SET next_step = next_step + 1, next_at = next_at + interval '100 days' \
          WHERE invoice_id = 'NF-M'",
@@ -990,11 +987,9 @@ async fn a_claim_waits_for_a_policy_migration(pool: PgPool) {
     );
 }
 
-/// Takes the advisory lock `name` (as regua names them) in `tx`, until it ends.
+/// Takes the scheduler's advisory lock `name` in `tx`, until it ends.
 async fn hold_lock(tx: &mut sqlx::PgConnection, name: &str) {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
-        .bind(name)
-        .execute(tx)
+    fire::take_locks(tx, vec![name.to_owned()], fire::LockMode::Exclusive)
         .await
         .unwrap();
 }

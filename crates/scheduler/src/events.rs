@@ -246,8 +246,7 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
             invoice_keys.push(key);
         }
     }
-    let batch_tenants: Vec<&str> = tenant_ids.iter().map(String::as_str).collect();
-    crate::fire::lock_schedules(&mut tx, &batch_tenants).await?;
+    crate::fire::lock_schedules(&mut tx, tenant_ids.iter().map(String::as_str)).await?;
     lock_owners(&mut tx, &existing).await?;
     let mut w = Work {
         tenants: model::load_tenants(&mut tx, &tenant_ids).await?,
@@ -337,19 +336,11 @@ async fn lock_owners(
     if owners.is_empty() {
         return Ok(());
     }
-    let mut names: Vec<String> = owners
+    let names = owners
         .iter()
         .map(|(t, c)| crate::fire::customer_lock(t, c))
         .collect();
-    names.sort();
-    names.dedup();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended(k, 11)) FROM UNNEST($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
-    )
-    .bind(&names)
-    .execute(conn)
-    .await?;
-    Ok(())
+    crate::fire::take_locks(conn, names, crate::fire::LockMode::Exclusive).await
 }
 
 /// A payment reconciliation applied: later messages state the balance.

@@ -179,23 +179,46 @@ pub fn customer_lock(tenant: &str, customer_id: &str) -> String {
     format!("customer/{tenant}/{customer_id}")
 }
 
-/// Takes, waiting, the tenants' schedule locks (`hashtextextended("schedule/<tenant>",
-/// 11)`) in shared mode, in name order, before any customer lock. Claims and the
-/// in-order consumer hold them shared while they read and write invoices; a policy
-/// write with `migrate_open` holds its tenant's exclusively while it re-plans
-/// ([`crate::policies`]). With the customer locks, they are what keeps two writers
-/// off one invoice: a claim reads its invoices without row locks.
-pub async fn lock_schedules(conn: &mut PgConnection, tenants: &[&str]) -> Result<(), sqlx::Error> {
-    let mut names: Vec<String> = tenants.iter().map(|t| schedule_lock(t)).collect();
+/// How [`take_locks`] takes its locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// Takes, waiting, the advisory locks `names` (each `hashtextextended(name, 11)`) until
+/// the transaction ends, in name order, so that two takers never wait on each other
+/// in a cycle.
+pub async fn take_locks(
+    conn: &mut PgConnection,
+    mut names: Vec<String>,
+    mode: LockMode,
+) -> Result<(), sqlx::Error> {
     names.sort();
     names.dedup();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock_shared(hashtextextended(k, 11)) FROM UNNEST($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
-    )
-    .bind(&names)
-    .execute(conn)
-    .await?;
+    let sql = match mode {
+        LockMode::Shared => {
+            "SELECT pg_advisory_xact_lock_shared(hashtextextended(k, 11)) FROM UNNEST($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n"
+        }
+        LockMode::Exclusive => {
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, 11)) FROM UNNEST($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n"
+        }
+    };
+    sqlx::query(sql).bind(&names).execute(conn).await?;
     Ok(())
+}
+
+/// Takes, waiting, the tenants' schedule locks ([`schedule_lock`]) in shared mode,
+/// before any customer lock. Claims and the in-order consumer hold them shared while
+/// they read and write invoices; a policy write with `migrate_open` holds its tenant's
+/// exclusively while it re-plans ([`crate::policies`]). With the customer locks, they
+/// are what keeps two writers off one invoice: no writer takes row locks first.
+pub async fn lock_schedules<'a>(
+    conn: &mut PgConnection,
+    tenants: impl IntoIterator<Item = &'a str>,
+) -> Result<(), sqlx::Error> {
+    let names = tenants.into_iter().map(schedule_lock).collect();
+    take_locks(conn, names, LockMode::Shared).await
 }
 
 /// The name of a tenant's schedule lock (see [`lock_schedules`]).
@@ -267,9 +290,7 @@ pub async fn fire_batch(
     if candidates.is_empty() {
         return Ok((0, last));
     }
-    let mut claim_tenants: Vec<&str> = candidates.iter().map(|(t, _)| t.as_str()).collect();
-    claim_tenants.dedup();
-    lock_schedules(conn, &claim_tenants).await?;
+    lock_schedules(conn, candidates.iter().map(|(t, _)| t.as_str())).await?;
     let lock_keys: Vec<String> = candidates
         .iter()
         .map(|(t, c)| customer_lock(t, c))

@@ -12,6 +12,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, Row};
 
 use crate::SchedulerError;
+use crate::fire::{LockMode, schedule_lock, take_locks};
 use crate::model::{self, Invoice, Status};
 
 /// Parsed policy versions; a version never changes once written.
@@ -232,10 +233,12 @@ pub async fn write(
     migrate_open: bool,
     now: DateTime<Utc>,
 ) -> Result<Written, SchedulerError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
-        .bind(format!("policy/{tenant}/{name}"))
-        .execute(&mut *conn)
-        .await?;
+    take_locks(
+        conn,
+        vec![format!("policy/{tenant}/{name}")],
+        LockMode::Exclusive,
+    )
+    .await?;
     let version: i32 = sqlx::query_scalar(
         "SELECT COALESCE(MAX(version), 0) + 1 FROM scheduler.policies WHERE tenant = $1 AND name = $2",
     )
@@ -278,15 +281,13 @@ async fn migrate(
     version: i32,
     policy: &Policy,
 ) -> Result<usize, SchedulerError> {
-    // Firing claims and the in-order consumer read invoices without row locks, under
-    // this lock shared: taking it exclusively waits for those in flight and holds off
-    // new ones until this transaction ends.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
-        .bind(crate::fire::schedule_lock(tenant))
-        .execute(&mut *conn)
-        .await?;
+    // Every other writer of invoices (firing claims, the in-order consumer) holds this
+    // lock shared while it reads and writes them: taking it exclusively waits for those
+    // in flight and holds off new ones until this transaction ends, so the invoices
+    // need no row locks.
+    take_locks(conn, vec![schedule_lock(tenant)], LockMode::Exclusive).await?;
     let sql = format!(
-        "SELECT {} FROM scheduler.invoices WHERE tenant = $1 AND policy = $2 AND status = 'open' FOR UPDATE",
+        "SELECT {} FROM scheduler.invoices WHERE tenant = $1 AND policy = $2 AND status = 'open'",
         model::INVOICE_COLUMNS
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
