@@ -11,12 +11,12 @@
 //! the invoice, inserting a row into `scheduler.halts`, one statement per batch.
 //!
 //! Why no pending step of a halted invoice can fire:
-//! - every query that takes due invoices (the claim's candidates, its `FOR UPDATE`
-//!   re-read, a test clock's next instant) requires [`crate::model::NOT_HALTED`]: an
+//! - every query that takes due invoices (the claim's candidates, its read of the
+//!   locked customers' due invoices, a test clock's next instant) requires [`crate::model::NOT_HALTED`]: an
 //!   open invoice with a halt row is never taken, whatever its `next_at` (the
 //!   in-order consumer may still plan or re-plan it before it applies the payment);
 //! - the halt takes no lock on the invoice, so it waits for nothing. A claim that
-//!   already holds the invoice when the halt commits (its statement began before)
+//!   already read the invoice when the halt commits (its statement began before)
 //!   was already firing that one step: its command goes out, and the dispatcher's
 //!   guard refuses it, because reconciliation settled the fence before `invoice.paid`
 //!   existed. That is the "in-flight command" half of the guarantee (README, Stop);

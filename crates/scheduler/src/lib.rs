@@ -11,8 +11,8 @@
 //!    wait behind a burst of other events; [`halt`] (its own consumer of `invoice.paid`
 //!    alone) stops the paid invoice's dunning at once, and the in-order consumer
 //!    completes the stop (history, step log, thank-you) when it gets there.
-//! 2. [`fire`] claims due invoices a customer at a time (try-locked customers, their
-//!    due invoices `FOR UPDATE`; any number of replicas and workers), decides each due step ([`regua_domain::schedule::fire`]: supersede stale
+//! 2. [`fire`] claims due invoices a customer at a time (try-locked customers, whose
+//!    due invoices it then reads; any number of replicas and workers), decides each due step ([`regua_domain::schedule::fire`]: supersede stale
 //!    steps, window, caps, same-day merge, the negativação notice rule), and writes the
 //!    decision, the contact ledger and the dispatch command (to the outbox) in one
 //!    transaction. The relay publishes commands on `regua.v1.cmd.<tenant>.dispatch.<channel>`.

@@ -278,9 +278,17 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut last_report = Instant::now();
     let mut decided_secs = None;
+    // Whether every due step is decided is asked of the schedule once a second, not at
+    // every 100 ms poll: the query walks the due index from its start, through an entry
+    // for every step already fired, and that walk is the bench's own load on the
+    // database it measures (1.7 s of statement time in a 48 s firing of 1,000,000).
+    let mut last_decided_check: Option<Instant> = None;
     loop {
         rss.sample()?;
-        if decided_secs.is_none() {
+        if decided_secs.is_none()
+            && last_decided_check.is_none_or(|c| c.elapsed() >= Duration::from_secs(1))
+        {
+            last_decided_check = Some(Instant::now());
             let pending: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM scheduler.invoices WHERE next_at <= $1 AND tenant = 'bench')")
                 .bind(to)
                 .fetch_one(&pool)
@@ -312,7 +320,7 @@ pub async fn run(
         "firing   {n} due steps → commands in REGUA_CMD in {fire_secs:.1} s = {fire_rate:.0} steps/s (target ≥ 26,000)"
     ));
     say(&format!(
-        "         (every step decided and committed after {:.1} s; the rest is the outbox relay publishing)",
+        "         (every step decided and committed after {:.0} s, checked once a second; the rest is the outbox relay publishing)",
         decided_secs.unwrap_or(fire_secs)
     ));
     say(&format!(
