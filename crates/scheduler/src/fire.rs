@@ -241,8 +241,9 @@ pub async fn fire_batch(
         Scope::RealTime => None,
         Scope::TestClock(t) => Some(t),
     };
-    // A customer's invoices due at one instant are decided in invoice id order (byte
-    // order, as the preview's simulation does).
+    // A customer's invoices due at one instant are decided in invoice id order: byte
+    // order, as the preview's simulation does, because the scheduler's id columns are
+    // `COLLATE "C"` (migration 0006).
     //
     // The customer is the unit of a claim: caps and same-instant merges look at all of
     // a customer's due invoices at once, and no other claim (replica or worker) can
@@ -319,7 +320,7 @@ pub async fn fire_batch(
     let sql = format!(
         "SELECT {} FROM scheduler.invoices i JOIN UNNEST($2::text[], $3::text[]) AS k(tenant, customer_id) \
          USING (tenant, customer_id) WHERE i.next_at <= $1 AND {} \
-         ORDER BY i.next_at, i.tenant, i.customer_id, i.invoice_id COLLATE \"C\"",
+         ORDER BY i.next_at, i.tenant, i.customer_id, i.invoice_id",
         model::INVOICE_COLUMNS.replace(
             "tenant, invoice_id, customer_id,",
             "i.tenant, i.invoice_id, i.customer_id,"

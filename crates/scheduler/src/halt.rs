@@ -12,9 +12,10 @@
 //!
 //! Why no pending step of a halted invoice can fire:
 //! - every query that takes due invoices (the claim's candidates, its read of the
-//!   locked customers' due invoices, a test clock's next instant) requires [`crate::model::NOT_HALTED`]: an
-//!   open invoice with a halt row is never taken, whatever its `next_at` (the
-//!   in-order consumer may still plan or re-plan it before it applies the payment);
+//!   locked customers' due invoices, a test clock's next instant) requires
+//!   [`crate::model::NOT_HALTED`]: an open invoice with a halt row is never taken,
+//!   whatever its `next_at` (the in-order consumer may still plan or re-plan it before
+//!   it applies the payment);
 //! - the halt takes no lock on the invoice, so it waits for nothing. A claim that
 //!   already read the invoice when the halt commits (its statement began before)
 //!   was already firing that one step: its command goes out, and the dispatcher's
