@@ -21,7 +21,7 @@ use regua::{Platform, Services};
 use regua_contract::commands::DispatchCommand;
 use regua_contract::{TenantId, subjects};
 use regua_platform::{Config, SystemClock, nats};
-use regua_scheduler::fire;
+use regua_scheduler::{fire, model};
 use regua_testkit::{NatsServer, eventually, invoice};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -985,6 +985,55 @@ async fn a_claim_waits_for_a_policy_migration(pool: PgPool) {
         first + 1,
         "the migration's progress survives the claim"
     );
+}
+
+/// A claim writes its invoices back at the rows it read them from. Were one moved
+/// in between (a writer that skipped the claim's locks), the write-back must fail, so
+/// the claim rolls back, rather than skip that invoice and commit the rest.
+#[sqlx::test(migrations = false)]
+async fn a_write_back_refuses_an_invoice_whose_row_moved(pool: PgPool) {
+    let w = World::new(&pool, "moved").await;
+    let inv = invoice("NF-V", 1);
+    w.publish_invoices(std::slice::from_ref(&inv)).await;
+    w.plan("NF-V").await;
+    let read = format!(
+        "SELECT {}, ctid::text AS row_id FROM scheduler.invoices WHERE invoice_id = 'NF-V'",
+        model::INVOICE_COLUMNS
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(read))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut claimed = model::Invoice::from_row(&row).unwrap();
+    let row_id: String = sqlx::Row::try_get(&row, "row_id").unwrap();
+    let step = "SELECT next_step FROM scheduler.invoices WHERE invoice_id = 'NF-V'";
+    let first: i32 = sqlx::query_scalar(step).fetch_one(&pool).await.unwrap();
+
+    // Another writer moves the row (an update writes a new version elsewhere).
+    sqlx::query(
+        "UPDATE scheduler.invoices SET next_step = next_step + 5 WHERE invoice_id = 'NF-V'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    claimed.progress.next += 1;
+    let mut conn = pool.acquire().await.unwrap();
+    let err = model::save_progress(&mut conn, &[&claimed], &[row_id])
+        .await
+        .expect_err("a moved row is refused");
+    assert!(
+        matches!(
+            err,
+            model::SaveError::Moved {
+                expected: 1,
+                updated: 0
+            }
+        ),
+        "{err}"
+    );
+    let after: i32 = sqlx::query_scalar(step).fetch_one(&pool).await.unwrap();
+    assert_eq!(after, first + 5, "the other writer's progress stands");
 }
 
 /// Takes the scheduler's advisory lock `name` in `tx`, until it ends.

@@ -318,7 +318,7 @@ pub async fn fire_batch(
         .map(|(t, c)| (t.as_str(), c.as_str()))
         .unzip();
     let sql = format!(
-        "SELECT {} FROM scheduler.invoices i JOIN UNNEST($2::text[], $3::text[]) AS k(tenant, customer_id) \
+        "SELECT {}, i.ctid::text AS row_id FROM scheduler.invoices i JOIN UNNEST($2::text[], $3::text[]) AS k(tenant, customer_id) \
          USING (tenant, customer_id) WHERE i.next_at <= $1 AND {} \
          ORDER BY i.next_at, i.tenant, i.customer_id, i.invoice_id",
         model::INVOICE_COLUMNS.replace(
@@ -334,8 +334,10 @@ pub async fn fire_batch(
         .fetch_all(&mut *conn)
         .await?;
     let mut invoices = Vec::with_capacity(rows.len());
+    let mut row_ids = Vec::with_capacity(rows.len());
     for r in &rows {
         invoices.push(Invoice::from_row(r)?);
+        row_ids.push(r.try_get::<String, _>("row_id")?);
     }
     load_payments(conn, &ts, &cs, &mut invoices).await?;
     let mut tenant_ids: Vec<String> = invoices.iter().map(|i| i.tenant.clone()).collect();
@@ -364,7 +366,7 @@ pub async fn fire_batch(
         decide(inv, tenant, &policy, customer, ledger, now, &mut out)?;
     }
     let refs: Vec<&Invoice> = invoices.iter().collect();
-    model::save_progress(conn, &refs).await?;
+    model::save_progress(conn, &refs, &row_ids).await?;
     model::write_log(conn, &out.log).await?;
     write_contacts(conn, &out.contacts).await?;
     let mut messages = Vec::with_capacity(out.commands.len() + out.events.len());
@@ -795,9 +797,15 @@ async fn load_ledgers(
 ) -> Result<HashMap<(String, String), Ledger>, sqlx::Error> {
     let (tenants, ids): (Vec<&str>, Vec<&str>) =
         keys.iter().map(|(t, c)| (t.as_str(), c.as_str())).unzip();
+    // One index probe per customer, whatever the statistics say: as a plain join, a
+    // plan made while the ledger was small (a fresh table, or one not analyzed since it
+    // grew) sorts and merges the whole ledger, a cost that grows with the ledger on
+    // every claim. `OFFSET 0` keeps the planner from flattening the lateral subquery
+    // back into that join.
     let rows = sqlx::query(
-        "SELECT c.tenant, c.customer_id, c.at, c.template FROM scheduler.contacts c \
-         JOIN UNNEST($1::text[], $2::text[]) AS k(tenant, customer_id) USING (tenant, customer_id) WHERE c.at > $3",
+        "SELECT k.tenant, k.customer_id, c.at, c.template FROM UNNEST($1::text[], $2::text[]) AS k(tenant, customer_id) \
+         CROSS JOIN LATERAL (SELECT c.at, c.template FROM scheduler.contacts c \
+         WHERE c.tenant = k.tenant AND c.customer_id = k.customer_id AND c.at > $3 OFFSET 0) AS c",
     )
     .bind(&tenants)
     .bind(&ids)

@@ -53,6 +53,8 @@ pub enum SchedulerError {
     Db(#[from] sqlx::Error),
     #[error("serializing: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("writing back the schedule: {0}")]
+    Save(#[from] model::SaveError),
     #[error("stored policy {tenant}/{name} v{version} is invalid: {reason}")]
     BadPolicy {
         tenant: String,

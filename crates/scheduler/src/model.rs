@@ -349,27 +349,61 @@ pub async fn save_invoices(
 }
 
 /// Writes back only the schedule columns of existing invoices (what firing changes).
+///
+/// `rows` holds each invoice's physical row (`ctid`) as its claim read it, in the
+/// same order, so the update goes straight to the row instead of probing the primary
+/// key again. That is sound because the caller holds, since that read, what keeps
+/// every other writer off these invoices (their customers' locks and their tenants'
+/// schedule locks). The key is still compared, and an invoice whose row has moved
+/// anyway is an error that rolls the claim back, never a silent skip.
 pub async fn save_progress(
     conn: &mut PgConnection,
     invoices: &[&Invoice],
-) -> Result<(), sqlx::Error> {
+    rows: &[String],
+) -> Result<(), SaveError> {
     if invoices.is_empty() {
         return Ok(());
+    }
+    if rows.len() != invoices.len() {
+        return Err(SaveError::Moved {
+            expected: invoices.len(),
+            updated: 0,
+        });
     }
     let mut c = InvoiceColumns::default();
     for i in invoices {
         c.push_progress(i);
     }
-    c.bind_progress(sqlx::query(
-        "UPDATE scheduler.invoices AS i SET status = u.status, policy_version = u.policy_version, next_step = u.next_step, \
-         deferred_to = u.deferred_to, notice_sent_at = u.notice_sent_at, thanks_pending = u.thanks_pending, next_at = u.next_at \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::bool[], \
-         $9::timestamptz[]) AS u(tenant, invoice_id, status, policy_version, next_step, deferred_to, notice_sent_at, thanks_pending, next_at) \
-         WHERE i.tenant = u.tenant AND i.invoice_id = u.invoice_id",
-    ))
-    .execute(conn)
-    .await?;
+    let updated = c
+        .bind_progress(sqlx::query(
+            "UPDATE scheduler.invoices AS i SET status = u.status, policy_version = u.policy_version, next_step = u.next_step, \
+             deferred_to = u.deferred_to, notice_sent_at = u.notice_sent_at, thanks_pending = u.thanks_pending, next_at = u.next_at \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::bool[], \
+             $9::timestamptz[], $10::tid[]) AS u(tenant, invoice_id, status, policy_version, next_step, deferred_to, notice_sent_at, thanks_pending, next_at, row_id) \
+             WHERE i.ctid = u.row_id AND i.tenant = u.tenant AND i.invoice_id = u.invoice_id",
+        ))
+        .bind(rows)
+        .execute(conn)
+        .await?
+        .rows_affected();
+    if updated != invoices.len() as u64 {
+        return Err(SaveError::Moved {
+            expected: invoices.len(),
+            updated,
+        });
+    }
     Ok(())
+}
+
+/// Why [`save_progress`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Some invoice's row is no longer where the claim read it: a writer that does
+    /// not take the claim's locks changed it meanwhile.
+    #[error("{expected} invoices to write back, {updated} found where they were read")]
+    Moved { expected: usize, updated: u64 },
 }
 
 #[derive(Default)]
