@@ -55,6 +55,15 @@ impl Part {
     }
 }
 
+/// What an invoice's plan depends on (see [`model::plan_with`]): its policy version
+/// (by address), due date, and debtor's time zone and risk class.
+type PlanKey = (
+    usize,
+    NaiveDate,
+    chrono_tz::Tz,
+    regua_domain::policy::RiskClass,
+);
+
 /// A position in the due order: (next_at, tenant, customer_id, invoice_id).
 pub type Key = (DateTime<Utc>, String, String, String);
 
@@ -170,6 +179,9 @@ struct Output {
     events: Vec<OutboxMessage>,
     /// (tenant, customer, template, instant) → index in `commands`.
     merge: HashMap<(String, String, String, DateTime<Utc>), usize>,
+    /// Decisions by (outcome, reason), for `regua_scheduler_steps_total`: counted
+    /// once per claim rather than once per step.
+    steps: HashMap<(&'static str, &'static str), u64>,
 }
 
 /// The name of the advisory lock (`hashtextextended(name, 11)`) on a customer: a claim
@@ -347,6 +359,11 @@ pub async fn fire_batch(
     let customers = model::load_customers(conn, &customer_keys).await?;
     let mut ledgers = load_ledgers(conn, &customer_keys, now - TimeDelta::days(8)).await?;
     let mut out = Output::default();
+    // Plans made in this claim. An invoice's plan depends only on its policy version,
+    // due date, and debtor's time zone and risk class, and invoices that fall due
+    // together mostly share a few of those. Keyed by the policy's address, which is
+    // unique while the entry holds the policy.
+    let mut plans: HashMap<PlanKey, (Arc<Policy>, Arc<model::Planned>)> = HashMap::new();
     for inv in &mut invoices {
         let Some(tenant) = tenants.get(&inv.tenant) else {
             continue;
@@ -362,8 +379,28 @@ pub async fn fire_batch(
         };
         let ckey = (inv.tenant.clone(), inv.customer_id.clone());
         let customer = customers.get(&ckey);
+        let (tz, risk) = model::plan_inputs(&policy, customer, tenant);
+        let key = (Arc::as_ptr(&policy) as usize, inv.state.due_date, tz, risk);
+        let planned = plans
+            .entry(key)
+            .or_insert_with(|| {
+                let planned = model::plan_with(&policy, inv.state.due_date, tz, risk);
+                (policy.clone(), Arc::new(planned))
+            })
+            .1
+            .clone();
         let ledger = ledgers.entry(ckey).or_default();
-        decide(inv, tenant, &policy, customer, ledger, now, &mut out)?;
+        decide(
+            inv, tenant, &policy, &planned, customer, ledger, now, &mut out,
+        )?;
+    }
+    for ((outcome, reason), n) in out.steps.drain() {
+        metrics::counter!(
+            regua_platform::metrics::SCHEDULER_STEPS,
+            "outcome" => outcome,
+            "reason" => reason,
+        )
+        .increment(n);
     }
     let refs: Vec<&Invoice> = invoices.iter().collect();
     model::save_progress(conn, &refs, &row_ids).await?;
@@ -383,18 +420,19 @@ pub async fn fire_batch(
     Ok((invoices.len(), last))
 }
 
-/// Decides one claimed invoice.
+/// Decides one claimed invoice, planned as `planned`.
+#[allow(clippy::too_many_arguments)]
 fn decide(
     inv: &mut Invoice,
     tenant: &Tenant,
     policy: &Policy,
+    planned: &model::Planned,
     customer: Option<&Customer>,
     ledger: &mut Ledger,
     real_now: DateTime<Utc>,
     out: &mut Output,
 ) -> Result<(), SchedulerError> {
     let now = tenant.now(real_now);
-    let planned = model::plan_for(policy, &inv.state, customer, tenant);
     let cal = policy.calendar.calendar();
     let span = tracing::info_span!(
         parent: None,
@@ -498,12 +536,7 @@ fn decide(
     }
     for e in &fired.events {
         let (state, reason) = (e.state.name(), e.state.reason());
-        metrics::counter!(
-            regua_platform::metrics::SCHEDULER_STEPS,
-            "outcome" => state,
-            "reason" => e.state.reason_code(),
-        )
-        .increment(1);
+        *out.steps.entry((state, e.state.reason_code())).or_default() += 1;
         if !matches!(e.state, StepState::Deferred { .. }) {
             let late = (now - e.planned_at).to_std().unwrap_or_default();
             metrics::histogram!(regua_platform::metrics::SCHEDULER_FIRE_LATENESS)
@@ -612,12 +645,12 @@ fn thank(
         }
         None => ("skipped", Some("no_usable_channel".to_owned()), None, None),
     };
-    metrics::counter!(
-        regua_platform::metrics::SCHEDULER_STEPS,
-        "outcome" => state,
-        "reason" => if state == "sent" { "thanks" } else { "no_usable_channel" },
-    )
-    .increment(1);
+    let reason_code = if state == "sent" {
+        "thanks"
+    } else {
+        "no_usable_channel"
+    };
+    *out.steps.entry((state, reason_code)).or_default() += 1;
     out.log.push(LogRow {
         tenant: inv.tenant.clone(),
         invoice_id: inv.invoice_id.clone(),

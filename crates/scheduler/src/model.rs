@@ -552,11 +552,28 @@ pub fn plan_for(
     customer: Option<&Customer>,
     tenant: &Tenant,
 ) -> Planned {
+    let (tz, risk) = plan_inputs(policy, customer, tenant);
+    plan_with(policy, invoice.due_date, tz, risk)
+}
+
+/// What, besides the policy and the due date, an invoice's plan depends on: the
+/// debtor's time zone and risk class.
+pub fn plan_inputs(
+    policy: &Policy,
+    customer: Option<&Customer>,
+    tenant: &Tenant,
+) -> (Tz, RiskClass) {
     let tz = customer.map_or(tenant.timezone, |c| c.tz(tenant));
     let risk = customer.map_or(RiskClass::Regular, |c| {
         policy.risk_rules.classify(&c.history)
     });
+    (tz, risk)
+}
+
+/// Places `policy`'s steps for an invoice due on `due_date`, for a debtor in `tz`
+/// of class `risk`.
+pub fn plan_with(policy: &Policy, due_date: chrono::NaiveDate, tz: Tz, risk: RiskClass) -> Planned {
     let cal = policy.calendar.calendar();
-    let plan = base_plan(policy, &cal, tz, invoice.due_date, risk);
+    let plan = base_plan(policy, &cal, tz, due_date, risk);
     Planned { tz, risk, plan }
 }
