@@ -451,7 +451,7 @@ fn decide(
     let _enter = span.enter();
     if inv.status == Status::Paid && inv.thanks_pending {
         return thank(
-            inv, tenant, policy, customer, &planned, &cal, now, out, &span,
+            inv, tenant, policy, customer, planned, &cal, now, out, &span,
         );
     }
     if inv.status != Status::Open {
