@@ -365,9 +365,9 @@ pub async fn save_progress(
         return Ok(());
     }
     if rows.len() != invoices.len() {
-        return Err(SaveError::Moved {
-            expected: invoices.len(),
-            updated: 0,
+        return Err(SaveError::Rows {
+            invoices: invoices.len(),
+            rows: rows.len(),
         });
     }
     let mut c = InvoiceColumns::default();
@@ -395,11 +395,15 @@ pub async fn save_progress(
     Ok(())
 }
 
-/// Why [`save_progress`] wrote nothing.
+/// Why [`save_progress`] failed. What it wrote must not be committed: the caller's
+/// transaction rolls back.
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
+    /// The caller passed a row for each invoice, or should have.
+    #[error("{invoices} invoices to write back but {rows} rows")]
+    Rows { invoices: usize, rows: usize },
     /// Some invoice's row is no longer where the claim read it: a writer that does
     /// not take the claim's locks changed it meanwhile.
     #[error("{expected} invoices to write back, {updated} found where they were read")]
