@@ -1019,7 +1019,7 @@ async fn a_write_back_refuses_an_invoice_whose_row_moved(pool: PgPool) {
 
     claimed.progress.next += 1;
     let mut conn = pool.acquire().await.unwrap();
-    let err = model::save_progress(&mut conn, &[&claimed], &[row_id])
+    let err = model::save_progress(&mut conn, &[(&claimed, row_id.as_str())])
         .await
         .expect_err("a moved row is refused");
     assert!(

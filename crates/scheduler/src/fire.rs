@@ -363,7 +363,7 @@ pub async fn fire_batch(
     // due date, and debtor's time zone and risk class, and invoices that fall due
     // together mostly share a few of those. Keyed by the policy's address, which is
     // unique while the entry holds the policy.
-    let mut plans: HashMap<PlanKey, (Arc<Policy>, Arc<model::Planned>)> = HashMap::new();
+    let mut plans: HashMap<PlanKey, (Arc<Policy>, model::Planned)> = HashMap::new();
     for inv in &mut invoices {
         let Some(tenant) = tenants.get(&inv.tenant) else {
             continue;
@@ -381,17 +381,13 @@ pub async fn fire_batch(
         let customer = customers.get(&ckey);
         let (tz, risk) = model::plan_inputs(&policy, customer, tenant);
         let key = (Arc::as_ptr(&policy) as usize, inv.state.due_date, tz, risk);
-        let planned = plans
-            .entry(key)
-            .or_insert_with(|| {
-                let planned = model::plan_with(&policy, inv.state.due_date, tz, risk);
-                (policy.clone(), Arc::new(planned))
-            })
-            .1
-            .clone();
+        let (_, planned) = plans.entry(key).or_insert_with(|| {
+            let planned = model::plan_with(&policy, inv.state.due_date, tz, risk);
+            (policy.clone(), planned)
+        });
         let ledger = ledgers.entry(ckey).or_default();
         decide(
-            inv, tenant, &policy, &planned, customer, ledger, now, &mut out,
+            inv, tenant, &policy, planned, customer, ledger, now, &mut out,
         )?;
     }
     for ((outcome, reason), n) in out.steps.drain() {
@@ -402,8 +398,11 @@ pub async fn fire_batch(
         )
         .increment(n);
     }
-    let refs: Vec<&Invoice> = invoices.iter().collect();
-    model::save_progress(conn, &refs, &row_ids).await?;
+    let rows: Vec<(&Invoice, &str)> = invoices
+        .iter()
+        .zip(row_ids.iter().map(String::as_str))
+        .collect();
+    model::save_progress(conn, &rows).await?;
     model::write_log(conn, &out.log).await?;
     write_contacts(conn, &out.contacts).await?;
     let mut messages = Vec::with_capacity(out.commands.len() + out.events.len());
@@ -433,7 +432,7 @@ fn decide(
     out: &mut Output,
 ) -> Result<(), SchedulerError> {
     let now = tenant.now(real_now);
-    let cal = policy.calendar.calendar();
+    let cal = &planned.cal;
     let span = tracing::info_span!(
         parent: None,
         "fire",
@@ -450,9 +449,7 @@ fn decide(
     }
     let _enter = span.enter();
     if inv.status == Status::Paid && inv.thanks_pending {
-        return thank(
-            inv, tenant, policy, customer, planned, &cal, now, out, &span,
-        );
+        return thank(inv, tenant, policy, customer, planned, cal, now, out, &span);
     }
     if inv.status != Status::Open {
         inv.next_at = None;
@@ -460,7 +457,7 @@ fn decide(
     }
     let subject = Subject {
         policy,
-        cal: &cal,
+        cal,
         tz: planned.tz,
         plan: &planned.plan,
     };
@@ -510,7 +507,7 @@ fn decide(
                         first,
                         rest,
                         now,
-                        not_after: window_close(policy, &cal, planned.tz, now),
+                        not_after: window_close(policy, cal, planned.tz, now),
                     },
                     line,
                 );

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use regua_contract::commands::Creditor;
 use regua_contract::events::{CustomerState, InvoiceState};
+use regua_domain::calendar::Calendar;
 use regua_domain::policy::{Channel, InvoiceFacts, Notify, PaymentHistory, Policy, RiskClass};
 use regua_domain::schedule::{BasePlan, Progress, base_plan};
 use sqlx::{PgConnection, Row};
@@ -350,29 +351,24 @@ pub async fn save_invoices(
 
 /// Writes back only the schedule columns of existing invoices (what firing changes).
 ///
-/// `rows` holds each invoice's physical row (`ctid`) as its claim read it, in the
-/// same order, so the update goes straight to the row instead of probing the primary
-/// key again. That is sound because the caller holds, since that read, what keeps
-/// every other writer off these invoices (their customers' locks and their tenants'
-/// schedule locks). The key is still compared, and an invoice whose row has moved
-/// anyway is an error that rolls the claim back, never a silent skip.
+/// Each invoice comes with its physical row (`ctid`) as its claim read it, so the
+/// update goes straight to the row instead of probing the primary key again. That is
+/// sound because the caller holds, since that read, what keeps every other writer off
+/// these invoices (their customers' locks and their tenants' schedule locks). The key
+/// is still compared, and an invoice whose row has moved anyway is an error that rolls
+/// the claim back, never a silent skip.
 pub async fn save_progress(
     conn: &mut PgConnection,
-    invoices: &[&Invoice],
-    rows: &[String],
+    invoices: &[(&Invoice, &str)],
 ) -> Result<(), SaveError> {
     if invoices.is_empty() {
         return Ok(());
     }
-    if rows.len() != invoices.len() {
-        return Err(SaveError::Rows {
-            invoices: invoices.len(),
-            rows: rows.len(),
-        });
-    }
     let mut c = InvoiceColumns::default();
-    for i in invoices {
+    let mut rows = Vec::with_capacity(invoices.len());
+    for &(i, row) in invoices {
         c.push_progress(i);
+        rows.push(row);
     }
     let updated = c
         .bind_progress(sqlx::query(
@@ -382,7 +378,7 @@ pub async fn save_progress(
              $9::timestamptz[], $10::tid[]) AS u(tenant, invoice_id, status, policy_version, next_step, deferred_to, notice_sent_at, thanks_pending, next_at, row_id) \
              WHERE i.ctid = u.row_id AND i.tenant = u.tenant AND i.invoice_id = u.invoice_id",
         ))
-        .bind(rows)
+        .bind(&rows)
         .execute(conn)
         .await?
         .rows_affected();
@@ -401,9 +397,6 @@ pub async fn save_progress(
 pub enum SaveError {
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
-    /// The caller passed a row for each invoice, or should have.
-    #[error("{invoices} invoices to write back but {rows} rows")]
-    Rows { invoices: usize, rows: usize },
     /// Some invoice's row is no longer where the claim read it: a writer that does
     /// not take the claim's locks changed it meanwhile.
     #[error("{expected} invoices to write back, {updated} found where they were read")]
@@ -546,6 +539,8 @@ pub async fn write_log(conn: &mut PgConnection, rows: &[LogRow]) -> Result<(), s
 pub struct Planned {
     pub tz: Tz,
     pub risk: RiskClass,
+    /// The policy's business calendar, which placed the plan.
+    pub cal: Calendar,
     pub plan: BasePlan,
 }
 
@@ -579,5 +574,10 @@ pub fn plan_inputs(
 pub fn plan_with(policy: &Policy, due_date: chrono::NaiveDate, tz: Tz, risk: RiskClass) -> Planned {
     let cal = policy.calendar.calendar();
     let plan = base_plan(policy, &cal, tz, due_date, risk);
-    Planned { tz, risk, plan }
+    Planned {
+        tz,
+        risk,
+        cal,
+        plan,
+    }
 }

@@ -5,7 +5,6 @@
 //! will make, not an approximation of it.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use regua_domain::calendar::Calendar;
 use regua_domain::policy::{Action, Policy};
 use regua_domain::schedule::{Contact, Ledger, Progress, SimInvoice, StepState, Subject, simulate};
 use serde::Serialize;
@@ -76,7 +75,6 @@ struct Prepared<'a> {
     invoice: &'a Invoice,
     policy: &'a Policy,
     planned: Planned,
-    cal: Calendar,
 }
 
 impl<'a> Prepared<'a> {
@@ -90,7 +88,6 @@ impl<'a> Prepared<'a> {
             invoice,
             policy,
             planned: model::plan_for(policy, &invoice.state, customer, tenant),
-            cal: policy.calendar.calendar(),
         }
     }
 }
@@ -110,7 +107,7 @@ fn future(
         .map(|p| SimInvoice {
             subject: Subject {
                 policy: p.policy,
-                cal: &p.cal,
+                cal: &p.planned.cal,
                 tz,
                 plan: &p.planned.plan,
             },
