@@ -1,7 +1,8 @@
 //! The outbox relay on its own, over a real nats-server child and Postgres: two replicas
 //! relay one table; the leader is killed mid-stream; a row whose transaction commits
-//! after later rows is still published. Every row reaches the stream exactly once, in
-//! order, and the table empties.
+//! after later rows is still published; an enqueue too large for one row is packed into
+//! several. Every message reaches the stream exactly once, in order, and the table
+//! empties.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use regua_platform::nats;
-use regua_platform::outbox::{Outbox, OutboxMessage, Relay};
+use regua_platform::outbox::{Outbox, OutboxMessage, PACK, Relay};
 use regua_testkit::{NatsServer, eventually, read_stream};
 use serde_json::json;
 use sqlx::PgPool;
@@ -58,14 +59,15 @@ async fn stored(js: &jetstream::Context) -> Vec<u64> {
         .collect()
 }
 
-#[sqlx::test(migrations = false)]
-async fn every_row_leaves_once_in_order_across_a_killed_leader_and_a_late_commit(pool: PgPool) {
+/// The relay's table (the shape every service's outbox has) and a nats-server with a
+/// stream over its subjects.
+async fn setup(pool: &PgPool) -> (NatsServer, jetstream::Context) {
     sqlx::raw_sql(
         "CREATE SCHEMA relaytest; CREATE TABLE relaytest.outbox (seq BIGSERIAL PRIMARY KEY, \
-         id UUID NOT NULL, subject TEXT NOT NULL, payload BYTEA NOT NULL, traceparent TEXT, \
-         created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+         n INTEGER NOT NULL, ids UUID[] NOT NULL, subjects TEXT[] NOT NULL, payloads BYTEA[] NOT NULL, \
+         traceparents TEXT[] NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
     )
-    .execute(&pool)
+    .execute(pool)
     .await
     .unwrap();
     let server = NatsServer::start().await;
@@ -77,6 +79,12 @@ async fn every_row_leaves_once_in_order_across_a_killed_leader_and_a_late_commit
     })
     .await
     .unwrap();
+    (server, js)
+}
+
+#[sqlx::test(migrations = false)]
+async fn every_row_leaves_once_in_order_across_a_killed_leader_and_a_late_commit(pool: PgPool) {
+    let (server, js) = setup(&pool).await;
 
     // Row 0 is written first but committed last.
     let mut late = pool.begin().await.unwrap();
@@ -142,4 +150,47 @@ async fn every_row_leaves_once_in_order_across_a_killed_leader_and_a_late_commit
     assert_eq!(tail, vec![n + 2, n + 3, n + 4, n + 1], "in commit order");
     second_stop.cancel();
     second.await.unwrap();
+}
+
+/// One enqueue larger than a row holds, and than a relay round takes: it is packed into
+/// rows of at most [`PACK`] messages, and every message leaves once, in order, under
+/// its own id.
+#[sqlx::test(migrations = false)]
+async fn a_large_enqueue_is_packed_and_leaves_in_order_under_its_ids(pool: PgPool) {
+    let (_server, js) = setup(&pool).await;
+    const N: usize = 2 * PACK + 276;
+    let msgs: Vec<OutboxMessage> = (0..N).map(message).collect();
+    let mut tx = pool.begin().await.unwrap();
+    OUTBOX.enqueue(&mut tx, &msgs).await.unwrap();
+    let packs: Vec<i32> = sqlx::query_scalar("SELECT n FROM relaytest.outbox ORDER BY seq")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        packs,
+        vec![PACK as i32, PACK as i32, 276],
+        "rows of at most PACK"
+    );
+    tx.commit().await.unwrap();
+
+    let relay = Relay::new(OUTBOX, pool.clone(), js.clone(), Arc::new(Notify::new()));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+    relayed("the packed rows relayed", &pool, &js, N).await;
+    stop.cancel();
+    running.await.unwrap();
+
+    let stored = read_stream(&js, "RELAYTEST", "relaytest.>").await;
+    let order: Vec<u64> = stored
+        .iter()
+        .map(|(_, _, b)| b["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        (0..N as u64).collect::<Vec<_>>(),
+        "once each, in order"
+    );
+    let ids: Vec<String> = stored.into_iter().map(|(_, id, _)| id.unwrap()).collect();
+    let expected: Vec<String> = msgs.iter().map(|m| m.id.to_string()).collect();
+    assert_eq!(ids, expected, "each under its own Nats-Msg-Id");
 }

@@ -159,7 +159,7 @@ fn describe() {
         CONSUMER_ACK_PENDING,
         "Durable consumer messages delivered, not yet acknowledged"
     );
-    describe_gauge!(OUTBOX_DEPTH, "Outbox rows not yet published");
+    describe_gauge!(OUTBOX_DEPTH, "Outbox messages not yet published");
 }
 
 /// What this process samples: its durable consumers (stream, consumer) and outboxes.

@@ -108,7 +108,7 @@ pub async fn status(pool: &PgPool, tenant: &str) -> Result<Option<ClockStatus>, 
     };
     let [evt, cmd] = subjects::tenant_output_prefixes(tenant);
     let unpublished: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM scheduler.outbox WHERE starts_with(subject, $1) OR starts_with(subject, $2))",
+        "SELECT EXISTS (SELECT 1 FROM scheduler.outbox o, UNNEST(o.subjects) AS s WHERE starts_with(s, $1) OR starts_with(s, $2))",
     )
     .bind(evt)
     .bind(cmd)

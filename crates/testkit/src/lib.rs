@@ -258,8 +258,19 @@ pub fn invoice(invoice_id: &str, customer_n: u64) -> Value {
 
 /// Advances test-clock tenant `tenant`'s clock to `to` (RFC 3339, UTC) through the
 /// scheduler at `base` and waits until the clock is `ready` there: every step due by
-/// then decided and its commands published.
+/// then decided and its commands published. First it waits until the scheduler knows
+/// the tenant: it learns of it from `tenant.created`, after intake has answered.
 pub async fn advance_clock(http: &reqwest::Client, base: &str, tenant: &str, key: &str, to: &str) {
+    let clock = format!("{base}/v1/tenants/{tenant}/clock");
+    eventually(
+        "the scheduler to know the tenant",
+        Duration::from_secs(30),
+        || async {
+            let r = http.get(&clock).bearer_auth(key).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
     let r = http
         .post(format!("{base}/v1/tenants/{tenant}/clock:advance"))
         .bearer_auth(key)
@@ -273,7 +284,7 @@ pub async fn advance_clock(http: &reqwest::Client, base: &str, tenant: &str, key
     let prefix = to.get(..19).unwrap_or(to);
     eventually("the clock", Duration::from_secs(60), || async {
         let c: Value = http
-            .get(format!("{base}/v1/tenants/{tenant}/clock"))
+            .get(&clock)
             .bearer_auth(key)
             .send()
             .await
