@@ -65,7 +65,9 @@ async fn setup(pool: &PgPool) -> (NatsServer, jetstream::Context) {
     sqlx::raw_sql(
         "CREATE SCHEMA relaytest; CREATE TABLE relaytest.outbox (seq BIGSERIAL PRIMARY KEY, \
          n INTEGER NOT NULL, ids UUID[] NOT NULL, subjects TEXT[] NOT NULL, payloads BYTEA[] NOT NULL, \
-         traceparents TEXT[] NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+         traceparents TEXT[] NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
+         CONSTRAINT outbox_pack CHECK (n > 0 AND cardinality(ids) = n AND cardinality(subjects) = n \
+         AND cardinality(payloads) = n AND cardinality(traceparents) = n))",
     )
     .execute(pool)
     .await

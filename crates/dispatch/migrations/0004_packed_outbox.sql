@@ -20,7 +20,11 @@ ALTER TABLE dispatch.outbox
     ALTER COLUMN ids SET NOT NULL,
     ALTER COLUMN subjects SET NOT NULL,
     ALTER COLUMN payloads SET NOT NULL,
-    ALTER COLUMN traceparents SET NOT NULL;
+    ALTER COLUMN traceparents SET NOT NULL,
+    -- The relay reads the arrays side by side: one element per message in each.
+    ADD CONSTRAINT outbox_pack CHECK (
+        n > 0 AND cardinality(ids) = n AND cardinality(subjects) = n
+        AND cardinality(payloads) = n AND cardinality(traceparents) = n);
 -- lz4 compresses a pack of JSON payloads several times faster than the default pglz.
 -- A server built without lz4 keeps its default.
 DO $$

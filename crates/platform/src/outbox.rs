@@ -14,7 +14,10 @@
 //!     subjects     TEXT[] NOT NULL,
 //!     payloads     BYTEA[] NOT NULL,   -- COMPRESSION lz4
 //!     traceparents TEXT[] NOT NULL,    -- NULL elements: no trace context
-//!     created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+//!     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+//!     CONSTRAINT outbox_pack CHECK (n > 0 AND cardinality(ids) = n
+//!         AND cardinality(subjects) = n AND cardinality(payloads) = n
+//!         AND cardinality(traceparents) = n)
 //! );
 //! ```
 //!
