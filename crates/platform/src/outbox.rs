@@ -395,16 +395,8 @@ impl Relay {
         let subjects: Vec<String> = row.try_get("subjects")?;
         let payloads: Vec<Vec<u8>> = row.try_get("payloads")?;
         let traceparents: Vec<Option<String>> = row.try_get("traceparents")?;
-        if subjects.len() != ids.len()
-            || payloads.len() != ids.len()
-            || traceparents.len() != ids.len()
-        {
-            let seq: i64 = row.try_get("seq")?;
-            return Err(PlatformError::Task(format!(
-                "{} row {seq}: its arrays differ in length",
-                self.outbox.table
-            )));
-        }
+        // The table's `outbox_pack` constraint holds the arrays to one element per
+        // message each, so they zip without a remainder.
         let messages = ids
             .into_iter()
             .zip(subjects)
