@@ -19,7 +19,6 @@ use regua_contract::events::{
 };
 use regua_contract::{Envelope, EventType, subjects};
 use regua_platform::{nats, telemetry};
-use serde_json::Value;
 use serde_json::value::RawValue;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
@@ -661,7 +660,7 @@ async fn save_customers(conn: &mut PgConnection, w: &Work) -> Result<(), sqlx::E
         };
         tenant.push(key.0.as_str());
         id.push(key.1.as_str());
-        state.push(serde_json::to_value(&c.state).unwrap_or(Value::Null));
+        state.push(serde_json::to_string(&c.state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
         // A text[] per row travels as one comma-joined string (channel names have none).
         opted.push(
             c.opted_out
@@ -677,7 +676,7 @@ async fn save_customers(conn: &mut PgConnection, w: &Work) -> Result<(), sqlx::E
     sqlx::query(
         "INSERT INTO scheduler.customers (tenant, customer_id, state, opted_out, paid, paid_late, max_days_late) \
          SELECT t, c, s, CASE WHEN o = '' THEN '{}'::text[] ELSE string_to_array(o, ',') END, p, l, m \
-         FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[], $7::int[]) AS x(t, c, s, o, p, l, m) \
+         FROM UNNEST($1::text[], $2::text[], $3::text[]::json[], $4::text[], $5::int[], $6::int[], $7::int[]) AS x(t, c, s, o, p, l, m) \
          ON CONFLICT (tenant, customer_id) DO UPDATE SET state = EXCLUDED.state, opted_out = EXCLUDED.opted_out, \
          paid = EXCLUDED.paid, paid_late = EXCLUDED.paid_late, max_days_late = EXCLUDED.max_days_late",
     )

@@ -324,13 +324,13 @@ pub async fn save_invoices(
     }
     let mut c = InvoiceColumns::default();
     for i in invoices {
-        c.push(i);
+        c.push(i)?;
     }
     c.bind_progress(sqlx::query(
         "INSERT INTO scheduler.invoices (tenant, invoice_id, status, policy_version, next_step, deferred_to, \
          notice_sent_at, thanks_pending, next_at, customer_id, state, test_clock, policy, traceparent, opened_at) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], \
-         $7::timestamptz[], $8::bool[], $9::timestamptz[], $10::text[], $11::jsonb[], $12::bool[], $13::text[], \
+         $7::timestamptz[], $8::bool[], $9::timestamptz[], $10::text[], $11::text[]::json[], $12::bool[], $13::text[], \
          $14::text[], $15::timestamptz[]) \
          ON CONFLICT (tenant, invoice_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, state = EXCLUDED.state, \
          status = EXCLUDED.status, policy = EXCLUDED.policy, policy_version = EXCLUDED.policy_version, \
@@ -408,7 +408,8 @@ struct InvoiceColumns {
     tenant: Vec<String>,
     invoice_id: Vec<String>,
     customer_id: Vec<String>,
-    state: Vec<serde_json::Value>,
+    /// As JSON text: the columns are `json` (migration 0009).
+    state: Vec<String>,
     status: Vec<&'static str>,
     test_clock: Vec<bool>,
     policy: Vec<String>,
@@ -438,15 +439,16 @@ impl InvoiceColumns {
     }
 
     /// Every column: the schedule columns, then the rest.
-    fn push(&mut self, i: &Invoice) {
+    fn push(&mut self, i: &Invoice) -> Result<(), sqlx::Error> {
         self.push_progress(i);
         self.customer_id.push(i.customer_id.clone());
         self.state
-            .push(serde_json::to_value(&i.state).unwrap_or(serde_json::Value::Null));
+            .push(serde_json::to_string(&i.state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
         self.test_clock.push(i.test_clock);
         self.policy.push(i.policy.clone());
         self.traceparent.push(i.traceparent.clone());
         self.opened_at.push(i.opened_at);
+        Ok(())
     }
 
     /// Binds the schedule columns as `$1`..`$9` (key, then schedule), in

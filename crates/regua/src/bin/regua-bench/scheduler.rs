@@ -392,14 +392,14 @@ async fn lateness(
             })
             .collect::<Result<_, _>>()?;
         let due: Vec<DateTime<Utc>> = chunk.iter().map(|&i| due_at(i)).collect();
-        sqlx::query("INSERT INTO scheduler.customers (tenant, customer_id, state) SELECT 'live', c, s FROM UNNEST($1::text[], $2::jsonb[]) AS x(c, s)")
+        sqlx::query("INSERT INTO scheduler.customers (tenant, customer_id, state) SELECT 'live', c, s FROM UNNEST($1::text[], $2::json[]) AS x(c, s)")
             .bind(&customers)
             .bind(&cstates)
             .execute(pool)
             .await?;
         sqlx::query(
             "INSERT INTO scheduler.invoices (tenant, invoice_id, customer_id, state, status, test_clock, policy, policy_version, next_step, deferred_to, next_at, opened_at) \
-             SELECT 'live', i, c, s, 'open', false, 'bench', 1, 0, d, d, $5 FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[]) AS x(i, c, s, d)",
+             SELECT 'live', i, c, s, 'open', false, 'bench', 1, 0, d, d, $5 FROM UNNEST($1::text[], $2::text[], $3::json[], $4::timestamptz[]) AS x(i, c, s, d)",
         )
         .bind(&ids)
         .bind(&customers)
