@@ -660,7 +660,7 @@ async fn save_customers(conn: &mut PgConnection, w: &Work) -> Result<(), sqlx::E
         };
         tenant.push(key.0.as_str());
         id.push(key.1.as_str());
-        state.push(serde_json::to_string(&c.state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        state.push(model::state_text(&c.state)?);
         // A text[] per row travels as one comma-joined string (channel names have none).
         opted.push(
             c.opted_out

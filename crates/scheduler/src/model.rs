@@ -403,6 +403,13 @@ pub enum SaveError {
     Moved { expected: usize, updated: u64 },
 }
 
+/// An invoice's or customer's state as the JSON text its `json` column stores
+/// (migration 0009). Writers bind these as `text[]` and cast with `::text[]::json[]`, so
+/// Postgres only checks each one, where a bound `jsonb` would be parsed and printed.
+pub fn state_text(state: &impl serde::Serialize) -> Result<String, sqlx::Error> {
+    serde_json::to_string(state).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
 #[derive(Default)]
 struct InvoiceColumns {
     tenant: Vec<String>,
@@ -442,8 +449,7 @@ impl InvoiceColumns {
     fn push(&mut self, i: &Invoice) -> Result<(), sqlx::Error> {
         self.push_progress(i);
         self.customer_id.push(i.customer_id.clone());
-        self.state
-            .push(serde_json::to_string(&i.state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        self.state.push(state_text(&i.state)?);
         self.test_clock.push(i.test_clock);
         self.policy.push(i.policy.clone());
         self.traceparent.push(i.traceparent.clone());

@@ -27,6 +27,7 @@ use regua_contract::events::{
 };
 use regua_contract::{Envelope, EventType, subjects};
 use regua_platform::{Clock, SystemClock, nats};
+use regua_scheduler::model;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -378,28 +379,28 @@ async fn lateness(
     for chunk in (0..total).collect::<Vec<_>>().chunks(5_000) {
         let ids: Vec<String> = chunk.iter().map(|i| format!("L-{i:08}")).collect();
         let customers: Vec<String> = chunk.iter().map(|i| format!("C-{i:08}")).collect();
-        let cstates: Vec<serde_json::Value> = chunk
+        let cstates: Vec<String> = chunk
             .iter()
-            .map(|&i| serde_json::to_value(customer(i, "UTC")))
+            .map(|&i| model::state_text(&customer(i, "UTC")))
             .collect::<Result<_, _>>()?;
-        let istates: Vec<serde_json::Value> = chunk
+        let istates: Vec<String> = chunk
             .iter()
             .map(|&i| {
-                serde_json::to_value(InvoiceState {
+                model::state_text(&InvoiceState {
                     invoice_id: format!("L-{i:08}"),
                     ..invoice(i, today)
                 })
             })
             .collect::<Result<_, _>>()?;
         let due: Vec<DateTime<Utc>> = chunk.iter().map(|&i| due_at(i)).collect();
-        sqlx::query("INSERT INTO scheduler.customers (tenant, customer_id, state) SELECT 'live', c, s FROM UNNEST($1::text[], $2::json[]) AS x(c, s)")
+        sqlx::query("INSERT INTO scheduler.customers (tenant, customer_id, state) SELECT 'live', c, s FROM UNNEST($1::text[], $2::text[]::json[]) AS x(c, s)")
             .bind(&customers)
             .bind(&cstates)
             .execute(pool)
             .await?;
         sqlx::query(
             "INSERT INTO scheduler.invoices (tenant, invoice_id, customer_id, state, status, test_clock, policy, policy_version, next_step, deferred_to, next_at, opened_at) \
-             SELECT 'live', i, c, s, 'open', false, 'bench', 1, 0, d, d, $5 FROM UNNEST($1::text[], $2::text[], $3::json[], $4::timestamptz[]) AS x(i, c, s, d)",
+             SELECT 'live', i, c, s, 'open', false, 'bench', 1, 0, d, d, $5 FROM UNNEST($1::text[], $2::text[], $3::text[]::json[], $4::timestamptz[]) AS x(i, c, s, d)",
         )
         .bind(&ids)
         .bind(&customers)
