@@ -253,11 +253,13 @@ async fn jetstream_ceiling(js: &async_nats::jetstream::Context, n: usize) -> any
     Ok(js_rate)
 }
 
-/// Ceiling: raw Postgres multi-row insert of `n` invoice-shaped rows.
+/// Ceiling: raw Postgres multi-row insert of `n` invoice-shaped rows (keys byte-ordered,
+/// `COLLATE "C"`, as intake's and the scheduler's are).
 async fn postgres_ceiling(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<f64> {
     sqlx::query(
-        "CREATE TABLE bench_raw (tenant TEXT, invoice_id TEXT, status TEXT, revision BIGINT, customer_id TEXT, \
-         content_hash BYTEA, state JSONB, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, PRIMARY KEY (tenant, invoice_id))",
+        "CREATE TABLE bench_raw (tenant TEXT COLLATE \"C\", invoice_id TEXT COLLATE \"C\", status TEXT, revision BIGINT, \
+         customer_id TEXT COLLATE \"C\", content_hash BYTEA, state JSONB, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, \
+         PRIMARY KEY (tenant, invoice_id))",
     )
     .execute(pool)
     .await?;
