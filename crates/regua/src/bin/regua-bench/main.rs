@@ -254,7 +254,7 @@ async fn jetstream_ceiling(js: &async_nats::jetstream::Context, n: usize) -> any
 }
 
 /// Ceiling: raw Postgres multi-row insert of `n` invoice-shaped rows (keys byte-ordered,
-/// `COLLATE "C"`, as intake's and the scheduler's are).
+/// `COLLATE "C"`, as the services' keys are).
 async fn postgres_ceiling(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<f64> {
     sqlx::query(
         "CREATE TABLE bench_raw (tenant TEXT COLLATE \"C\", invoice_id TEXT COLLATE \"C\", status TEXT, revision BIGINT, \
