@@ -114,6 +114,14 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("serializing: {0}")]
     Json(#[from] serde_json::Error),
+    /// A write changed another number of rows than the batch read: the batch rolls back
+    /// and is retried.
+    #[error("{table}: {expected} rows to write, {written} written")]
+    Unexpected {
+        table: &'static str,
+        expected: usize,
+        written: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +141,9 @@ struct InvoiceRow {
     cancel_reason: Option<String>,
     last_seq: Option<i64>,
     dirty: bool,
+    /// Whether the row was in the table when the batch read it (under the key's lock):
+    /// a dirty row is then updated, otherwise inserted.
+    in_db: bool,
 }
 
 impl InvoiceRow {
@@ -147,6 +158,7 @@ impl InvoiceRow {
             cancel_reason: None,
             last_seq: None,
             dirty: true,
+            in_db: false,
         }
     }
 }
@@ -158,6 +170,8 @@ struct CustomerRow {
     state: Option<String>,
     last_seq: Option<i64>,
     dirty: bool,
+    /// As [`InvoiceRow::in_db`].
+    in_db: bool,
 }
 
 /// Whether a message at `incoming` arrived before the one that last changed a row.
@@ -409,6 +423,7 @@ fn upsert_customer(
     let json = serde_json::to_string(&state)?;
     let h = hash(&json);
     let key = (item.tenant.clone(), draft.customer_id.clone());
+    let in_db = customers.get(&key).is_some_and(|c| c.in_db);
     if let Some(c) = customers.get(&key) {
         if c.hash == h {
             return Ok(Outcome::Duplicate);
@@ -425,6 +440,7 @@ fn upsert_customer(
             state: Some(json),
             last_seq: seq_of(item),
             dirty: true,
+            in_db,
         },
     );
     batch.emit(
@@ -543,6 +559,7 @@ fn upsert_invoice(
         return Ok(Applied::new(outcome, issues, None));
     }
     let opened = existing.is_none();
+    let in_db = existing.is_some_and(|r| r.in_db);
     invoices.insert(
         key,
         InvoiceRow {
@@ -554,6 +571,7 @@ fn upsert_invoice(
             cancel_reason: None,
             last_seq: seq_of(item),
             dirty: true,
+            in_db,
         },
     );
     state.revision = revision.and_then(|r| u64::try_from(r).ok());
@@ -659,6 +677,7 @@ async fn load_invoices(
                 cancel_reason: None,
                 last_seq: r.try_get("last_seq")?,
                 dirty: false,
+                in_db: true,
             },
         );
     }
@@ -694,104 +713,151 @@ async fn load_customers(
                 state: None,
                 last_seq: r.try_get("last_seq")?,
                 dirty: false,
+                in_db: true,
             },
         );
     }
     Ok(out)
 }
 
+/// Writes the batch's changed customers: a plain insert for the ones the batch did not
+/// find and an update for the ones it did. The batch holds each key's lock from before it
+/// read, and every writer takes it, so no other writer can have inserted a missing row
+/// meanwhile (if one did, the insert fails and the batch is retried, message by message).
+/// An `INSERT … ON CONFLICT DO UPDATE` would pay for a speculative insertion on every
+/// row to learn what the batch already knows.
 async fn write_customers(
     conn: &mut PgConnection,
     customers: &HashMap<Key, CustomerRow>,
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    let dirty: Vec<(&Key, &CustomerRow)> = customers.iter().filter(|(_, c)| c.dirty).collect();
-    if dirty.is_empty() {
-        return Ok(());
-    }
-    let tenants: Vec<&str> = dirty.iter().map(|(k, _)| k.0.as_str()).collect();
-    let ids: Vec<&str> = dirty.iter().map(|(k, _)| k.1.as_str()).collect();
-    let kinds: Vec<Option<&str>> = dirty
+) -> Result<(), StoreError> {
+    let (stored, new): (Vec<_>, Vec<_>) = customers
         .iter()
-        .map(|(_, c)| c.document_kind.map(kind_str))
-        .collect();
-    let hashes: Vec<&[u8]> = dirty.iter().map(|(_, c)| c.hash.as_slice()).collect();
-    let states: Vec<Option<&str>> = dirty.iter().map(|(_, c)| c.state.as_deref()).collect();
-    let seqs: Vec<Option<i64>> = dirty.iter().map(|(_, c)| c.last_seq).collect();
-    sqlx::query(
-        "INSERT INTO intake.customers (tenant, customer_id, document_kind, content_hash, state, last_seq, created_at, updated_at) \
-         SELECT t, c, k, h, s::jsonb, q, $7, $7 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::int8[]) AS u(t, c, k, h, s, q) \
-         ON CONFLICT (tenant, customer_id) DO UPDATE SET \
-           document_kind = EXCLUDED.document_kind, content_hash = EXCLUDED.content_hash, \
-           state = EXCLUDED.state, last_seq = EXCLUDED.last_seq, updated_at = EXCLUDED.updated_at",
-    )
-    .bind(&tenants)
-    .bind(&ids)
-    .bind(&kinds)
-    .bind(&hashes)
-    .bind(&states)
-    .bind(&seqs)
-    .bind(now)
-    .execute(conn)
-    .await?;
+        .filter(|(_, c)| c.dirty)
+        .partition(|(_, c)| c.in_db);
+    for (rows, sql) in [
+        (
+            new,
+            "INSERT INTO intake.customers (tenant, customer_id, document_kind, content_hash, state, last_seq, created_at, updated_at) \
+             SELECT t, c, k, h, s::jsonb, q, $7, $7 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::int8[]) AS u(t, c, k, h, s, q)",
+        ),
+        (
+            stored,
+            "UPDATE intake.customers AS x SET document_kind = u.k, content_hash = u.h, state = u.s::jsonb, last_seq = u.q, updated_at = $7 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::int8[]) AS u(t, c, k, h, s, q) \
+             WHERE x.tenant = u.t AND x.customer_id = u.c",
+        ),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        let tenants: Vec<&str> = rows.iter().map(|(k, _)| k.0.as_str()).collect();
+        let ids: Vec<&str> = rows.iter().map(|(k, _)| k.1.as_str()).collect();
+        let kinds: Vec<Option<&str>> = rows
+            .iter()
+            .map(|(_, c)| c.document_kind.map(kind_str))
+            .collect();
+        let hashes: Vec<&[u8]> = rows.iter().map(|(_, c)| c.hash.as_slice()).collect();
+        let states: Vec<Option<&str>> = rows.iter().map(|(_, c)| c.state.as_deref()).collect();
+        let seqs: Vec<Option<i64>> = rows.iter().map(|(_, c)| c.last_seq).collect();
+        let written = sqlx::query(sql)
+            .bind(&tenants)
+            .bind(&ids)
+            .bind(&kinds)
+            .bind(&hashes)
+            .bind(&states)
+            .bind(&seqs)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        check_written("intake.customers", rows.len(), written)?;
+    }
     Ok(())
 }
 
+/// Writes the batch's changed invoices, as [`write_customers`] does: a plain insert for
+/// the ones not found, an update for the ones found. An update keeps the stored
+/// customer, content hash and state where the row carries none (a cancel).
 async fn write_invoices(
     conn: &mut PgConnection,
     invoices: &HashMap<Key, InvoiceRow>,
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    let dirty: Vec<(&Key, &InvoiceRow)> = invoices.iter().filter(|(_, r)| r.dirty).collect();
-    if dirty.is_empty() {
-        return Ok(());
+) -> Result<(), StoreError> {
+    let (stored, new): (Vec<_>, Vec<_>) = invoices
+        .iter()
+        .filter(|(_, r)| r.dirty)
+        .partition(|(_, r)| r.in_db);
+    for (rows, sql) in [
+        (
+            new,
+            "INSERT INTO intake.invoices (tenant, invoice_id, status, revision, customer_id, content_hash, state, cancel_reason, last_seq, created_at, updated_at) \
+             SELECT t, i, st, r, c, h, s::jsonb, cr, q, $10, $10 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::int8[]) AS u(t, i, st, r, c, h, s, cr, q)",
+        ),
+        (
+            stored,
+            "UPDATE intake.invoices AS x SET status = u.st, revision = u.r, \
+               customer_id = COALESCE(u.c, x.customer_id), content_hash = COALESCE(u.h, x.content_hash), \
+               state = COALESCE(u.s::jsonb, x.state), cancel_reason = u.cr, last_seq = u.q, updated_at = $10 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::int8[]) AS u(t, i, st, r, c, h, s, cr, q) \
+             WHERE x.tenant = u.t AND x.invoice_id = u.i",
+        ),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        let tenants: Vec<&str> = rows.iter().map(|(k, _)| k.0.as_str()).collect();
+        let ids: Vec<&str> = rows.iter().map(|(k, _)| k.1.as_str()).collect();
+        let statuses: Vec<&str> = rows
+            .iter()
+            .map(|(_, r)| match r.status {
+                Status::Open => "open",
+                Status::Canceled => "canceled",
+            })
+            .collect();
+        let revisions: Vec<Option<i64>> = rows.iter().map(|(_, r)| r.revision).collect();
+        let customer_ids: Vec<Option<&str>> =
+            rows.iter().map(|(_, r)| r.customer_id.as_deref()).collect();
+        let hashes: Vec<Option<&[u8]>> = rows.iter().map(|(_, r)| r.hash.as_deref()).collect();
+        let states: Vec<Option<&str>> = rows.iter().map(|(_, r)| r.state.as_deref()).collect();
+        let reasons: Vec<Option<&str>> = rows
+            .iter()
+            .map(|(_, r)| r.cancel_reason.as_deref())
+            .collect();
+        let seqs: Vec<Option<i64>> = rows.iter().map(|(_, r)| r.last_seq).collect();
+        let written = sqlx::query(sql)
+            .bind(&tenants)
+            .bind(&ids)
+            .bind(&statuses)
+            .bind(&revisions)
+            .bind(&customer_ids)
+            .bind(&hashes)
+            .bind(&states)
+            .bind(&reasons)
+            .bind(&seqs)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        check_written("intake.invoices", rows.len(), written)?;
     }
-    let tenants: Vec<&str> = dirty.iter().map(|(k, _)| k.0.as_str()).collect();
-    let ids: Vec<&str> = dirty.iter().map(|(k, _)| k.1.as_str()).collect();
-    let statuses: Vec<&str> = dirty
-        .iter()
-        .map(|(_, r)| match r.status {
-            Status::Open => "open",
-            Status::Canceled => "canceled",
-        })
-        .collect();
-    let revisions: Vec<Option<i64>> = dirty.iter().map(|(_, r)| r.revision).collect();
-    let customer_ids: Vec<Option<&str>> = dirty
-        .iter()
-        .map(|(_, r)| r.customer_id.as_deref())
-        .collect();
-    let hashes: Vec<Option<&[u8]>> = dirty.iter().map(|(_, r)| r.hash.as_deref()).collect();
-    let states: Vec<Option<&str>> = dirty.iter().map(|(_, r)| r.state.as_deref()).collect();
-    let reasons: Vec<Option<&str>> = dirty
-        .iter()
-        .map(|(_, r)| r.cancel_reason.as_deref())
-        .collect();
-    let seqs: Vec<Option<i64>> = dirty.iter().map(|(_, r)| r.last_seq).collect();
-    sqlx::query(
-        "INSERT INTO intake.invoices (tenant, invoice_id, status, revision, customer_id, content_hash, state, cancel_reason, last_seq, created_at, updated_at) \
-         SELECT t, i, st, r, c, h, s::jsonb, cr, q, $10, $10 \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::int8[]) AS u(t, i, st, r, c, h, s, cr, q) \
-         ON CONFLICT (tenant, invoice_id) DO UPDATE SET \
-           status = EXCLUDED.status, revision = EXCLUDED.revision, \
-           customer_id = COALESCE(EXCLUDED.customer_id, intake.invoices.customer_id), \
-           content_hash = COALESCE(EXCLUDED.content_hash, intake.invoices.content_hash), \
-           state = COALESCE(EXCLUDED.state, intake.invoices.state), \
-           cancel_reason = EXCLUDED.cancel_reason, last_seq = EXCLUDED.last_seq, \
-           updated_at = EXCLUDED.updated_at",
-    )
-    .bind(&tenants)
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&revisions)
-    .bind(&customer_ids)
-    .bind(&hashes)
-    .bind(&states)
-    .bind(&reasons)
-    .bind(&seqs)
-    .bind(now)
-    .execute(conn)
-    .await?;
     Ok(())
+}
+
+/// Every row a write meant to change was changed: an update that finds fewer rows than
+/// the batch read means something the locks do not cover changed the table, and the
+/// batch must not commit.
+fn check_written(table: &'static str, expected: usize, written: u64) -> Result<(), StoreError> {
+    if written == expected as u64 {
+        Ok(())
+    } else {
+        Err(StoreError::Unexpected {
+            table,
+            expected,
+            written,
+        })
+    }
 }
 
 async fn write_messages(
