@@ -423,15 +423,12 @@ fn upsert_customer(
     let json = serde_json::to_string(&state)?;
     let h = hash(&json);
     let key = (item.tenant.clone(), draft.customer_id.clone());
-    let in_db = customers.get(&key).is_some_and(|c| c.in_db);
-    if let Some(c) = customers.get(&key) {
-        if c.hash == h {
-            return Ok(Outcome::Duplicate);
-        }
-        if arrived_earlier(seq_of(item), c.last_seq) {
-            return Ok(Outcome::Stale);
-        }
-    }
+    let in_db = match customers.get(&key) {
+        Some(c) if c.hash == h => return Ok(Outcome::Duplicate),
+        Some(c) if arrived_earlier(seq_of(item), c.last_seq) => return Ok(Outcome::Stale),
+        Some(c) => c.in_db,
+        None => false,
+    };
     customers.insert(
         key,
         CustomerRow {

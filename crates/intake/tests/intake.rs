@@ -178,15 +178,8 @@ async fn cancel_before_upsert_leaves_a_tombstone(pool: PgPool) {
             .is_empty()
     );
 
-    let r = h
-        .http
-        .get(format!("{}/v1/tenants/acme/invoices/NF-9", h.base))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = h.get(&key, "/v1/tenants/acme/invoices/NF-9").await;
+    assert_eq!(status, 200);
     assert_eq!(body["status"], "canceled");
     assert_eq!(body["cancel_reason"], "sold to another");
 
@@ -199,14 +192,7 @@ async fn cancel_before_upsert_leaves_a_tombstone(pool: PgPool) {
     let canceled = h.events("regua.v1.evt.acme.invoice.canceled", 2).await;
     assert_eq!(canceled[1].2["data"]["was_open"], true);
     // A cancel in a later batch updates the stored row: it keeps the invoice's data.
-    let r = h
-        .http
-        .get(format!("{}/v1/tenants/acme/invoices/NF-10", h.base))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    let body: Value = r.json().await.unwrap();
+    let (_, body) = h.get(&key, "/v1/tenants/acme/invoices/NF-10").await;
     assert_eq!(body["status"], "canceled");
     assert_eq!(body["customer_id"], "C-10");
     assert_eq!(body["invoice"]["invoice_id"], "NF-10");
@@ -215,14 +201,7 @@ async fn cancel_before_upsert_leaves_a_tombstone(pool: PgPool) {
     renamed["customer"]["name"] = json!("Cliente Dez");
     h.publish_json(SUBJ, "u3", &renamed).await;
     assert_eq!(h.outcome("acme", "u3").await.0, "accepted");
-    let r = h
-        .http
-        .get(format!("{}/v1/tenants/acme/customers/C-10", h.base))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    let body: Value = r.json().await.unwrap();
+    let (_, body) = h.get(&key, "/v1/tenants/acme/customers/C-10").await;
     assert_eq!(body["customer"]["name"], "Cliente Dez", "{body}");
 }
 

@@ -182,6 +182,18 @@ impl Harness {
     pub async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
+
+    /// `GET <base><path>` with tenant key `key`: the status and the JSON body.
+    pub async fn get(&self, key: &str, path: &str) -> (reqwest::StatusCode, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
 }
 
 /// A fresh pool on the same test database, for a second runtime.
