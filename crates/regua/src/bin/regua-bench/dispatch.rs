@@ -5,7 +5,10 @@
 //! 1. Ceiling: the dispatcher's own HTTP client (`regua_dispatch::channels::
 //!    http_client`) posting N Twilio message forms to the fake, with the same number of
 //!    requests in flight as the worker keeps (batch size × workers).
-//! 2. Worker: N dispatch commands preloaded on `regua.v1.cmd.bench.dispatch.sms`, then
+//! 2. Floor: the work the guarantees demand of any dispatcher (mark before the call,
+//!    call, record, event, ack), done by raw clients with none of the worker's own
+//!    (see [`floor`]), with the worker's batch size and workers.
+//! 3. Worker: N dispatch commands preloaded on `regua.v1.cmd.bench.dispatch.sms`, then
 //!    one `regua dispatch sms` process started; timed from the fake's first accepted
 //!    message to its N-th. Every message goes through the whole pipeline: claim and
 //!    guard (Postgres), render, send, record with its `message.sent` event (outbox),
@@ -18,6 +21,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use async_nats::jetstream::stream::RetentionPolicy;
 use chrono::TimeDelta;
 use regua_contract::commands::DispatchCommand;
 use regua_contract::inbound::Channel;
@@ -26,6 +30,9 @@ use regua_platform::{Clock, Config, SystemClock, nats};
 use regua_testkit::fakes::{self, FakeTwilio};
 
 use crate::{Rig, say, spawn_service};
+
+/// The ceiling's and the floor's message text.
+const BODY: &str = "Bench Comércio Ltda: Cliente, sua fatura de R$ 159,90 vence em 27/11/2026.";
 
 fn command(i: usize, now: chrono::DateTime<chrono::Utc>) -> DispatchCommand {
     let n = u32::try_from(i).unwrap_or(u32::MAX);
@@ -64,9 +71,9 @@ fn rate(sent: &[fakes::twilio::Sms]) -> (f64, f64) {
     }
 }
 
-/// The dispatcher's HTTP client posting `n` Twilio forms to a fresh fake, `in_flight`
-/// at a time: requests per second, first to last accepted, and the seconds that took.
-async fn ceiling(n: usize, in_flight: usize, latency_ms: u64) -> anyhow::Result<(f64, f64)> {
+/// A fresh fake answering after `latency_ms`, the dispatcher's own HTTP client, and
+/// the fake's Messages URL.
+async fn provider(latency_ms: u64) -> anyhow::Result<(FakeTwilio, reqwest::Client, String)> {
     let fake = FakeTwilio::start(fakes::TWILIO_SID, fakes::TWILIO_TOKEN).await?;
     fake.callbacks(false);
     fake.latency(Duration::from_millis(latency_ms));
@@ -78,28 +85,34 @@ async fn ceiling(n: usize, in_flight: usize, latency_ms: u64) -> anyhow::Result<
         fake.base(),
         fakes::TWILIO_SID
     );
-    let body = "Bench Comércio Ltda: Cliente, sua fatura de R$ 159,90 vence em 27/11/2026.";
+    Ok((fake, client, url))
+}
+
+/// The Twilio message request the ceiling and the floor make, to recipient number `i`.
+fn sms_request(client: &reqwest::Client, url: &str, i: usize) -> reqwest::RequestBuilder {
+    let to = format!("+55119{:08}", i % 100_000_000);
+    let form = [
+        ("To", to.as_str()),
+        ("From", fakes::TWILIO_FROM),
+        ("Body", BODY),
+        (
+            "StatusCallback",
+            "http://127.0.0.1:9/webhooks/twilio/status",
+        ),
+    ];
+    client
+        .post(url)
+        .basic_auth(fakes::TWILIO_SID, Some(fakes::TWILIO_TOKEN))
+        .form(&form)
+}
+
+/// The dispatcher's HTTP client posting `n` Twilio forms to a fresh fake, `in_flight`
+/// at a time: requests per second, first to last accepted, and the seconds that took.
+async fn ceiling(n: usize, in_flight: usize, latency_ms: u64) -> anyhow::Result<(f64, f64)> {
+    let (fake, client, url) = provider(latency_ms).await?;
     let requests = futures::stream::iter(0..n).map(|i| {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            let to = format!("+55119{:08}", i % 100_000_000);
-            let form = [
-                ("To", to.as_str()),
-                ("From", fakes::TWILIO_FROM),
-                ("Body", body),
-                (
-                    "StatusCallback",
-                    "http://127.0.0.1:9/webhooks/twilio/status",
-                ),
-            ];
-            client
-                .post(&url)
-                .basic_auth(fakes::TWILIO_SID, Some(fakes::TWILIO_TOKEN))
-                .form(&form)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        }
+        let request = sms_request(&client, &url, i);
+        async move { request.send().await.map(|r| r.status().as_u16()) }
     });
     let statuses: Vec<_> =
         futures::StreamExt::collect(futures::StreamExt::buffer_unordered(requests, in_flight))
@@ -108,6 +121,116 @@ async fn ceiling(n: usize, in_flight: usize, latency_ms: u64) -> anyhow::Result<
         bail!("the ceiling run had failed requests");
     }
     Ok(rate(&fake.sent()))
+}
+
+/// The floor under a dispatcher: the work "never send the same step twice" and "ack
+/// only after the result is recorded" demand of any dispatcher, done by raw clients
+/// with none of regua's own. The N commands wait on a stream of their own; `workers`
+/// fetchers share one durable pull consumer, and per batch of `batch` the floor marks
+/// every command as being sent (one multi-row insert, committed before any call),
+/// makes the provider calls concurrently (the ceiling's requests, to a fresh fake),
+/// records each result (one multi-row update), publishes one `message.sent`-sized
+/// event per message (acks awaited) and acks the batch. No decoding, guard, render,
+/// rate limit or outbox. Requests per second, first to last accepted, as the ceiling.
+async fn floor(
+    rig: &Rig,
+    n: usize,
+    batch: usize,
+    workers: usize,
+    latency_ms: u64,
+) -> anyhow::Result<f64> {
+    let js = &rig.js;
+    let consumer = crate::floor_streams(js, RetentionPolicy::WorkQueue).await?;
+    let now = SystemClock.now();
+    let preload = (0..n).map(|i| {
+        let cmd = command(i, now);
+        (
+            "floor.in.bench.dispatch.sms".to_owned(),
+            async_nats::jetstream::message::PublishMessage::build()
+                .message_id(cmd.command_id.clone())
+                .payload(serde_json::to_vec(&cmd).unwrap_or_default().into()),
+        )
+    });
+    nats::publish_windowed(js, preload).await?;
+    sqlx::query(
+        "CREATE TABLE floor_attempts (command_id TEXT COLLATE \"C\" PRIMARY KEY, state TEXT NOT NULL, \
+         provider_message_id TEXT, at TIMESTAMPTZ NOT NULL)",
+    )
+    .execute(&rig.pool)
+    .await?;
+    let (fake, client, url) = provider(latency_ms).await?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fetchers = (0..workers.max(1)).map(|_| {
+        let (js, pool, consumer, done) = (
+            js.clone(),
+            rig.pool.clone(),
+            consumer.clone(),
+            done.clone(),
+        );
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            while done.load(Ordering::Relaxed) < n {
+                let msgs = crate::fetch(&consumer, batch).await?;
+                if msgs.is_empty() {
+                    continue;
+                }
+                let ids: Vec<String> = msgs.iter().map(nats::message_id).collect();
+                sqlx::query(
+                    "INSERT INTO floor_attempts SELECT id, 'sending', NULL, $2 FROM UNNEST($1::text[]) AS id",
+                )
+                .bind(&ids)
+                .bind(SystemClock.now())
+                .execute(&pool)
+                .await?;
+                let calls = (0..ids.len()).map(|k| {
+                    let request = sms_request(&client, &url, k);
+                    async move {
+                        let r = request.send().await?.error_for_status()?;
+                        let v: serde_json::Value = r.json().await?;
+                        anyhow::Ok(v["sid"].as_str().unwrap_or_default().to_owned())
+                    }
+                });
+                let sids = futures::future::try_join_all(calls).await?;
+                sqlx::query(
+                    "UPDATE floor_attempts a SET state = 'sent', provider_message_id = u.sid, at = $3 \
+                     FROM UNNEST($1::text[], $2::text[]) AS u(id, sid) WHERE a.command_id = u.id",
+                )
+                .bind(&ids)
+                .bind(&sids)
+                .bind(SystemClock.now())
+                .execute(&pool)
+                .await?;
+                let events: Vec<_> = msgs
+                    .iter()
+                    .zip(&ids)
+                    .map(|(m, id)| {
+                        (
+                            "floor.evt.bench.message.sent".to_owned(),
+                            async_nats::jetstream::message::PublishMessage::build()
+                                .message_id(format!("sent-{id}"))
+                                .payload(m.payload.slice(..m.payload.len().min(700))),
+                        )
+                    })
+                    .collect();
+                nats::publish_windowed(&js, events).await?;
+                futures::future::try_join_all(msgs.iter().map(|m| m.ack()))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+                done.fetch_add(msgs.len(), Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        })
+    });
+    for f in futures::future::join_all(fetchers).await {
+        f??;
+    }
+    let (per_sec, _) = rate(&fake.sent());
+    crate::drop_floor_streams(js).await?;
+    sqlx::query("DROP TABLE floor_attempts")
+        .execute(&rig.pool)
+        .await?;
+    Ok(per_sec)
 }
 
 pub async fn run(
@@ -142,10 +265,13 @@ pub async fn run(
         "ceiling  http client, {in_flight} in flight {ceiling:>10.0} req/s ({ceiling_secs:.1} s)"
     ));
 
+    let floor = floor(&rig, n, batch, workers, latency_ms).await?;
+    say(&format!(
+        "floor    the guarantees' work, raw  {floor:>10.0} msg/s (mark, call, record, event, ack; batch {batch} × {workers})"
+    ));
+
     // The worker, as its own process, over a preloaded backlog.
-    let fake = FakeTwilio::start(fakes::TWILIO_SID, fakes::TWILIO_TOKEN).await?;
-    fake.callbacks(false);
-    fake.latency(Duration::from_millis(latency_ms));
+    let (fake, _, _) = provider(latency_ms).await?;
     nats::ensure_streams(&rig.js, nats::Streams::Provision { replicas: 1 }).await?;
     regua_dispatch::Dispatcher::migrate(&rig.pool).await?;
     let now = SystemClock.now();
@@ -190,6 +316,11 @@ pub async fn run(
         "ratio    worker / http ceiling at {in_flight} in flight = {:.2} (target ≥ 0.60); worker / one-at-a-time loop = {:.2}",
         worker / ceiling,
         worker / sequential
+    ));
+    say(&format!(
+        "ratio    floor / http ceiling at {in_flight} in flight = {:.2}; worker / floor = {:.2}",
+        floor / ceiling,
+        worker / floor
     ));
     rig.finish().await
 }

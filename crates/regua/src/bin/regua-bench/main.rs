@@ -7,7 +7,13 @@
 //! 1. Ceiling: raw JetStream publish of N invoice-sized messages (async, windowed acks).
 //! 2. Ceiling: raw Postgres multi-row insert of N invoice rows (UNNEST, 1,000 per
 //!    statement, one transaction each), the same shape intake stores.
-//! 3. Intake: N `invoice.upsert` messages published through JetStream to a running
+//! 3. Floors: the work the contract demands of any intake, done by raw clients with
+//!    none of intake's own (see [`intake_floor`]): N messages published, delivered in
+//!    batches and acked, one multi-row insert per batch and 1.5 events stored per
+//!    invoice; then the same with the customer rows and an outbox row per batch. They
+//!    say how much of the gap to the Postgres ceiling is the contract's, and how much
+//!    is intake's.
+//! 4. Intake: N `invoice.upsert` messages published through JetStream to a running
 //!    `regua intake` process; timed from the first publish until the N-th
 //!    `invoice.opened` is in the events stream. Intake's RSS is sampled every 100 ms.
 //!
@@ -25,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::RetentionPolicy;
 use clap::{Parser, Subcommand};
 use regua_contract::{InboundKind, TenantId, subjects};
 use regua_domain::document::example_cpf;
@@ -263,38 +270,265 @@ async fn postgres_ceiling(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<f64> 
     )
     .execute(pool)
     .await?;
-    let now = SystemClock.now();
     let t = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
-        let ids: Vec<String> = chunk.iter().map(|i| format!("BENCH-{i:08}")).collect();
-        let customers: Vec<String> = chunk.iter().map(|i| format!("C-{:08}", i / 2)).collect();
-        let states: Vec<String> = chunk
-            .iter()
-            .map(|i| String::from_utf8_lossy(&payload(*i)).into_owned())
-            .collect();
-        let hashes: Vec<Vec<u8>> = chunk
-            .iter()
-            .map(|i| (*i as u64).to_le_bytes().repeat(4))
-            .collect();
-        sqlx::query(
-            "INSERT INTO bench_raw SELECT 'bench', i, 'open', 1, c, h, s::jsonb, $5, $5 \
-             FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[]) AS u(i, c, h, s)",
-        )
-        .bind(&ids)
-        .bind(&customers)
-        .bind(&hashes)
-        .bind(&states)
-        .bind(now)
-        .execute(pool)
-        .await?;
+        let states: Vec<Vec<u8>> = chunk.iter().map(|i| payload(*i)).collect();
+        insert_raw(pool, chunk, &states).await?;
     }
     let pg_rate = n as f64 / t.elapsed().as_secs_f64();
     say(&format!(
         "ceiling  postgres multi-row insert {pg_rate:>10.0} rows/s"
     ));
-    sqlx::query("DROP TABLE bench_raw").execute(pool).await?;
+    sqlx::query("TRUNCATE bench_raw").execute(pool).await?;
 
     Ok(pg_rate)
+}
+
+/// The ceiling's statement: invoices `ns` (ids, customers and hashes derived from the
+/// numbers) with their JSON `states`, in one multi-row insert into `bench_raw`.
+async fn insert_raw(
+    conn: impl sqlx::PgExecutor<'_>,
+    ns: &[usize],
+    states: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    let ids: Vec<String> = ns.iter().map(|i| format!("BENCH-{i:08}")).collect();
+    let customers: Vec<String> = ns.iter().map(|i| format!("C-{:08}", i / 2)).collect();
+    let states: Vec<&str> = states
+        .iter()
+        .map(|s| std::str::from_utf8(s))
+        .collect::<Result<_, _>>()?;
+    let hashes: Vec<Vec<u8>> = ns
+        .iter()
+        .map(|i| (*i as u64).to_le_bytes().repeat(4))
+        .collect();
+    sqlx::query(
+        "INSERT INTO bench_raw SELECT 'bench', i, 'open', 1, c, h, s::jsonb, $5, $5 \
+         FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[]) AS u(i, c, h, s)",
+    )
+    .bind(&ids)
+    .bind(&customers)
+    .bind(&hashes)
+    .bind(&states)
+    .bind(SystemClock.now())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A floor run's streams: its input on `floor.in.>` (with `retention`), with a durable
+/// pull consumer, which this returns, and its events on `floor.evt.>`.
+pub async fn floor_streams(
+    js: &async_nats::jetstream::Context,
+    retention: RetentionPolicy,
+) -> anyhow::Result<async_nats::jetstream::consumer::PullConsumer> {
+    use async_nats::jetstream::{consumer, stream};
+    let input = js
+        .create_stream(stream::Config {
+            name: "FLOOR_IN".into(),
+            subjects: vec!["floor.in.>".into()],
+            retention,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    js.create_stream(stream::Config {
+        name: "FLOOR_EVT".into(),
+        subjects: vec!["floor.evt.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    Ok(input
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("floor".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
+        .await?)
+}
+
+pub async fn drop_floor_streams(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+    js.delete_stream("FLOOR_IN").await?;
+    js.delete_stream("FLOOR_EVT").await?;
+    Ok(())
+}
+
+/// Up to `batch` messages from `consumer`, waiting at most half a second.
+pub async fn fetch(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    batch: usize,
+) -> anyhow::Result<Vec<async_nats::jetstream::Message>> {
+    let mut fetched = consumer
+        .fetch()
+        .max_messages(batch)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+    let mut msgs = Vec::with_capacity(batch);
+    while let Some(m) = futures::StreamExt::next(&mut fetched).await {
+        msgs.push(m.map_err(|e| anyhow::anyhow!("fetch: {e}"))?);
+    }
+    Ok(msgs)
+}
+
+/// What a floor run ([`intake_floor`]) stores per batch besides the invoices.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Floor {
+    /// The invoice rows only.
+    Invoices,
+    /// Also a row for each new customer (every second invoice, as two invoices share a
+    /// customer) and the batch's events as one packed outbox row, inserted in the same
+    /// transaction and deleted once they are published: what the contract (customers
+    /// are stored and readable) and the project's rules (events leave through an
+    /// outbox) add.
+    WithCustomersAndOutbox,
+}
+
+/// The floor under intake: the work the contract demands of any intake, done by raw
+/// clients with none of intake's own. The integrator's N messages are stored by
+/// JetStream (published concurrently, as in the intake run); a durable pull consumer
+/// delivers them in batches of `batch` to `workers` fetchers, and per batch the floor
+/// makes one multi-row insert of the invoices (the ceiling's statement; with `floor`,
+/// more), publishes the events an intake emits for them (`invoice.opened` for each,
+/// `customer.upserted` for every second one; acks awaited), and acks the messages. No
+/// decoding, validation, locks, reads or outcome records: more generous than any real
+/// intake can be. Timed from the first publish until the last batch's events are
+/// stored.
+async fn intake_floor(
+    js: &async_nats::jetstream::Context,
+    pool: &sqlx::PgPool,
+    n: usize,
+    batch: usize,
+    workers: usize,
+    floor: Floor,
+) -> anyhow::Result<f64> {
+    let consumer = floor_streams(js, RetentionPolicy::Limits).await?;
+    let t = Instant::now();
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            publish(
+                &js,
+                n,
+                |_| "floor.in.bench.invoice.upsert".into(),
+                payload,
+                |i| format!("floor-{i}"),
+            )
+            .await
+        })
+    };
+    let stored = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fetchers = (0..workers.max(1)).map(|_| {
+        let (js, pool, consumer, stored) =
+            (js.clone(), pool.clone(), consumer.clone(), stored.clone());
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            while stored.load(Ordering::Relaxed) < n {
+                let msgs = fetch(&consumer, batch).await?;
+                if msgs.is_empty() {
+                    continue;
+                }
+                // The invoice's number, from the publisher's message id.
+                let ns: Vec<usize> = msgs
+                    .iter()
+                    .map(|m| {
+                        nats::message_id(m)
+                            .trim_start_matches("floor-")
+                            .parse()
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let states: Vec<Vec<u8>> = msgs.iter().map(|m| m.payload.to_vec()).collect();
+                let events: Vec<(&str, String, &[u8])> = msgs
+                    .iter()
+                    .zip(&ns)
+                    .flat_map(|(m, i)| {
+                        let opened = ("floor.evt.bench.invoice.opened", format!("opened-{i}"));
+                        let customer = (i % 2 == 0).then(|| {
+                            ("floor.evt.bench.customer.upserted", format!("customer-{i}"))
+                        });
+                        std::iter::once(opened)
+                            .chain(customer)
+                            .map(|(subject, id)| (subject, id, &m.payload[..]))
+                    })
+                    .collect();
+                let mut tx = pool.begin().await?;
+                insert_raw(&mut *tx, &ns, &states).await?;
+                let outbox = if floor == Floor::WithCustomersAndOutbox {
+                    let (customers, customer_states): (Vec<String>, Vec<&str>) = ns
+                        .iter()
+                        .zip(&states)
+                        .filter(|(i, _)| *i % 2 == 0)
+                        .map(|(i, s)| (format!("C-{:08}", i / 2), std::str::from_utf8(s)))
+                        .map(|(c, s)| s.map(|s| (c, s)))
+                        .collect::<Result<Vec<_>, _>>()?
+                        .into_iter()
+                        .unzip();
+                    sqlx::query(
+                        "INSERT INTO bench_raw_customers SELECT 'bench', c, sha256(s::bytea), s::jsonb, $3, $3 \
+                         FROM UNNEST($1::text[], $2::text[]) AS u(c, s)",
+                    )
+                    .bind(&customers)
+                    .bind(&customer_states)
+                    .bind(SystemClock.now())
+                    .execute(&mut *tx)
+                    .await?;
+                    let (subjects, payloads): (Vec<&str>, Vec<&[u8]>) =
+                        events.iter().map(|(s, _, p)| (*s, *p)).unzip();
+                    let seq: i64 = sqlx::query_scalar(
+                        "INSERT INTO bench_raw_outbox (subjects, payloads) VALUES ($1, $2) RETURNING seq",
+                    )
+                    .bind(&subjects)
+                    .bind(&payloads)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    Some(seq)
+                } else {
+                    None
+                };
+                tx.commit().await?;
+                let publishes = events.iter().map(|(subject, id, body)| {
+                    (
+                        (*subject).to_owned(),
+                        PublishMessage::build()
+                            .message_id(id.clone())
+                            .payload(bytes::Bytes::copy_from_slice(body)),
+                    )
+                });
+                nats::publish_windowed(&js, publishes.collect::<Vec<_>>()).await?;
+                if let Some(seq) = outbox {
+                    sqlx::query("DELETE FROM bench_raw_outbox WHERE seq = $1")
+                        .bind(seq)
+                        .execute(&pool)
+                        .await?;
+                }
+                futures::future::try_join_all(msgs.iter().map(|m| m.ack()))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+                stored.fetch_add(msgs.len(), Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        })
+    });
+    for f in futures::future::join_all(fetchers).await {
+        f??;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    publisher.await??;
+    let what = match floor {
+        Floor::Invoices => "floor    invoices only, raw        ",
+        Floor::WithCustomersAndOutbox => "floor    + customers and outbox, raw",
+    };
+    say(&format!(
+        "{what} {rate:>10.0} invoices/s (N stored, delivered, acked; 1.5 events stored per invoice)"
+    ));
+    drop_floor_streams(js).await?;
+    sqlx::query("TRUNCATE bench_raw, bench_raw_customers")
+        .execute(pool)
+        .await?;
+    Ok(rate)
 }
 
 /// A private nats-server child and a throwaway database, with both ceilings measured
@@ -370,6 +604,21 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
     let rig = Rig::start(n, postgres).await?;
     let (js, pool, db_url) = (rig.js.clone(), rig.pool.clone(), rig.db_url.clone());
     let (js_rate, pg_rate) = (rig.js_rate, rig.pg_rate);
+
+    sqlx::query(
+        "CREATE TABLE bench_raw_customers (tenant TEXT COLLATE \"C\", customer_id TEXT COLLATE \"C\", content_hash BYTEA, \
+         state JSONB, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, PRIMARY KEY (tenant, customer_id))",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "CREATE TABLE bench_raw_outbox (seq BIGSERIAL PRIMARY KEY, subjects TEXT[] NOT NULL, payloads BYTEA[] COMPRESSION lz4 NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
+    let floor_invoices = intake_floor(&js, &pool, n, batch, workers, Floor::Invoices).await?;
+    let floor_rate =
+        intake_floor(&js, &pool, n, batch, workers, Floor::WithCustomersAndOutbox).await?;
 
     // Intake, as its own process.
     regua_intake::Intake::migrate(&pool).await?;
@@ -447,6 +696,13 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
         "ratio    intake / postgres ceiling = {:.2} (target ≥ 0.40); intake / jetstream ceiling = {:.2}",
         intake_rate / pg_rate,
         intake_rate / js_rate
+    ));
+    say(&format!(
+        "ratio    floors / postgres ceiling = {:.2} (invoices only), {:.2} (+ customers and outbox); intake / floors = {:.2}, {:.2}",
+        floor_invoices / pg_rate,
+        floor_rate / pg_rate,
+        intake_rate / floor_invoices,
+        intake_rate / floor_rate
     ));
 
     rig.finish().await
