@@ -20,6 +20,7 @@
 //! Everything runs on a private nats-server child (temp store) and a fresh database on
 //! the local Postgres, both removed afterwards.
 
+mod bullmq;
 mod dispatch;
 mod reconcile;
 mod scheduler;
@@ -89,6 +90,11 @@ enum Bench {
         /// Length of the lateness run.
         #[arg(long, default_value_t = 60)]
         lateness_secs: u64,
+        /// Also measure BullMQ firing 100,000 delayed jobs due at once, the reference
+        /// of the firing target, from this folder (crates/regua/bench/bullmq; needs
+        /// node, npm and redis-server).
+        #[arg(long)]
+        bullmq: Option<PathBuf>,
     },
     /// One dispatcher worker's throughput against the same HTTP client's ceiling.
     Dispatch {
@@ -722,14 +728,18 @@ async fn main() -> anyhow::Result<()> {
             workers,
             rate,
             lateness_secs,
+            bullmq,
         } => {
             scheduler::run(
                 run.invoices,
                 &run.postgres,
-                batch,
-                workers,
-                rate,
-                lateness_secs,
+                scheduler::Settings {
+                    batch,
+                    workers,
+                    rate,
+                    lateness_secs,
+                    bullmq,
+                },
             )
             .await
         }

@@ -1,7 +1,9 @@
 //! `regua-bench scheduler`: the scheduler against the machine's ceilings, measured in
 //! the same run.
 //!
-//! 1. Ceilings: raw JetStream publish and raw Postgres multi-row insert, N each.
+//! 1. Ceilings: raw JetStream publish and raw Postgres multi-row insert, N each; with
+//!    `--bullmq`, also BullMQ firing 100,000 delayed jobs due at once, the reference
+//!    the firing target is reasoned from ([`crate::bullmq`]).
 //! 2. Planning: a `regua scheduler` process consumes N `customer.upserted` and N
 //!    `invoice.opened` events (one customer per invoice, all due the same day, tenant on
 //!    a test clock); timed from the first publish until its consumer has applied all.
@@ -141,15 +143,24 @@ impl Rss {
     }
 }
 
+/// The run's knobs (see `regua-bench scheduler --help`).
+pub struct Settings {
+    pub batch: usize,
+    pub workers: usize,
+    pub rate: usize,
+    pub lateness_secs: u64,
+    pub bullmq: Option<std::path::PathBuf>,
+}
+
 #[allow(clippy::too_many_lines)]
-pub async fn run(
-    n: usize,
-    postgres: &str,
-    batch: usize,
-    workers: usize,
-    rate: usize,
-    lateness_secs: u64,
-) -> anyhow::Result<()> {
+pub async fn run(n: usize, postgres: &str, settings: Settings) -> anyhow::Result<()> {
+    let Settings {
+        batch,
+        workers,
+        rate,
+        lateness_secs,
+        bullmq,
+    } = settings;
     let cores = std::thread::available_parallelism()
         .map(|c| c.get())
         .unwrap_or(1);
@@ -160,6 +171,17 @@ pub async fn run(
     let (client, js) = (rig.client.clone(), rig.js.clone());
     let (pool, db_url) = (rig.pool.clone(), rig.db_url.clone());
     let (js_rate, pg_rate) = (rig.js_rate, rig.pg_rate);
+    let reference = match &bullmq {
+        Some(dir) => {
+            let (rate, concurrency) = crate::bullmq::fire(dir).await?;
+            say(&format!(
+                "bullmq   {} delayed jobs due at once, fired {rate:>10.0} jobs/s (worker concurrency {concurrency}, the best of 10 and 100)",
+                crate::bullmq::JOBS
+            ));
+            Some(rate)
+        }
+        None => None,
+    };
     regua_intake::Intake::migrate(&pool).await?;
     regua_scheduler::Scheduler::migrate(&pool).await?;
     nats::ensure_streams(&js, nats::Streams::Provision { replicas: 1 }).await?;
@@ -329,6 +351,12 @@ pub async fn run(
         fire_rate / pg_rate,
         fire_rate / js_rate
     ));
+    if let Some(bullmq) = reference {
+        say(&format!(
+            "ratio    firing / bullmq = {:.2} (the target's reasoning: twice BullMQ; 26,000 assumed BullMQ at 13,000 jobs/s)",
+            fire_rate / bullmq
+        ));
+    }
     say(&format!(
         "rss      scheduler idle {} MiB, peak while planning {} MiB, peak overall {} MiB (target < 150 MiB)",
         idle_rss / 1024,
