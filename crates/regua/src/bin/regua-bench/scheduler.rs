@@ -4,15 +4,17 @@
 //! 1. Ceilings: raw JetStream publish and raw Postgres multi-row insert, N each; with
 //!    `--bullmq`, also BullMQ firing 100,000 delayed jobs due at once, the reference
 //!    the firing target is reasoned from ([`crate::bullmq`]).
-//! 2. Planning: a `regua scheduler` process consumes N `customer.upserted` and N
+//! 2. Floor: the work a fired step demands of any scheduler, done by raw clients with
+//!    none of regua's code ([`firing_floor`]), on N steps due at once.
+//! 3. Planning: a `regua scheduler` process consumes N `customer.upserted` and N
 //!    `invoice.opened` events (one customer per invoice, all due the same day, tenant on
 //!    a test clock); timed from the first publish until its consumer has applied all.
-//! 3. Firing: after a `VACUUM (ANALYZE)` of the planned schedule (untimed; what
+//! 4. Firing: after a `VACUUM (ANALYZE)` of the planned schedule (untimed; what
 //!    autovacuum does in the days between planning and a due date), the test clock
 //!    crosses the first step's instant, so N steps fall due at once; timed from the
 //!    advance until the N-th dispatch command is in `REGUA_CMD`.
 //!    The scheduler's RSS is sampled every 100 ms throughout.
-//! 4. Lateness: a real-time tenant with steps due at a steady rate (default 5,000/s for
+//! 5. Lateness: a real-time tenant with steps due at a steady rate (default 5,000/s for
 //!    60 s, written straight into the schedule); each command's arrival on its subject
 //!    is compared with its due instant.
 
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::RetentionPolicy;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 use regua_contract::commands::DispatchCommand;
@@ -143,6 +146,169 @@ impl Rss {
     }
 }
 
+/// The floor under firing: the work a fired step demands of any scheduler, done by raw
+/// clients with none of regua's code. N invoices due at one instant wait in a table
+/// keyed and indexed as the schedule is (primary key, due index), with their state as
+/// `json`; `workers` claimers each loop, one transaction per claim of `batch`: take the
+/// next due rows `FOR UPDATE SKIP LOCKED`, move them to a later step (one multi-row
+/// update), log the step (one multi-row insert), build each row's dispatch command
+/// (the stored state read back into a `DispatchCommand`, serialized, as the scheduler's
+/// are) and store the claim's
+/// commands as one packed outbox row; after commit, publish the commands to a
+/// WorkQueue stream (acks awaited) and delete the outbox row. No customers, ledger,
+/// payments, locks, calendar or decisions. Steps per second, until the last command
+/// is stored.
+async fn firing_floor(
+    pool: &sqlx::PgPool,
+    js: &async_nats::jetstream::Context,
+    n: usize,
+    batch: usize,
+    workers: usize,
+) -> anyhow::Result<f64> {
+    sqlx::query(
+        "CREATE TABLE floor_schedule (tenant TEXT COLLATE \"C\", invoice_id TEXT COLLATE \"C\", customer_id TEXT COLLATE \"C\", \
+         state JSON NOT NULL, next_step INT NOT NULL, next_at TIMESTAMPTZ, PRIMARY KEY (tenant, invoice_id))",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query("CREATE INDEX floor_due ON floor_schedule (next_at, tenant, invoice_id) WHERE next_at IS NOT NULL")
+        .execute(pool)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE floor_log (tenant TEXT COLLATE \"C\", invoice_id TEXT COLLATE \"C\", seq BIGSERIAL, step TEXT NOT NULL, \
+         state TEXT NOT NULL, at TIMESTAMPTZ NOT NULL, command_id TEXT, PRIMARY KEY (tenant, invoice_id, seq))",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "CREATE TABLE floor_outbox (seq BIGSERIAL PRIMARY KEY, subjects TEXT[] NOT NULL, payloads BYTEA[] COMPRESSION lz4 NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    let due_at: DateTime<Utc> = FIRST_STEP.parse()?;
+    let due = chrono::NaiveDate::from_ymd_opt(2026, 12, 10).context("date")?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        let ids: Vec<String> = chunk.iter().map(|i| format!("INV-{i:08}")).collect();
+        let states = chunk
+            .iter()
+            .map(|i| model::state_text(&invoice(*i, due)))
+            .collect::<Result<Vec<_>, _>>()?;
+        sqlx::query(
+            "INSERT INTO floor_schedule SELECT 'bench', i, 'C-' || substr(i, 5), s::json, 0, $3 \
+             FROM UNNEST($1::text[], $2::text[]) AS u(i, s)",
+        )
+        .bind(&ids)
+        .bind(&states)
+        .bind(due_at)
+        .execute(pool)
+        .await?;
+    }
+    sqlx::query("VACUUM (ANALYZE) floor_schedule")
+        .execute(pool)
+        .await?;
+    let _ = crate::floor_streams(js, RetentionPolicy::WorkQueue).await?;
+
+    let t = Instant::now();
+    let claimers = (0..workers.max(1)).map(|_| {
+        let (pool, js) = (pool.clone(), js.clone());
+        tokio::spawn(async move {
+            let mut fired = 0usize;
+            loop {
+                let mut tx = pool.begin().await?;
+                let rows: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT invoice_id, customer_id, state::text FROM floor_schedule WHERE next_at <= $1 \
+                     ORDER BY next_at, tenant, invoice_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                )
+                .bind(due_at)
+                .bind(i64::try_from(batch).unwrap_or(1000))
+                .fetch_all(&mut *tx)
+                .await?;
+                if rows.is_empty() {
+                    tx.commit().await?;
+                    return anyhow::Ok(fired);
+                }
+                let ids: Vec<&str> = rows.iter().map(|(i, _, _)| i.as_str()).collect();
+                sqlx::query(
+                    "UPDATE floor_schedule f SET next_step = 1, next_at = $2 FROM UNNEST($1::text[]) AS u(i) \
+                     WHERE f.tenant = 'bench' AND f.invoice_id = u.i",
+                )
+                .bind(&ids)
+                .bind(due_at + TimeDelta::days(2))
+                .execute(&mut *tx)
+                .await?;
+                let mut command_ids = Vec::with_capacity(rows.len());
+                let mut payloads = Vec::with_capacity(rows.len());
+                for (invoice_id, customer_id, state) in &rows {
+                    let n: u32 = invoice_id.trim_start_matches("INV-").parse().unwrap_or(0);
+                    let mut cmd = regua_testkit::dispatch_command(
+                        "bench",
+                        n,
+                        regua_contract::inbound::Channel::Whatsapp,
+                        &[],
+                        due_at,
+                    );
+                    // The command carries the stored invoice, as the scheduler's do.
+                    let stored: InvoiceState = serde_json::from_str(state)?;
+                    cmd.recipient.customer_id.clone_from(customer_id);
+                    let line = &mut cmd.invoices[0];
+                    line.invoice_id = stored.invoice_id;
+                    line.amount_cents = stored.amount_cents;
+                    line.due_date = stored.due_date;
+                    line.description = stored.description;
+                    command_ids.push(cmd.command_id.clone());
+                    payloads.push(serde_json::to_vec(&cmd)?);
+                }
+                sqlx::query(
+                    "INSERT INTO floor_log (tenant, invoice_id, step, state, at, command_id) \
+                     SELECT 'bench', i, 'D-3', 'sent', $3, c FROM UNNEST($1::text[], $2::text[]) AS u(i, c)",
+                )
+                .bind(&ids)
+                .bind(&command_ids)
+                .bind(due_at)
+                .execute(&mut *tx)
+                .await?;
+                let subjects = vec!["floor.in.bench.dispatch.whatsapp"; rows.len()];
+                let seq: i64 = sqlx::query_scalar(
+                    "INSERT INTO floor_outbox (subjects, payloads) VALUES ($1, $2) RETURNING seq",
+                )
+                .bind(&subjects)
+                .bind(&payloads)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                let publishes = command_ids.into_iter().zip(payloads).map(|(id, body)| {
+                    (
+                        subjects[0].to_owned(),
+                        PublishMessage::build().message_id(id).payload(body.into()),
+                    )
+                });
+                nats::publish_windowed(&js, publishes.collect::<Vec<_>>()).await?;
+                sqlx::query("DELETE FROM floor_outbox WHERE seq = $1")
+                    .bind(seq)
+                    .execute(&pool)
+                    .await?;
+                fired += rows.len();
+            }
+        })
+    });
+    let mut fired = 0;
+    for c in futures::future::join_all(claimers).await {
+        fired += c??;
+    }
+    let rate = fired as f64 / t.elapsed().as_secs_f64();
+    if fired != n {
+        bail!("the firing floor fired {fired} of {n} steps");
+    }
+    say(&format!(
+        "floor    the step's own work, raw      {rate:>10.0} steps/s (claim, next step, log, command through an outbox; batch {batch} × {workers})"
+    ));
+    crate::drop_floor_streams(js).await?;
+    sqlx::query("DROP TABLE floor_schedule, floor_log, floor_outbox")
+        .execute(pool)
+        .await?;
+    Ok(rate)
+}
+
 /// The run's knobs (see `regua-bench scheduler --help`).
 pub struct Settings {
     pub batch: usize,
@@ -182,6 +348,7 @@ pub async fn run(n: usize, postgres: &str, settings: Settings) -> anyhow::Result
         }
         None => None,
     };
+    let floor = firing_floor(&pool, &js, n, batch, workers).await?;
     regua_intake::Intake::migrate(&pool).await?;
     regua_scheduler::Scheduler::migrate(&pool).await?;
     nats::ensure_streams(&js, nats::Streams::Provision { replicas: 1 }).await?;
@@ -350,6 +517,11 @@ pub async fn run(n: usize, postgres: &str, settings: Settings) -> anyhow::Result
         "ratio    firing / postgres ceiling = {:.2}; firing / jetstream ceiling = {:.2}",
         fire_rate / pg_rate,
         fire_rate / js_rate
+    ));
+    say(&format!(
+        "ratio    firing / floor = {:.2}; floor / postgres ceiling = {:.2}",
+        fire_rate / floor,
+        floor / pg_rate
     ));
     if let Some(bullmq) = reference {
         say(&format!(
