@@ -206,7 +206,9 @@ async fn firing_floor(
     sqlx::query("VACUUM (ANALYZE) floor_schedule")
         .execute(pool)
         .await?;
-    let _ = crate::floor_streams(js, RetentionPolicy::WorkQueue).await?;
+    // The commands' stream; nothing consumes it here (its consumer stands for the
+    // dispatchers'), as nothing consumes REGUA_CMD during the scheduler's firing.
+    let _commands = crate::floor_streams(js, RetentionPolicy::WorkQueue).await?;
 
     let t = Instant::now();
     let claimers = (0..workers.max(1)).map(|_| {
