@@ -42,6 +42,24 @@ fn command(i: usize, now: chrono::DateTime<chrono::Utc>) -> DispatchCommand {
     cmd
 }
 
+/// Publishes the N bench commands to `subject`, each with its command's message id.
+async fn preload(
+    js: &async_nats::jetstream::Context,
+    n: usize,
+    subject: &str,
+) -> anyhow::Result<()> {
+    let now = SystemClock.now();
+    let commands = (0..n).map(|i| {
+        let cmd = command(i, now);
+        (
+            subject.to_owned(),
+            serde_json::to_vec(&cmd).unwrap_or_default(),
+            DispatchCommand::message_id(&cmd.command_id).to_string(),
+        )
+    });
+    crate::floor::publish_all(js, commands).await
+}
+
 async fn wait_sent(fake: &FakeTwilio, n: usize, what: &str) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut last = Instant::now();
@@ -140,18 +158,8 @@ async fn floor(
     latency_ms: u64,
 ) -> anyhow::Result<f64> {
     let js = &rig.js;
-    let consumer = crate::floor_streams(js, RetentionPolicy::WorkQueue).await?;
-    let now = SystemClock.now();
-    let preload = (0..n).map(|i| {
-        let cmd = command(i, now);
-        (
-            "floor.in.bench.dispatch.sms".to_owned(),
-            async_nats::jetstream::message::PublishMessage::build()
-                .message_id(cmd.command_id.clone())
-                .payload(serde_json::to_vec(&cmd).unwrap_or_default().into()),
-        )
-    });
-    nats::publish_windowed(js, preload).await?;
+    let consumer = crate::floor::streams(js, RetentionPolicy::WorkQueue).await?;
+    preload(js, n, "floor.in.bench.dispatch.sms").await?;
     sqlx::query(
         "CREATE TABLE floor_attempts (command_id TEXT COLLATE \"C\" PRIMARY KEY, state TEXT NOT NULL, \
          provider_message_id TEXT, at TIMESTAMPTZ NOT NULL)",
@@ -159,74 +167,55 @@ async fn floor(
     .execute(&rig.pool)
     .await?;
     let (fake, client, url) = provider(latency_ms).await?;
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let fetchers = (0..workers.max(1)).map(|_| {
-        let (js, pool, consumer, done) = (
-            js.clone(),
-            rig.pool.clone(),
-            consumer.clone(),
-            done.clone(),
-        );
-        let (client, url) = (client.clone(), url.clone());
-        tokio::spawn(async move {
-            use std::sync::atomic::Ordering;
-            while done.load(Ordering::Relaxed) < n {
-                let msgs = crate::fetch(&consumer, batch).await?;
-                if msgs.is_empty() {
-                    continue;
+    let pool = rig.pool.clone();
+    let js_ = js.clone();
+    crate::floor::drain(&consumer, n, batch, workers, move |msgs| {
+        let (js, pool, client, url) = (js_.clone(), pool.clone(), client.clone(), url.clone());
+        async move {
+            let ids: Vec<String> = msgs.iter().map(nats::message_id).collect();
+            sqlx::query(
+                "INSERT INTO floor_attempts SELECT id, 'sending', NULL, $2 FROM UNNEST($1::text[]) AS id",
+            )
+            .bind(&ids)
+            .bind(SystemClock.now())
+            .execute(&pool)
+            .await?;
+            let calls = (0..ids.len()).map(|k| {
+                let request = sms_request(&client, &url, k);
+                async move {
+                    let r = request.send().await?.error_for_status()?;
+                    let v: serde_json::Value = r.json().await?;
+                    anyhow::Ok(v["sid"].as_str().unwrap_or_default().to_owned())
                 }
-                let ids: Vec<String> = msgs.iter().map(nats::message_id).collect();
-                sqlx::query(
-                    "INSERT INTO floor_attempts SELECT id, 'sending', NULL, $2 FROM UNNEST($1::text[]) AS id",
-                )
-                .bind(&ids)
-                .bind(SystemClock.now())
-                .execute(&pool)
-                .await?;
-                let calls = (0..ids.len()).map(|k| {
-                    let request = sms_request(&client, &url, k);
-                    async move {
-                        let r = request.send().await?.error_for_status()?;
-                        let v: serde_json::Value = r.json().await?;
-                        anyhow::Ok(v["sid"].as_str().unwrap_or_default().to_owned())
-                    }
-                });
-                let sids = futures::future::try_join_all(calls).await?;
-                sqlx::query(
-                    "UPDATE floor_attempts a SET state = 'sent', provider_message_id = u.sid, at = $3 \
-                     FROM UNNEST($1::text[], $2::text[]) AS u(id, sid) WHERE a.command_id = u.id",
-                )
-                .bind(&ids)
-                .bind(&sids)
-                .bind(SystemClock.now())
-                .execute(&pool)
-                .await?;
-                let events: Vec<_> = msgs
-                    .iter()
-                    .zip(&ids)
-                    .map(|(m, id)| {
-                        (
-                            "floor.evt.bench.message.sent".to_owned(),
-                            async_nats::jetstream::message::PublishMessage::build()
-                                .message_id(format!("sent-{id}"))
-                                .payload(m.payload.slice(..m.payload.len().min(700))),
-                        )
-                    })
-                    .collect();
-                nats::publish_windowed(&js, events).await?;
-                futures::future::try_join_all(msgs.iter().map(|m| m.ack()))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
-                done.fetch_add(msgs.len(), Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        })
-    });
-    for f in futures::future::join_all(fetchers).await {
-        f??;
-    }
+            });
+            let sids = futures::future::try_join_all(calls).await?;
+            sqlx::query(
+                "UPDATE floor_attempts a SET state = 'sent', provider_message_id = u.sid, at = $3 \
+                 FROM UNNEST($1::text[], $2::text[]) AS u(id, sid) WHERE a.command_id = u.id",
+            )
+            .bind(&ids)
+            .bind(&sids)
+            .bind(SystemClock.now())
+            .execute(&pool)
+            .await?;
+            let events: Vec<_> = msgs
+                .iter()
+                .zip(&ids)
+                .map(|(m, id)| {
+                    (
+                        "floor.evt.bench.message.sent".to_owned(),
+                        m.payload.slice(..m.payload.len().min(700)),
+                        format!("sent-{id}"),
+                    )
+                })
+                .collect();
+            crate::floor::publish_all(&js, events).await?;
+            Ok(msgs)
+        }
+    })
+    .await?;
     let (per_sec, _) = rate(&fake.sent());
-    crate::drop_floor_streams(js).await?;
+    crate::floor::drop_streams(js).await?;
     sqlx::query("DROP TABLE floor_attempts")
         .execute(&rig.pool)
         .await?;
@@ -274,17 +263,7 @@ pub async fn run(
     let (fake, _, _) = provider(latency_ms).await?;
     nats::ensure_streams(&rig.js, nats::Streams::Provision { replicas: 1 }).await?;
     regua_dispatch::Dispatcher::migrate(&rig.pool).await?;
-    let now = SystemClock.now();
-    let messages = (0..n).map(|i| {
-        let cmd = command(i, now);
-        (
-            subjects::dispatch("bench", Channel::Sms),
-            async_nats::jetstream::message::PublishMessage::build()
-                .message_id(DispatchCommand::message_id(&cmd.command_id).to_string())
-                .payload(serde_json::to_vec(&cmd).unwrap_or_default().into()),
-        )
-    });
-    nats::publish_windowed(&rig.js, messages).await?;
+    preload(&rig.js, n, &subjects::dispatch("bench", Channel::Sms)).await?;
     let mut child = spawn_service(
         "dispatch sms",
         &rig.nats_url(),

@@ -22,6 +22,7 @@
 
 mod bullmq;
 mod dispatch;
+mod floor;
 mod reconcile;
 mod scheduler;
 
@@ -321,64 +322,6 @@ async fn insert_raw(
     Ok(())
 }
 
-/// A floor run's streams: its input on `floor.in.>` (with `retention`), with a durable
-/// pull consumer, which this returns, and its events on `floor.evt.>`.
-pub async fn floor_streams(
-    js: &async_nats::jetstream::Context,
-    retention: RetentionPolicy,
-) -> anyhow::Result<async_nats::jetstream::consumer::PullConsumer> {
-    use async_nats::jetstream::{consumer, stream};
-    let input = js
-        .create_stream(stream::Config {
-            name: "FLOOR_IN".into(),
-            subjects: vec!["floor.in.>".into()],
-            retention,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-    js.create_stream(stream::Config {
-        name: "FLOOR_EVT".into(),
-        subjects: vec!["floor.evt.>".into()],
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await?;
-    Ok(input
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("floor".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            max_ack_pending: 20_000,
-            ..Default::default()
-        })
-        .await?)
-}
-
-pub async fn drop_floor_streams(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
-    js.delete_stream("FLOOR_IN").await?;
-    js.delete_stream("FLOOR_EVT").await?;
-    Ok(())
-}
-
-/// Up to `batch` messages from `consumer`, waiting at most half a second.
-pub async fn fetch(
-    consumer: &async_nats::jetstream::consumer::PullConsumer,
-    batch: usize,
-) -> anyhow::Result<Vec<async_nats::jetstream::Message>> {
-    let mut fetched = consumer
-        .fetch()
-        .max_messages(batch)
-        .expires(Duration::from_millis(500))
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
-    let mut msgs = Vec::with_capacity(batch);
-    while let Some(m) = futures::StreamExt::next(&mut fetched).await {
-        msgs.push(m.map_err(|e| anyhow::anyhow!("fetch: {e}"))?);
-    }
-    Ok(msgs)
-}
-
 /// What a floor run ([`intake_floor`]) stores per batch besides the invoices.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Floor {
@@ -410,7 +353,7 @@ async fn intake_floor(
     workers: usize,
     floor: Floor,
 ) -> anyhow::Result<f64> {
-    let consumer = floor_streams(js, RetentionPolicy::Limits).await?;
+    let consumer = floor::streams(js, RetentionPolicy::Limits).await?;
     let t = Instant::now();
     let publisher = {
         let js = js.clone();
@@ -425,102 +368,64 @@ async fn intake_floor(
             .await
         })
     };
-    let stored = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let fetchers = (0..workers.max(1)).map(|_| {
-        let (js, pool, consumer, stored) =
-            (js.clone(), pool.clone(), consumer.clone(), stored.clone());
-        tokio::spawn(async move {
-            use std::sync::atomic::Ordering;
-            while stored.load(Ordering::Relaxed) < n {
-                let msgs = fetch(&consumer, batch).await?;
-                if msgs.is_empty() {
-                    continue;
-                }
-                // The invoice's number, from the publisher's message id.
-                let ns: Vec<usize> = msgs
-                    .iter()
-                    .map(|m| {
-                        nats::message_id(m)
-                            .trim_start_matches("floor-")
-                            .parse()
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                let states: Vec<Vec<u8>> = msgs.iter().map(|m| m.payload.to_vec()).collect();
-                let events: Vec<(&str, String, &[u8])> = msgs
-                    .iter()
-                    .zip(&ns)
-                    .flat_map(|(m, i)| {
-                        let opened = ("floor.evt.bench.invoice.opened", format!("opened-{i}"));
-                        let customer = (i % 2 == 0).then(|| {
-                            ("floor.evt.bench.customer.upserted", format!("customer-{i}"))
-                        });
-                        std::iter::once(opened)
-                            .chain(customer)
-                            .map(|(subject, id)| (subject, id, &m.payload[..]))
-                    })
-                    .collect();
-                let mut tx = pool.begin().await?;
-                insert_raw(&mut *tx, &ns, &states).await?;
-                let outbox = if floor == Floor::WithCustomersAndOutbox {
-                    let (customers, customer_states): (Vec<String>, Vec<&str>) = ns
-                        .iter()
-                        .zip(&states)
-                        .filter(|(i, _)| *i % 2 == 0)
-                        .map(|(i, s)| (format!("C-{:08}", i / 2), std::str::from_utf8(s)))
-                        .map(|(c, s)| s.map(|s| (c, s)))
-                        .collect::<Result<Vec<_>, _>>()?
-                        .into_iter()
-                        .unzip();
-                    sqlx::query(
-                        "INSERT INTO bench_raw_customers SELECT 'bench', c, sha256(s::bytea), s::jsonb, $3, $3 \
-                         FROM UNNEST($1::text[], $2::text[]) AS u(c, s)",
-                    )
-                    .bind(&customers)
-                    .bind(&customer_states)
-                    .bind(SystemClock.now())
-                    .execute(&mut *tx)
-                    .await?;
-                    let (subjects, payloads): (Vec<&str>, Vec<&[u8]>) =
-                        events.iter().map(|(s, _, p)| (*s, *p)).unzip();
-                    let seq: i64 = sqlx::query_scalar(
-                        "INSERT INTO bench_raw_outbox (subjects, payloads) VALUES ($1, $2) RETURNING seq",
-                    )
-                    .bind(&subjects)
-                    .bind(&payloads)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    Some(seq)
-                } else {
-                    None
-                };
+    let (js_, pool_) = (js.clone(), pool.clone());
+    floor::drain(&consumer, n, batch, workers, move |msgs| {
+        let (js, pool) = (js_.clone(), pool_.clone());
+        async move {
+            // The invoice's number, from the publisher's message id.
+            let ns: Vec<usize> = msgs
+                .iter()
+                .map(|m| {
+                    nats::message_id(m)
+                        .trim_start_matches("floor-")
+                        .parse()
+                        .unwrap_or_default()
+                })
+                .collect();
+            let states: Vec<Vec<u8>> = msgs.iter().map(|m| m.payload.to_vec()).collect();
+            let events: Vec<(String, bytes::Bytes, String)> = msgs
+                .iter()
+                .zip(&ns)
+                .flat_map(|(m, i)| {
+                    let opened = ("floor.evt.bench.invoice.opened", format!("opened-{i}"));
+                    let customer = (i % 2 == 0)
+                        .then(|| ("floor.evt.bench.customer.upserted", format!("customer-{i}")));
+                    std::iter::once(opened)
+                        .chain(customer)
+                        .map(|(subject, id)| (subject.to_owned(), m.payload.clone(), id))
+                })
+                .collect();
+            let mut tx = pool.begin().await?;
+            insert_raw(&mut *tx, &ns, &states).await?;
+            if floor == Floor::Invoices {
                 tx.commit().await?;
-                let publishes = events.iter().map(|(subject, id, body)| {
-                    (
-                        (*subject).to_owned(),
-                        PublishMessage::build()
-                            .message_id(id.clone())
-                            .payload(bytes::Bytes::copy_from_slice(body)),
-                    )
-                });
-                nats::publish_windowed(&js, publishes.collect::<Vec<_>>()).await?;
-                if let Some(seq) = outbox {
-                    sqlx::query("DELETE FROM bench_raw_outbox WHERE seq = $1")
-                        .bind(seq)
-                        .execute(&pool)
-                        .await?;
-                }
-                futures::future::try_join_all(msgs.iter().map(|m| m.ack()))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
-                stored.fetch_add(msgs.len(), Ordering::Relaxed);
+                floor::publish_all(&js, events).await?;
+                return Ok(msgs);
             }
-            anyhow::Ok(())
-        })
-    });
-    for f in futures::future::join_all(fetchers).await {
-        f??;
-    }
+            let (customers, customer_states): (Vec<String>, Vec<&str>) = ns
+                .iter()
+                .zip(&states)
+                .filter(|(i, _)| *i % 2 == 0)
+                .map(|(i, s)| std::str::from_utf8(s).map(|s| (format!("C-{:08}", i / 2), s)))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .unzip();
+            sqlx::query(
+                "INSERT INTO bench_raw_customers SELECT 'bench', c, sha256(s::bytea), s::jsonb, $3, $3 \
+                 FROM UNNEST($1::text[], $2::text[]) AS u(c, s)",
+            )
+            .bind(&customers)
+            .bind(&customer_states)
+            .bind(SystemClock.now())
+            .execute(&mut *tx)
+            .await?;
+            let packed = floor::enqueue(&mut tx, events).await?;
+            tx.commit().await?;
+            packed.relay(&js, &pool).await?;
+            Ok(msgs)
+        }
+    })
+    .await?;
     let rate = n as f64 / t.elapsed().as_secs_f64();
     publisher.await??;
     let what = match floor {
@@ -530,7 +435,7 @@ async fn intake_floor(
     say(&format!(
         "{what} {rate:>10.0} invoices/s (N stored, delivered, acked; 1.5 events stored per invoice)"
     ));
-    drop_floor_streams(js).await?;
+    floor::drop_streams(js).await?;
     sqlx::query("TRUNCATE bench_raw, bench_raw_customers")
         .execute(pool)
         .await?;
@@ -617,11 +522,7 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
     )
     .execute(&pool)
     .await?;
-    sqlx::query(
-        "CREATE TABLE bench_raw_outbox (seq BIGSERIAL PRIMARY KEY, subjects TEXT[] NOT NULL, payloads BYTEA[] COMPRESSION lz4 NOT NULL)",
-    )
-    .execute(&pool)
-    .await?;
+    floor::create_outbox(&pool).await?;
     let floor_invoices = intake_floor(&js, &pool, n, batch, workers, Floor::Invoices).await?;
     let floor_rate =
         intake_floor(&js, &pool, n, batch, workers, Floor::WithCustomersAndOutbox).await?;

@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::RetentionPolicy;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
@@ -36,6 +35,7 @@ use regua_scheduler::model;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::floor::publish_all;
 use crate::{Rig, rss_kib, say, spawn_service};
 
 const TEST_CLOCK_START: &str = "2026-12-01T03:00:00Z";
@@ -114,20 +114,6 @@ fn tenant(id: &str, test_clock: bool, now: Option<DateTime<Utc>>) -> TenantCreat
     }
 }
 
-async fn publish_all(
-    js: &async_nats::jetstream::Context,
-    messages: Vec<(String, Vec<u8>, String)>,
-) -> anyhow::Result<()> {
-    let publishes = messages.into_iter().map(|(subject, body, id)| {
-        (
-            subject,
-            PublishMessage::build().message_id(id).payload(body.into()),
-        )
-    });
-    nats::publish_windowed(js, publishes).await?;
-    Ok(())
-}
-
 /// Samples a process's RSS peak while `done` polls false.
 struct Rss {
     pid: u32,
@@ -180,11 +166,7 @@ async fn firing_floor(
     )
     .execute(pool)
     .await?;
-    sqlx::query(
-        "CREATE TABLE floor_outbox (seq BIGSERIAL PRIMARY KEY, subjects TEXT[] NOT NULL, payloads BYTEA[] COMPRESSION lz4 NOT NULL)",
-    )
-    .execute(pool)
-    .await?;
+    crate::floor::create_outbox(pool).await?;
     let due_at: DateTime<Utc> = FIRST_STEP.parse()?;
     let due = chrono::NaiveDate::from_ymd_opt(2026, 12, 10).context("date")?;
     for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
@@ -208,7 +190,7 @@ async fn firing_floor(
         .await?;
     // The commands' stream; nothing consumes it here (its consumer stands for the
     // dispatchers'), as nothing consumes REGUA_CMD during the scheduler's firing.
-    let _commands = crate::floor_streams(js, RetentionPolicy::WorkQueue).await?;
+    let _commands = crate::floor::streams(js, RetentionPolicy::WorkQueue).await?;
 
     let t = Instant::now();
     let claimers = (0..workers.max(1)).map(|_| {
@@ -238,8 +220,7 @@ async fn firing_floor(
                 .bind(due_at + TimeDelta::days(2))
                 .execute(&mut *tx)
                 .await?;
-                let mut command_ids = Vec::with_capacity(rows.len());
-                let mut payloads = Vec::with_capacity(rows.len());
+                let mut commands = Vec::with_capacity(rows.len());
                 for (invoice_id, customer_id, state) in &rows {
                     let n: u32 = invoice_id.trim_start_matches("INV-").parse().unwrap_or(0);
                     let mut cmd = regua_testkit::dispatch_command(
@@ -257,9 +238,13 @@ async fn firing_floor(
                     line.amount_cents = stored.amount_cents;
                     line.due_date = stored.due_date;
                     line.description = stored.description;
-                    command_ids.push(cmd.command_id.clone());
-                    payloads.push(serde_json::to_vec(&cmd)?);
+                    commands.push((
+                        "floor.in.bench.dispatch.whatsapp".to_owned(),
+                        bytes::Bytes::from(serde_json::to_vec(&cmd)?),
+                        cmd.command_id,
+                    ));
                 }
+                let command_ids: Vec<&str> = commands.iter().map(|(_, _, id)| id.as_str()).collect();
                 sqlx::query(
                     "INSERT INTO floor_log (tenant, invoice_id, step, state, at, command_id) \
                      SELECT 'bench', i, 'D-3', 'sent', $3, c FROM UNNEST($1::text[], $2::text[]) AS u(i, c)",
@@ -269,26 +254,9 @@ async fn firing_floor(
                 .bind(due_at)
                 .execute(&mut *tx)
                 .await?;
-                let subjects = vec!["floor.in.bench.dispatch.whatsapp"; rows.len()];
-                let seq: i64 = sqlx::query_scalar(
-                    "INSERT INTO floor_outbox (subjects, payloads) VALUES ($1, $2) RETURNING seq",
-                )
-                .bind(&subjects)
-                .bind(&payloads)
-                .fetch_one(&mut *tx)
-                .await?;
+                let packed = crate::floor::enqueue(&mut tx, commands).await?;
                 tx.commit().await?;
-                let publishes = command_ids.into_iter().zip(payloads).map(|(id, body)| {
-                    (
-                        subjects[0].to_owned(),
-                        PublishMessage::build().message_id(id).payload(body.into()),
-                    )
-                });
-                nats::publish_windowed(&js, publishes.collect::<Vec<_>>()).await?;
-                sqlx::query("DELETE FROM floor_outbox WHERE seq = $1")
-                    .bind(seq)
-                    .execute(&pool)
-                    .await?;
+                packed.relay(&js, &pool).await?;
                 fired += rows.len();
             }
         })
@@ -304,7 +272,7 @@ async fn firing_floor(
     say(&format!(
         "floor    the step's own work, raw      {rate:>10.0} steps/s (claim, next step, log, command through an outbox; batch {batch} × {workers})"
     ));
-    crate::drop_floor_streams(js).await?;
+    crate::floor::drop_streams(js).await?;
     sqlx::query("DROP TABLE floor_schedule, floor_log, floor_outbox")
         .execute(pool)
         .await?;
