@@ -296,13 +296,13 @@ async fn postgres_ceiling(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<f64> 
 async fn insert_raw(
     conn: impl sqlx::PgExecutor<'_>,
     ns: &[usize],
-    states: &[Vec<u8>],
+    states: &[impl AsRef<[u8]>],
 ) -> anyhow::Result<()> {
     let ids: Vec<String> = ns.iter().map(|i| format!("BENCH-{i:08}")).collect();
     let customers: Vec<String> = ns.iter().map(|i| format!("C-{:08}", i / 2)).collect();
     let states: Vec<&str> = states
         .iter()
-        .map(|s| std::str::from_utf8(s))
+        .map(|s| std::str::from_utf8(s.as_ref()))
         .collect::<Result<_, _>>()?;
     let hashes: Vec<Vec<u8>> = ns
         .iter()
@@ -382,7 +382,7 @@ async fn intake_floor(
                         .unwrap_or_default()
                 })
                 .collect();
-            let states: Vec<Vec<u8>> = msgs.iter().map(|m| m.payload.to_vec()).collect();
+            let states: Vec<&[u8]> = msgs.iter().map(|m| &m.payload[..]).collect();
             let events: Vec<(String, bytes::Bytes, String)> = msgs
                 .iter()
                 .zip(&ns)
