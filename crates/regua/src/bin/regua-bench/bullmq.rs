@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 /// 100,000 jobs due at once, as the issue states the reference.
 pub const JOBS: usize = 100_000;
 /// Worker concurrencies tried; BullMQ levels off from about 10 here.
-const CONCURRENCY: [usize; 2] = [10, 100];
+pub const CONCURRENCY: [usize; 2] = [10, 100];
 
 /// BullMQ's best firing rate, jobs per second, and the concurrency that gave it.
 pub async fn fire(dir: &Path) -> anyhow::Result<(f64, usize)> {

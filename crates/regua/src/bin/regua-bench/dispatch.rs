@@ -49,14 +49,16 @@ async fn preload(
     subject: &str,
 ) -> anyhow::Result<()> {
     let now = SystemClock.now();
-    let commands = (0..n).map(|i| {
-        let cmd = command(i, now);
-        (
-            subject.to_owned(),
-            serde_json::to_vec(&cmd).unwrap_or_default(),
-            DispatchCommand::message_id(&cmd.command_id).to_string(),
-        )
-    });
+    let commands = (0..n)
+        .map(|i| {
+            let cmd = command(i, now);
+            Ok((
+                subject.to_owned(),
+                serde_json::to_vec(&cmd)?,
+                DispatchCommand::message_id(&cmd.command_id).to_string(),
+            ))
+        })
+        .collect::<Result<Vec<_>, serde_json::Error>>()?;
     crate::floor::publish_all(js, commands).await
 }
 

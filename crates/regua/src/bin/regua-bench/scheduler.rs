@@ -311,8 +311,9 @@ pub async fn run(n: usize, postgres: &str, settings: Settings) -> anyhow::Result
         Some(dir) => {
             let (rate, concurrency) = crate::bullmq::fire(dir).await?;
             say(&format!(
-                "bullmq   {} delayed jobs due at once, fired {rate:>10.0} jobs/s (worker concurrency {concurrency}, the best of 10 and 100)",
-                crate::bullmq::JOBS
+                "bullmq   {} delayed jobs due at once, fired {rate:>10.0} jobs/s (worker concurrency {concurrency}, the best of {:?})",
+                crate::bullmq::JOBS,
+                crate::bullmq::CONCURRENCY
             ));
             Some(rate)
         }
