@@ -12,7 +12,8 @@
 //!    batches and acked, one multi-row insert per batch and 1.5 events stored per
 //!    invoice; then the same with the customer rows and an outbox row per batch. They
 //!    say how much of the gap to the Postgres ceiling is the contract's, and how much
-//!    is intake's.
+//!    is intake's. A first floor does the JetStream part alone, with no Postgres: no
+//!    intake, whatever its database work, can pass it.
 //! 4. Intake: N `invoice.upsert` messages published through JetStream to a running
 //!    `regua intake` process; timed from the first publish until the N-th
 //!    `invoice.opened` is in the events stream. Intake's RSS is sampled every 100 ms.
@@ -322,9 +323,13 @@ async fn insert_raw(
     Ok(())
 }
 
-/// What a floor run ([`intake_floor`]) stores per batch besides the invoices.
+/// What a floor run ([`intake_floor`]) stores in Postgres per batch.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Floor {
+    /// No Postgres at all: only the contract's JetStream work (the integrator's
+    /// messages stored, delivered and acked; 1.5 events stored per invoice). An upper
+    /// bound on any intake, whatever its database work.
+    MessagingOnly,
     /// The invoice rows only.
     Invoices,
     /// Also a row for each new customer (every second invoice, as two invoices share a
@@ -339,8 +344,8 @@ enum Floor {
 /// clients with none of intake's own. The integrator's N messages are stored by
 /// JetStream (published concurrently, as in the intake run); a durable pull consumer
 /// delivers them in batches of `batch` to `workers` fetchers, and per batch the floor
-/// makes one multi-row insert of the invoices (the ceiling's statement; with `floor`,
-/// more), publishes the events an intake emits for them (`invoice.opened` for each,
+/// makes one multi-row insert of the invoices (the ceiling's statement; nothing with
+/// [`Floor::MessagingOnly`], more with [`Floor::WithCustomersAndOutbox`]), publishes the events an intake emits for them (`invoice.opened` for each,
 /// `customer.upserted` for every second one; acks awaited), and acks the messages. No
 /// decoding, validation, locks, reads or outcome records: more generous than any real
 /// intake can be. Timed from the first publish until the last batch's events are
@@ -395,6 +400,10 @@ async fn intake_floor(
                         .map(|(subject, id)| (subject.to_owned(), m.payload.clone(), id))
                 })
                 .collect();
+            if floor == Floor::MessagingOnly {
+                floor::publish_all(&js, events).await?;
+                return Ok(msgs);
+            }
             let mut tx = pool.begin().await?;
             insert_raw(&mut *tx, &ns, &states).await?;
             if floor == Floor::Invoices {
@@ -429,6 +438,7 @@ async fn intake_floor(
     let rate = n as f64 / t.elapsed().as_secs_f64();
     publisher.await??;
     let what = match floor {
+        Floor::MessagingOnly => "floor    jetstream only, no postgres",
         Floor::Invoices => "floor    invoices only, raw        ",
         Floor::WithCustomersAndOutbox => "floor    + customers and outbox, raw",
     };
@@ -523,6 +533,7 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
     .execute(&pool)
     .await?;
     floor::create_outbox(&pool).await?;
+    let floor_messaging = intake_floor(&js, &pool, n, batch, workers, Floor::MessagingOnly).await?;
     let floor_invoices = intake_floor(&js, &pool, n, batch, workers, Floor::Invoices).await?;
     let floor_rate =
         intake_floor(&js, &pool, n, batch, workers, Floor::WithCustomersAndOutbox).await?;
@@ -610,6 +621,10 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
         floor_rate / pg_rate,
         intake_rate / floor_invoices,
         intake_rate / floor_rate
+    ));
+    say(&format!(
+        "ratio    jetstream-only floor / postgres ceiling = {:.2}: no intake that stores what the contract asks of JetStream passes this, whatever its database work",
+        floor_messaging / pg_rate
     ));
 
     rig.finish().await
