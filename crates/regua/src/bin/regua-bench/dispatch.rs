@@ -29,7 +29,7 @@ use regua_contract::subjects;
 use regua_platform::{Clock, Config, SystemClock, nats};
 use regua_testkit::fakes::{self, FakeTwilio};
 
-use crate::{Rig, say, spawn_service};
+use crate::{Rig, check_settings, say, spawn_service};
 
 /// The ceiling's and the floor's message text.
 const BODY: &str = "Bench Comércio Ltda: Cliente, sua fatura de R$ 159,90 vence em 27/11/2026.";
@@ -238,6 +238,12 @@ pub async fn run(
     say(&format!(
         "regua-bench dispatch: N = {n}, {cores} cores, batch {batch} × {workers} workers = {in_flight} in flight, provider latency {latency_ms} ms"
     ));
+    let worker_settings = [
+        ("REGUA_SMS_RATE_PER_SEC", "0".to_owned()),
+        ("REGUA_DISPATCH_BATCH_SIZE", batch.to_string()),
+        ("REGUA_DISPATCH_WORKERS", workers.to_string()),
+    ];
+    check_settings(&worker_settings)?;
     let rig = Rig::start(n.min(100_000), postgres).await?;
 
     // Ceilings: the same client against the same kind of fake, one request at a time
@@ -266,19 +272,17 @@ pub async fn run(
     nats::ensure_streams(&rig.js, nats::Streams::Provision { replicas: 1 }).await?;
     regua_dispatch::Dispatcher::migrate(&rig.pool).await?;
     preload(&rig.js, n, &subjects::dispatch("bench", Channel::Sms)).await?;
+    let provider_settings = [
+        ("REGUA_TWILIO_API_BASE", fake.base()),
+        ("REGUA_TWILIO_ACCOUNT_SID", fakes::TWILIO_SID.into()),
+        ("REGUA_TWILIO_AUTH_TOKEN", fakes::TWILIO_TOKEN.into()),
+        ("REGUA_TWILIO_FROM", fakes::TWILIO_FROM.into()),
+    ];
     let mut child = spawn_service(
         "dispatch sms",
         &rig.nats_url(),
         &rig.db_url,
-        &[
-            ("REGUA_TWILIO_API_BASE", fake.base()),
-            ("REGUA_TWILIO_ACCOUNT_SID", fakes::TWILIO_SID.into()),
-            ("REGUA_TWILIO_AUTH_TOKEN", fakes::TWILIO_TOKEN.into()),
-            ("REGUA_TWILIO_FROM", fakes::TWILIO_FROM.into()),
-            ("REGUA_SMS_RATE_PER_SEC", "0".into()),
-            ("REGUA_DISPATCH_BATCH_SIZE", batch.to_string()),
-            ("REGUA_DISPATCH_WORKERS", workers.to_string()),
-        ],
+        &[&provider_settings[..], &worker_settings[..]].concat(),
     )?;
     let started = Instant::now();
     wait_sent(&fake, n, "worker").await?;

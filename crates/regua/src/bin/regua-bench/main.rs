@@ -143,7 +143,7 @@ fn say(line: &str) {
 fn payload(i: usize) -> Vec<u8> {
     // About two invoices per customer, like a real portfolio.
     let c = i / 2;
-    serde_json::to_vec(&json!({
+    json!({
         "invoice_id": format!("BENCH-{i:08}"),
         "revision": 1,
         "customer": {
@@ -164,8 +164,9 @@ fn payload(i: usize) -> Vec<u8> {
         "payment": { "payment_url": format!("https://pay.example.com/{i}") },
         "late_fee": { "fine_bps": 200, "monthly_interest_bps": 100 },
         "tags": ["b2c"],
-    }))
-    .unwrap_or_default()
+    })
+    .to_string()
+    .into_bytes()
 }
 
 /// Publishes `n` messages to `subject(i)` through the platform's windowed publish.
@@ -215,6 +216,20 @@ fn spawn_service(
             exe.display()
         )
     })
+}
+
+/// Checks the settings a bench hands its service process ([`spawn_service`]) as the
+/// service will at startup, so that a bad value stops the bench at once rather than
+/// after minutes of ceilings and floors.
+fn check_settings(settings: &[(&str, String)]) -> anyhow::Result<()> {
+    regua_platform::config::Config::from_sources(None, |name| {
+        settings
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.clone())
+    })
+    .context("the settings for the service under test")?;
+    Ok(())
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -522,6 +537,11 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
     say(&format!(
         "regua-bench intake: N = {n}, {cores} cores, intake batch {batch}, {workers} workers"
     ));
+    let settings = [
+        ("REGUA_INTAKE_BATCH_SIZE", batch.to_string()),
+        ("REGUA_INTAKE_WORKERS", workers.to_string()),
+    ];
+    check_settings(&settings)?;
     let rig = Rig::start(n, postgres).await?;
     let (js, pool, db_url) = (rig.js.clone(), rig.pool.clone(), rig.db_url.clone());
     let (js_rate, pg_rate) = (rig.js_rate, rig.pg_rate);
@@ -545,15 +565,7 @@ async fn intake(n: usize, postgres: &str, batch: usize, workers: usize) -> anyho
     let new = regua_intake::tenants::validate_new_tenant(&regua_testkit::tenant("bench"))
         .map_err(|e| anyhow::anyhow!("tenant: {:?}", e.errors))?;
     regua_intake::tenants::create_tenant(&pool, SystemClock.now(), new, None).await?;
-    let mut child = spawn_service(
-        "intake",
-        &rig.nats_url(),
-        &db_url,
-        &[
-            ("REGUA_INTAKE_BATCH_SIZE", batch.to_string()),
-            ("REGUA_INTAKE_WORKERS", workers.to_string()),
-        ],
-    )?;
+    let mut child = spawn_service("intake", &rig.nats_url(), &db_url, &settings)?;
     let pid = child.id().context("intake pid")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_kib(pid).unwrap_or(0);

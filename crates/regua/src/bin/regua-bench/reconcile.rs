@@ -18,7 +18,7 @@ use regua_contract::{InboundKind, TenantId, subjects};
 use regua_platform::nats;
 use serde_json::json;
 
-use crate::{Rig, say, spawn_service};
+use crate::{Rig, check_settings, say, spawn_service};
 
 async fn applied(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
     Ok(
@@ -35,6 +35,12 @@ pub async fn run(n: usize, postgres: &str, batch: usize, workers: usize) -> anyh
     say(&format!(
         "regua-bench reconcile: N = {n}, {cores} cores, batch {batch}, {workers} payments in flight"
     ));
+    let settings = [
+        ("REGUA_RECONCILE_BATCH_SIZE", batch.to_string()),
+        ("REGUA_RECONCILE_WORKERS", workers.to_string()),
+        ("REGUA_DB_MAX_CONNECTIONS", (workers + 4).to_string()),
+    ];
+    check_settings(&settings)?;
     let rig = Rig::start(n, postgres).await?;
     regua_reconcile::Reconcile::migrate(&rig.pool).await?;
     nats::ensure_streams(&rig.js, nats::Streams::Provision { replicas: 1 }).await?;
@@ -80,21 +86,12 @@ pub async fn run(n: usize, postgres: &str, batch: usize, workers: usize) -> anyh
             subject.clone(),
             async_nats::jetstream::message::PublishMessage::build()
                 .message_id(format!("pay-{i}"))
-                .payload(serde_json::to_vec(&body).unwrap_or_default().into()),
+                .payload(body.to_string().into()),
         )
     });
     nats::publish_windowed(&rig.js, messages).await?;
 
-    let mut child = spawn_service(
-        "reconcile",
-        &rig.nats_url(),
-        &rig.db_url,
-        &[
-            ("REGUA_RECONCILE_BATCH_SIZE", batch.to_string()),
-            ("REGUA_RECONCILE_WORKERS", workers.to_string()),
-            ("REGUA_DB_MAX_CONNECTIONS", (workers + 4).to_string()),
-        ],
-    )?;
+    let mut child = spawn_service("reconcile", &rig.nats_url(), &rig.db_url, &settings)?;
     let started = Instant::now();
     let mut first = None;
     let mut last_report = Instant::now();

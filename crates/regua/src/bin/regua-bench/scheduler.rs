@@ -36,7 +36,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::floor::publish_all;
-use crate::{Rig, rss_kib, say, spawn_service};
+use crate::{Rig, check_settings, rss_kib, say, spawn_service};
 
 const TEST_CLOCK_START: &str = "2026-12-01T03:00:00Z";
 /// All bench invoices are due 2026-12-10 (Thursday); padrao's first step (D-3, 10:00 in
@@ -303,6 +303,11 @@ pub async fn run(n: usize, postgres: &str, settings: Settings) -> anyhow::Result
     say(&format!(
         "regua-bench scheduler: N = {n}, {cores} cores, scheduler batch {batch}, {workers} workers; lateness at {rate}/s for {lateness_secs}s"
     ));
+    let service_settings = [
+        ("REGUA_SCHEDULER_BATCH_SIZE", batch.to_string()),
+        ("REGUA_SCHEDULER_WORKERS", workers.to_string()),
+    ];
+    check_settings(&service_settings)?;
     let rig = Rig::start(n, postgres).await?;
     let (client, js) = (rig.client.clone(), rig.js.clone());
     let (pool, db_url) = (rig.pool.clone(), rig.db_url.clone());
@@ -323,15 +328,7 @@ pub async fn run(n: usize, postgres: &str, settings: Settings) -> anyhow::Result
     regua_intake::Intake::migrate(&pool).await?;
     regua_scheduler::Scheduler::migrate(&pool).await?;
     nats::ensure_streams(&js, nats::Streams::Provision { replicas: 1 }).await?;
-    let mut child = spawn_service(
-        "scheduler",
-        &rig.nats_url(),
-        &db_url,
-        &[
-            ("REGUA_SCHEDULER_BATCH_SIZE", batch.to_string()),
-            ("REGUA_SCHEDULER_WORKERS", workers.to_string()),
-        ],
-    )?;
+    let mut child = spawn_service("scheduler", &rig.nats_url(), &db_url, &service_settings)?;
     let pid = child.id().context("scheduler pid")?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let mut rss = Rss { pid, peak: 0 };
