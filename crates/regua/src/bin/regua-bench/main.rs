@@ -360,7 +360,8 @@ enum Floor {
 /// JetStream (published concurrently, as in the intake run); a durable pull consumer
 /// delivers them in batches of `batch` to `workers` fetchers, and per batch the floor
 /// makes one multi-row insert of the invoices (the ceiling's statement; nothing with
-/// [`Floor::MessagingOnly`], more with [`Floor::WithCustomersAndOutbox`]), publishes the events an intake emits for them (`invoice.opened` for each,
+/// [`Floor::MessagingOnly`], more with [`Floor::WithCustomersAndOutbox`]), publishes
+/// the events an intake emits for them (`invoice.opened` for each,
 /// `customer.upserted` for every second one; acks awaited), and acks the messages. No
 /// decoding, validation, locks, reads or outcome records: more generous than any real
 /// intake can be. Timed from the first publish until the last batch's events are
