@@ -403,7 +403,6 @@ async fn intake_floor(
                         .unwrap_or_default()
                 })
                 .collect();
-            let states: Vec<&[u8]> = msgs.iter().map(|m| &m.payload[..]).collect();
             let events: Vec<(String, bytes::Bytes, String)> = msgs
                 .iter()
                 .zip(&ns)
@@ -420,6 +419,7 @@ async fn intake_floor(
                 floor::publish_all(&js, events).await?;
                 return Ok(msgs);
             }
+            let states: Vec<&[u8]> = msgs.iter().map(|m| &m.payload[..]).collect();
             let mut tx = pool.begin().await?;
             insert_raw(&mut *tx, &ns, &states).await?;
             if floor == Floor::Invoices {
