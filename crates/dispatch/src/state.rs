@@ -48,6 +48,7 @@ pub async fn run(d: Arc<Dispatcher>, consumer: consumer::PullConsumer, cancel: C
         js: &d.js,
         consumer: &consumer,
         name: subjects::CONSUMER_DISPATCH_STATE,
+        pool: &d.pool,
         batch: BATCH,
         expires: Duration::from_millis(1000),
         max_deliver: MAX_DELIVER,
@@ -55,10 +56,7 @@ pub async fn run(d: Arc<Dispatcher>, consumer: consumer::PullConsumer, cancel: C
     nats::consume_batches(
         c,
         &cancel,
-        |msgs| {
-            let d = Arc::clone(&d);
-            Box::pin(async move { apply(&d, msgs).await })
-        },
+        |conn, msgs| Box::pin(async move { apply(conn, msgs).await }),
         |_| false,
         || {},
     )
@@ -69,8 +67,11 @@ fn typed<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, DispatchEr
     Ok(serde_json::from_str(raw.get())?)
 }
 
-async fn apply(d: &Dispatcher, msgs: &[jetstream::Message]) -> Result<(), DispatchError> {
-    let mut tx = d.pool.begin().await?;
+async fn apply(
+    conn: &mut sqlx::PgConnection,
+    msgs: &[jetstream::Message],
+) -> Result<(), DispatchError> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
     // Most events (the dispatchers' own `message.*`, say) are not of these kinds: no
     // write for them.
     let table = "dispatch.processed";

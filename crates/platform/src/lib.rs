@@ -3,7 +3,8 @@
 //! context in NATS headers ([`telemetry`]), NATS connection, JetStream streams and dead
 //! letters ([`nats`]), the Postgres pool and per-service migrations ([`db`]), the
 //! transactional outbox and its relay ([`outbox`]), ordered shutdown ([`shutdown`]),
-//! latency-critical work on a thread of its own ([`lane`]) and the injected [`clock`].
+//! latency-critical work on a thread of its own ([`lane`]), leases for what one replica
+//! runs at a time ([`lease`]) and the injected [`clock`].
 
 pub mod clock;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod db;
 pub mod fence;
 pub mod http;
 pub mod lane;
+pub mod lease;
 pub mod metrics;
 pub mod nats;
 pub mod outbox;

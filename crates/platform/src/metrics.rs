@@ -59,6 +59,9 @@ pub const RECONCILE_PAYMENTS: &str = "regua_reconcile_payments_total";
 pub const CONSUMER_PENDING: &str = "regua_jetstream_consumer_pending";
 /// Every service: a durable consumer's messages delivered and not yet acknowledged.
 pub const CONSUMER_ACK_PENDING: &str = "regua_jetstream_consumer_ack_pending";
+/// Every service with an in-order consumer: 1 on the replica holding the lease named
+/// `lease`, 0 on the replicas standing by.
+pub const LEASE_HELD: &str = "regua_lease_held";
 /// Every service: rows in its outbox not yet published, by `outbox`.
 pub const OUTBOX_DEPTH: &str = "regua_outbox_depth";
 
@@ -160,6 +163,10 @@ fn describe() {
         "Durable consumer messages delivered, not yet acknowledged"
     );
     describe_gauge!(OUTBOX_DEPTH, "Outbox messages not yet published");
+    describe_gauge!(
+        LEASE_HELD,
+        "1 where this replica holds the lease (runs the in-order consumer), 0 standing by"
+    );
 }
 
 /// What this process samples: its durable consumers (stream, consumer) and outboxes.

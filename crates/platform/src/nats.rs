@@ -12,6 +12,7 @@ use tracing::Span;
 
 use crate::PlatformError;
 use crate::config::Config;
+use crate::lease::Lease;
 use crate::telemetry;
 
 /// How long JetStream remembers a `Nats-Msg-Id` on the inbound stream. Integrators that
@@ -253,7 +254,9 @@ pub async fn fetch_batch(
 }
 
 /// A durable pull consumer of every domain event (`regua.v1.evt.>`) that applies them
-/// in stream order: at most one batch of `batch` in flight across all replicas.
+/// in stream order, run by [`consume_batches`]: only the replica holding the consumer's
+/// lease fetches, with at most two batches of `batch` unacked (the one applying and the
+/// next, fetched meanwhile).
 pub fn in_order_events(
     durable: &str,
     description: &str,
@@ -268,7 +271,7 @@ pub fn in_order_events(
         deliver_policy: consumer::DeliverPolicy::All,
         ack_wait: Duration::from_secs(60),
         max_deliver,
-        max_ack_pending: i64::try_from(batch).unwrap_or(500),
+        max_ack_pending: i64::try_from(batch.saturating_mul(2)).unwrap_or(1000),
         ..Default::default()
     }
 }
@@ -278,53 +281,212 @@ pub fn in_order_events(
 pub struct BatchConsumer<'a> {
     pub js: &'a jetstream::Context,
     pub consumer: &'a consumer::PullConsumer,
-    /// The durable's name, for logs and dead letters.
+    /// The durable's name, for logs, dead letters and its lease.
     pub name: &'a str,
+    /// Where the lease is held and the batches are written.
+    pub pool: &'a sqlx::PgPool,
     pub batch: usize,
     pub expires: Duration,
     pub max_deliver: i64,
 }
 
-/// Fetches batches until `cancel` and applies each with `apply`. A batch that applied
-/// is acked; one that failed is retried message by message, and a message that fails
-/// alone is dead-lettered at once when `poison` says it never will apply, else naked
-/// until `max_deliver`. `after` runs after every non-empty batch (to wake a relay).
+/// The name of the lease ([`Lease`]) an in-order consumer's replicas contend for.
+pub fn in_order_lease(durable: &str) -> String {
+    format!("in-order/{durable}")
+}
+
+/// Why [`consume_leased`] returned.
+enum Ended {
+    Cancelled,
+    /// The lease's session ended, or a fetched batch was lost in a failed task: start
+    /// over from the lease, which waits for what is left unacked to come back in order.
+    Interrupted,
+}
+
+/// Runs an in-order consumer until `cancel`, on the replica that holds its lease
+/// ([`in_order_lease`]); the others stand by and take over when the holder's Postgres
+/// session ends.
+///
+/// The holder applies each batch with `apply`, on the lease's own connection (so that
+/// a holder that lost the lease cannot commit), while it fetches the next one. A batch
+/// that applied is acked; one that failed is retried message by message, and a message
+/// that fails alone is dead-lettered at once when `poison` says it never will apply,
+/// else naked until `max_deliver`. `after` runs after every non-empty batch (to wake a
+/// relay). On `cancel`, the batches in hand are finished first.
+///
+/// Order across a change of holder: a holder that takes over while messages are still
+/// unacked (a previous holder's batches, cut short) waits the consumer's ack wait
+/// before it fetches, so that those come back, in stream order, before anything newer.
 pub async fn consume_batches<E: std::fmt::Display>(
     c: BatchConsumer<'_>,
     cancel: &tokio_util::sync::CancellationToken,
-    apply: impl for<'m> Fn(&'m [jetstream::Message]) -> futures::future::BoxFuture<'m, Result<(), E>>,
+    apply: impl for<'m> Fn(
+        &'m mut sqlx::PgConnection,
+        &'m [jetstream::Message],
+    ) -> futures::future::BoxFuture<'m, Result<(), E>>,
     poison: impl Fn(&E) -> bool,
     after: impl Fn(),
 ) {
+    let name = in_order_lease(c.name);
+    while let Some(mut lease) = Lease::acquire(c.pool, &name, cancel).await {
+        if !await_earlier_batches(&c, cancel).await {
+            lease.release().await;
+            return;
+        }
+        match consume_leased(&c, &mut lease, cancel, &apply, &poison, &after).await {
+            Ended::Cancelled => {
+                lease.release().await;
+                return;
+            }
+            Ended::Interrupted => tracing::warn!(
+                consumer = c.name,
+                "in-order consumption interrupted; the batches in hand come back after the ack wait"
+            ),
+        }
+    }
+}
+
+/// Waits, after taking the lease, until messages another holder left unacked are due
+/// again (the consumer's ack wait), so they are redelivered before newer ones; false
+/// when `cancel` fired first.
+async fn await_earlier_batches(
+    c: &BatchConsumer<'_>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> bool {
     let mut backoff = crate::shutdown::Backoff::new(Duration::from_millis(200));
-    while let Some(msgs) =
-        fetch_batch(c.consumer, c.batch, c.expires, &mut backoff, cancel, c.name).await
-    {
+    let info = loop {
+        match c.consumer.get_info().await {
+            Ok(info) => break info,
+            Err(e) => {
+                tracing::warn!(consumer = c.name, error = %e, "consumer info not read; retrying");
+                if !backoff.wait(cancel).await {
+                    return false;
+                }
+            }
+        }
+    };
+    if info.num_ack_pending == 0 {
+        return true;
+    }
+    let wait = info.config.ack_wait + Duration::from_secs(1);
+    tracing::info!(
+        consumer = c.name,
+        unacked = info.num_ack_pending,
+        wait_secs = wait.as_secs(),
+        "waiting for an earlier holder's unacked messages to come back, in order"
+    );
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// Fetches the next batch in a task of its own, so it arrives while the batch in hand
+/// applies; `None` when `cancel` has fired.
+fn prefetch(
+    c: &BatchConsumer<'_>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<tokio::task::JoinHandle<Option<Vec<jetstream::Message>>>> {
+    if cancel.is_cancelled() {
+        return None;
+    }
+    let (consumer, cancel) = (c.consumer.clone(), cancel.clone());
+    let (batch, expires, name) = (c.batch, c.expires, c.name.to_owned());
+    Some(tokio::spawn(async move {
+        let mut backoff = crate::shutdown::Backoff::new(Duration::from_millis(200));
+        fetch_batch(&consumer, batch, expires, &mut backoff, &cancel, &name).await
+    }))
+}
+
+/// Consumes while `lease` is held, until `cancel`.
+async fn consume_leased<E: std::fmt::Display>(
+    c: &BatchConsumer<'_>,
+    lease: &mut Lease,
+    cancel: &tokio_util::sync::CancellationToken,
+    apply: &impl for<'m> Fn(
+        &'m mut sqlx::PgConnection,
+        &'m [jetstream::Message],
+    ) -> futures::future::BoxFuture<'m, Result<(), E>>,
+    poison: &impl Fn(&E) -> bool,
+    after: &impl Fn(),
+) -> Ended {
+    let mut backoff = crate::shutdown::Backoff::new(Duration::from_millis(200));
+    let mut next: Option<Vec<jetstream::Message>> = None;
+    loop {
+        let msgs = match next.take() {
+            Some(msgs) => msgs,
+            None => match fetch_batch(c.consumer, c.batch, c.expires, &mut backoff, cancel, c.name)
+                .await
+            {
+                Some(msgs) => msgs,
+                None => return Ended::Cancelled,
+            },
+        };
         if msgs.is_empty() {
             continue;
         }
-        match apply(&msgs).await {
+        let following = prefetch(c, cancel);
+        let lost = match apply(lease.conn(), &msgs).await {
             Ok(()) => {
                 for m in &msgs {
                     settle(m, jetstream::AckKind::Ack).await;
                 }
+                false
+            }
+            Err(e) if !lease.held().await => {
+                tracing::warn!(error = %e, consumer = c.name, "batch failed with the lease's session gone");
+                true
             }
             Err(e) => {
                 tracing::warn!(error = %e, consumer = c.name, n = msgs.len(), "batch failed; retrying one by one");
-                for m in &msgs {
-                    match apply(std::slice::from_ref(m)).await {
-                        Ok(()) => settle(m, jetstream::AckKind::Ack).await,
-                        Err(e) => {
-                            let dead = poison(&e);
-                            settle_failure(c.js, m, c.name, c.max_deliver, &e.to_string(), dead)
-                                .await;
-                        }
-                    }
+                retry_one_by_one(c, lease, &msgs, apply, poison).await
+            }
+        };
+        if lost {
+            // Unsettled, the batch in hand and the one fetched meanwhile come back
+            // after the ack wait to whichever replica holds the lease then.
+            if let Some(task) = following {
+                task.abort();
+            }
+            return Ended::Interrupted;
+        }
+        after();
+        if let Some(task) = following {
+            match task.await {
+                Ok(fetched) => next = fetched,
+                Err(e) => {
+                    // Whatever it fetched is unacked now; fetching on would overtake it.
+                    tracing::warn!(error = %e, consumer = c.name, "prefetch ended abnormally");
+                    return Ended::Interrupted;
                 }
             }
         }
-        after();
     }
+}
+
+/// Applies a failed batch's messages one at a time; true when the lease's session was
+/// found gone (the rest are left unsettled).
+async fn retry_one_by_one<E: std::fmt::Display>(
+    c: &BatchConsumer<'_>,
+    lease: &mut Lease,
+    msgs: &[jetstream::Message],
+    apply: &impl for<'m> Fn(
+        &'m mut sqlx::PgConnection,
+        &'m [jetstream::Message],
+    ) -> futures::future::BoxFuture<'m, Result<(), E>>,
+    poison: &impl Fn(&E) -> bool,
+) -> bool {
+    for m in msgs {
+        match apply(lease.conn(), std::slice::from_ref(m)).await {
+            Ok(()) => settle(m, jetstream::AckKind::Ack).await,
+            Err(_) if !lease.held().await => return true,
+            Err(e) => {
+                let dead = poison(&e);
+                settle_failure(c.js, m, c.name, c.max_deliver, &e.to_string(), dead).await;
+            }
+        }
+    }
+    false
 }
 
 /// Most publishes [`publish_windowed`] keeps awaiting acks. The JetStream context allows

@@ -49,6 +49,7 @@ pub async fn run(r: Arc<Reconcile>, consumer: consumer::PullConsumer, cancel: Ca
         js: &r.js,
         consumer: &consumer,
         name: subjects::CONSUMER_RECONCILE_STATE,
+        pool: &r.pool,
         batch: BATCH,
         expires: Duration::from_millis(500),
         max_deliver: MAX_DELIVER,
@@ -58,9 +59,9 @@ pub async fn run(r: Arc<Reconcile>, consumer: consumer::PullConsumer, cancel: Ca
     nats::consume_batches(
         c,
         &cancel,
-        |msgs| {
+        |conn, msgs| {
             let r = Arc::clone(&r);
-            Box::pin(async move { apply(&r, msgs).await })
+            Box::pin(async move { apply(&r, conn, msgs).await })
         },
         poison,
         wake,
@@ -72,8 +73,12 @@ fn typed<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, ReconcileE
     Ok(serde_json::from_str(raw.get())?)
 }
 
-async fn apply(r: &Reconcile, msgs: &[jetstream::Message]) -> Result<(), ReconcileError> {
-    let mut tx = r.pool.begin().await?;
+async fn apply(
+    r: &Reconcile,
+    conn: &mut sqlx::PgConnection,
+    msgs: &[jetstream::Message],
+) -> Result<(), ReconcileError> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
     // Most events (the dispatchers' own `message.*`, say) are not of these kinds: no
     // write for them.
     let table = "reconcile.processed";

@@ -1,7 +1,7 @@
 //! The scheduler's view of the world, built from domain events on `regua.v1.evt.>`.
 //!
-//! The durable consumer allows only one batch in flight (`max_ack_pending` = batch
-//! size) across every replica, so events are applied in stream order: a customer before
+//! Only the replica holding the durable's lease consumes it, one batch after another
+//! ([`nats::consume_batches`]), so events are applied in stream order: a customer before
 //! the invoice that names it, an invoice before its payment. Each batch is one
 //! transaction: processed event ids, state, schedule rows, step log and outbox; the
 //! batch is acked after commit. A batch that fails is retried message by message; a
@@ -20,7 +20,7 @@ use regua_contract::events::{
 use regua_contract::{Envelope, EventType, subjects};
 use regua_platform::{nats, telemetry};
 use serde_json::value::RawValue;
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -48,6 +48,7 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
         js: &s.js,
         consumer: &consumer,
         name: subjects::CONSUMER_SCHEDULER,
+        pool: &s.pool,
         batch: s.config.scheduler_batch_size,
         expires: Duration::from_millis(500),
         max_deliver: MAX_DELIVER,
@@ -55,9 +56,9 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
     nats::consume_batches(
         c,
         &cancel,
-        |msgs| {
+        |conn, msgs| {
             let s = Arc::clone(&s);
-            Box::pin(async move { apply_batch(&s, msgs).await })
+            Box::pin(async move { apply_batch(&s, conn, msgs).await })
         },
         |e| matches!(e, EventError::Malformed(_)),
         || {
@@ -155,7 +156,11 @@ struct Work {
     current: HashMap<String, Vec<policies::Version>>,
 }
 
-async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), EventError> {
+async fn apply_batch(
+    s: &Scheduler,
+    conn: &mut PgConnection,
+    msgs: &[jetstream::Message],
+) -> Result<(), EventError> {
     let mut items = Vec::with_capacity(msgs.len());
     for m in msgs {
         // A malformed event fails the batch; retried alone, it is dead-lettered.
@@ -167,7 +172,7 @@ async fn apply_batch(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), E
         // Only events the scheduler does not act on (message.*, intake.rejected, …).
         return Ok(());
     }
-    let mut tx = s.pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let ids: Vec<Uuid> = items.iter().map(|i| i.envelope.id).collect();
     let now = s.clock.now();
     let fresh: HashSet<Uuid> = sqlx::query_scalar(

@@ -2,7 +2,7 @@
 //!
 //! What happens to an invoice here:
 //! 1. [`events`] consumes domain events from `regua.v1.evt.>` in order (a durable
-//!    consumer with one batch in flight across all replicas). `tenant.created` installs
+//!    consumer run by the one replica holding its lease). `tenant.created` installs
 //!    the starter policy `padrao`; `customer.upserted` keeps contacts and the time zone;
 //!    `invoice.opened` picks the invoice's policy ([`policies`]), places its steps in
 //!    time ([`regua_domain::schedule::base_plan`]) and stores only its *next* step.

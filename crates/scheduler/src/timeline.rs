@@ -83,6 +83,7 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
         js: &s.js,
         consumer: &consumer,
         name: subjects::CONSUMER_TIMELINE,
+        pool: &s.pool,
         batch: BATCH,
         expires: Duration::from_millis(500),
         max_deliver: MAX_DELIVER,
@@ -90,10 +91,7 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
     nats::consume_batches(
         c,
         &cancel,
-        |msgs| {
-            let s = Arc::clone(&s);
-            Box::pin(async move { project(&s, msgs).await })
-        },
+        |conn, msgs| Box::pin(async move { project(conn, msgs).await }),
         // Events that do not parse as envelopes are the in-order consumer's to report.
         |_| false,
         || {},
@@ -115,7 +113,10 @@ struct Projected {
     trace_id: Option<String>,
 }
 
-async fn project(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), SchedulerError> {
+async fn project(
+    conn: &mut sqlx::PgConnection,
+    msgs: &[jetstream::Message],
+) -> Result<(), SchedulerError> {
     let rows: Vec<Projected> = msgs.iter().flat_map(rows_of).collect();
     if rows.is_empty() {
         return Ok(());
@@ -147,7 +148,7 @@ async fn project(s: &Scheduler, msgs: &[jetstream::Message]) -> Result<(), Sched
     .bind(&details)
     .bind(&traces)
     .bind(&recorded)
-    .execute(&s.pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
