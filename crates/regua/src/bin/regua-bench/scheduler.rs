@@ -412,6 +412,11 @@ pub async fn run(n: usize, postgres: &str, settings: Settings) -> anyhow::Result
         "planning {n} invoices (+{n} customers) in {plan_secs:.1} s = {:.0} invoices/s (target ≤ 120 s)",
         n as f64 / plan_secs
     ));
+    say(&format!(
+        "ratio    planning / postgres ceiling = {:.2}; planning / jetstream ceiling = {:.2}",
+        n as f64 / plan_secs / pg_rate,
+        n as f64 / plan_secs / js_rate
+    ));
 
     // Real invoices are planned days before their steps fall due, and autovacuum goes
     // through the freshly loaded tables in between (statistics, hint bits, visibility
