@@ -93,11 +93,6 @@ impl Lease {
         }
     }
 
-    /// The lease's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The session that holds the lease, for the holder's writes.
     pub fn conn(&mut self) -> &mut PgConnection {
         &mut self.conn

@@ -291,7 +291,7 @@ pub struct BatchConsumer<'a> {
 }
 
 /// The name of the lease ([`Lease`]) an in-order consumer's replicas contend for.
-pub fn in_order_lease(durable: &str) -> String {
+fn in_order_lease(durable: &str) -> String {
     format!("in-order/{durable}")
 }
 
@@ -304,8 +304,8 @@ enum Ended {
 }
 
 /// Runs an in-order consumer until `cancel`, on the replica that holds its lease
-/// ([`in_order_lease`]); the others stand by and take over when the holder's Postgres
-/// session ends.
+/// (`in-order/<durable>`, a [`Lease`]); the others stand by and take over when the
+/// holder's Postgres session ends.
 ///
 /// The holder applies each batch with `apply`, on the lease's own connection (so that
 /// a holder that lost the lease cannot commit), while it fetches the next one. A batch
