@@ -313,18 +313,9 @@ async fn every_service_exposes_its_series_and_they_move(pool: PgPool) {
     );
     present("scheduler", "regua_scheduler_due_backlog", &[]);
     // The only scheduler holds its in-order consumers' leases.
-    at_least(
-        "scheduler",
-        "regua_lease_held",
-        &[("lease", "in-order/scheduler")],
-        1.0,
-    );
-    at_least(
-        "scheduler",
-        "regua_lease_held",
-        &[("lease", "in-order/scheduler-timeline")],
-        1.0,
-    );
+    for lease in ["in-order/scheduler", "in-order/scheduler-timeline"] {
+        at_least("scheduler", "regua_lease_held", &[("lease", lease)], 1.0);
+    }
     present(
         "scheduler",
         "regua_jetstream_consumer_pending",
