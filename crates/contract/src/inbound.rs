@@ -21,8 +21,8 @@ pub mod limits {
     pub const MAX_METADATA_BYTES: usize = 4096;
     /// Most invoices in one HTTP batch.
     pub const MAX_BATCH: usize = 1000;
-    /// Highest late fine on consumer (CPF) debt, CDC art. 52 §1: 2%.
-    pub const MAX_CONSUMER_FINE_BPS: u32 = 200;
+    /// Highest late fine on consumer (CPF) debt, CDC art. 52 §1: 2% (the domain's rule).
+    pub const MAX_CONSUMER_FINE_BPS: u32 = regua_domain::charges::MAX_CONSUMER_FINE_BPS;
 }
 
 /// A channel a debtor can be reached on.

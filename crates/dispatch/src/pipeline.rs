@@ -12,7 +12,6 @@
 //! 6. ack, nak with a backoff (transient failures), or dead-letter (retries exhausted).
 
 use regua_platform::metrics as metrics_names;
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -458,17 +457,12 @@ fn guard(w: &Worker, item: &Item, facts: &store::GuardFacts) -> Plan {
         skip("window_closed", false)
     } else {
         // Invoices closed since the command was made leave the message.
-        let open = if cmd.invoices.iter().any(|i| closed(&i.invoice_id)) {
-            let mut open = cmd.clone();
-            open.invoices.retain(|i| !closed(&i.invoice_id));
-            Cow::Owned(open)
-        } else {
-            Cow::Borrowed(cmd)
-        };
+        let mut message = cmd.message();
+        message.invoices.retain(|i| !closed(&i.invoice_id));
         let links = Links {
             unsubscribe_url: (channel == Channel::Email).then(|| unsubscribe_url(&w.d, cmd)),
         };
-        match template::render(&open, channel, &links) {
+        match template::render(&message, channel.into(), &links) {
             Ok(rendered) => Plan::Send {
                 rendered,
                 unsubscribe_url: links.unsubscribe_url,

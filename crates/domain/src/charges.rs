@@ -17,9 +17,32 @@
 //!   in, payments out, any excess moved to credit.
 
 use chrono::NaiveDate;
-use regua_contract::events::AmountDue;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Serialize;
+
+/// The highest late fine on consumer (CPF) debt, in basis points: CDC art. 52 §1
+/// caps it at 2%.
+pub const MAX_CONSUMER_FINE_BPS: u32 = 200;
+
+/// Whether a late fine of `fine_bps` may be charged on a debt; `consumer` when the
+/// debtor is a person (CPF), whom CDC art. 52 §1 protects.
+pub fn fine_is_lawful(fine_bps: u32, consumer: bool) -> bool {
+    !consumer || fine_bps <= MAX_CONSUMER_FINE_BPS
+}
+
+/// What an invoice owes on one day: the summary of a [`Statement`], as messages state
+/// it and events carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmountDue {
+    /// The day it is computed for, on the tenant's calendar.
+    pub on: NaiveDate,
+    pub principal_cents: i64,
+    pub fine_cents: i64,
+    pub interest_cents: i64,
+    pub paid_cents: i64,
+    pub balance_cents: i64,
+    pub days_late: u32,
+}
 
 /// An invoice's terms, as far as charges go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +96,7 @@ impl Statement {
         self.balance_cents == 0
     }
 
-    /// The statement as the contract states it (`AmountDue`), without the ledger lines.
+    /// The statement's summary ([`AmountDue`]), without the ledger lines.
     pub fn due(&self) -> AmountDue {
         AmountDue {
             on: self.on,
@@ -284,6 +307,13 @@ mod tests {
             fine_bps: 200,
             monthly_interest_bps: 100,
         }
+    }
+
+    #[test]
+    fn consumer_fines_are_capped_at_two_percent() {
+        assert!(fine_is_lawful(200, true));
+        assert!(!fine_is_lawful(201, true));
+        assert!(fine_is_lawful(1_000, false));
     }
 
     #[test]

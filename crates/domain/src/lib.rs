@@ -4,10 +4,12 @@
 //! the schedule decisions. Services validate with these and keep their own I/O elsewhere.
 
 pub mod calendar;
+pub mod channel;
 pub mod charges;
 pub mod contact;
 pub mod currency;
 pub mod document;
+pub mod message;
 pub mod money;
 pub mod policy;
 pub mod schedule;
@@ -15,6 +17,7 @@ pub mod sms;
 pub mod template;
 pub mod window;
 
+pub use channel::Channel;
 pub use contact::{Email, Phone};
 pub use currency::Currency;
 pub use document::{Document, DocumentError};

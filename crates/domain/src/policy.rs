@@ -9,15 +9,12 @@ use chrono::NaiveTime;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use regua_contract::commands::{ChannelTemplates, SmsOptions};
-
 use crate::calendar::CalendarConfig;
-use crate::template;
+use crate::template::{self, ChannelTemplates, SmsOptions};
 use crate::window::{SendWindow, hhmm};
 
-/// A channel a step may use: the contract's, so policies, commands and opt-outs name
-/// channels alike.
-pub use regua_contract::inbound::Channel;
+/// A channel a step may use (policies, schedules and opt-outs name channels alike).
+pub use crate::channel::Channel;
 
 /// A debtor's risk class, derived from their payment history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -651,7 +648,7 @@ impl Policy {
                     if channel != Channel::Sms {
                         continue;
                     }
-                    let mut sample = template::sample_command(&n.template, locale, self.sms);
+                    let mut sample = template::sample_message(&n.template, locale, self.sms);
                     sample.templates = own.cloned();
                     match template::render(&sample, Channel::Sms, &template::Links::default()) {
                         Ok(r) => {

@@ -1,5 +1,5 @@
 //! Message templates: the shipped texts per channel and locale, a policy's overrides,
-//! rendering a [`DispatchCommand`] into what a provider sends, and the lint a policy
+//! rendering a [`Message`] into what a provider sends, and the lint a policy
 //! passes on write (required variables, the creditor's identity, SMS cost).
 //!
 //! Texts are minijinja templates. The variables are `name`, `first_name`, `total`,
@@ -14,14 +14,71 @@ use std::sync::OnceLock;
 
 use chrono::NaiveDate;
 use minijinja::{Environment, Value};
-use regua_contract::commands::{
-    ChannelTemplates, CommandInvoice, CommandKind, DispatchCommand, SmsOptions, WhatsappTemplate,
-};
-use regua_contract::inbound::Channel;
 use serde::{Deserialize, Serialize};
 
+use crate::channel::Channel;
 use crate::currency::Currency;
+use crate::message::{Message, MessageInvoice, MessageKind};
 use crate::sms::{self, Segments};
+
+/// How a policy wants its SMS priced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsOptions {
+    /// A policy whose SMS text renders longer than this is refused on write.
+    #[serde(default = "SmsOptions::default_max_segments")]
+    pub max_segments: u8,
+    /// Rewrite accents into GSM-7 (ã→a, ç→c): accents force UCS-2 and double the cost.
+    #[serde(default)]
+    pub transliterate: bool,
+}
+
+impl SmsOptions {
+    fn default_max_segments() -> u8 {
+        3
+    }
+}
+
+impl Default for SmsOptions {
+    fn default() -> Self {
+        SmsOptions {
+            max_segments: SmsOptions::default_max_segments(),
+            transliterate: false,
+        }
+    }
+}
+
+/// One template's texts per channel, in one locale (minijinja syntax). A channel left
+/// out uses the shipped text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelTemplates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailTemplate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whatsapp: Option<WhatsappTemplate>,
+}
+
+/// An e-mail's subject and body text; the layout adds the invoices, the payment data,
+/// the creditor's identity and the unsubscribe link, in text and HTML.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailTemplate {
+    pub subject: String,
+    pub body: String,
+}
+
+/// A WhatsApp template approved by Meta, and what fills its body parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsappTemplate {
+    /// The approved template's name.
+    pub name: String,
+    /// One minijinja expression per `{{n}}` body parameter, in order.
+    pub params: Vec<String>,
+}
 
 /// The locales regua ships texts for; any other locale gets the first.
 pub const LOCALES: [&str; 2] = ["pt-BR", "en-US"];
@@ -342,13 +399,13 @@ pub const VARIABLES: [&str; 11] = [
     "unsubscribe_url",
 ];
 
-fn context<'a>(cmd: &'a DispatchCommand, locale: &str, links: &'a Links) -> Ctx<'a> {
+fn context<'a>(cmd: &'a Message, locale: &str, links: &'a Links) -> Ctx<'a> {
     let currency = cmd.invoices.first().map_or("BRL", |i| i.currency.as_str());
     // Invoices in one command share a currency (the scheduler merges per customer and
     // currency); the sum is checked, and a sum that overflows shows the first amount.
     // A step shows what is owed on the day; the thank-you shows what was paid.
-    let thanks = cmd.kind == CommandKind::Thanks;
-    let owed = |i: &CommandInvoice| match (&i.due, thanks) {
+    let thanks = cmd.kind == MessageKind::Thanks;
+    let owed = |i: &MessageInvoice| match (&i.due, thanks) {
         (Some(d), false) => d.balance_cents,
         (Some(d), true) if d.paid_cents > 0 => d.paid_cents,
         _ => i.amount_cents,
@@ -416,11 +473,7 @@ fn context<'a>(cmd: &'a DispatchCommand, locale: &str, links: &'a Links) -> Ctx<
 
 /// Renders `cmd` for `channel`: the policy's override when it has one, else the
 /// shipped text of the recipient's locale.
-pub fn render(
-    cmd: &DispatchCommand,
-    channel: Channel,
-    links: &Links,
-) -> Result<Rendered, TemplateError> {
+pub fn render(cmd: &Message, channel: Channel, links: &Links) -> Result<Rendered, TemplateError> {
     let locale = locale_of(&cmd.recipient.locale);
     let err = |reason: String| TemplateError::Render {
         template: cmd.template.clone(),
@@ -643,15 +696,12 @@ pub fn lint(t: &ChannelTemplates) -> Vec<TemplateIssue> {
     issues
 }
 
-/// A command with long but realistic values, to price SMS texts at policy write.
-pub fn sample_command(template: &str, locale: &str, sms: SmsOptions) -> DispatchCommand {
-    use regua_contract::commands::{CommandInvoice, Creditor, Recipient};
-    use regua_contract::inbound::PaymentData;
+/// A message with long but realistic values, to price SMS texts at policy write.
+pub fn sample_message(template: &str, locale: &str, sms: SmsOptions) -> Message {
+    use crate::message::{Creditor, PaymentData, Recipient};
     let due = NaiveDate::from_ymd_opt(2026, 12, 10).unwrap_or_default();
-    DispatchCommand {
-        command_id: "sample".into(),
-        kind: CommandKind::Step,
-        tenant: "sample".into(),
+    Message {
+        kind: MessageKind::Step,
         creditor: Creditor {
             legal_name: "Companhia Exemplo de Serviços Ltda".into(),
             cnpj: "11222333000181".into(),
@@ -659,21 +709,11 @@ pub fn sample_command(template: &str, locale: &str, sms: SmsOptions) -> Dispatch
             contact: "0800 000 0000".into(),
         },
         recipient: Recipient {
-            customer_id: "sample".into(),
             name: "Maria Aparecida dos Santos".into(),
-            email: None,
-            phone: None,
-            whatsapp_opt_in: true,
             locale: locale.into(),
-            timezone: "America/Sao_Paulo".into(),
         },
-        channel: Channel::Sms,
-        fallback: Vec::new(),
         template: template.into(),
-        step: "sample".into(),
-        policy: "sample".into(),
-        policy_version: 1,
-        invoices: vec![CommandInvoice {
+        invoices: vec![MessageInvoice {
             invoice_id: "NF-2026-000123".into(),
             amount_cents: 1_234_567,
             currency: "BRL".into(),
@@ -685,12 +725,9 @@ pub fn sample_command(template: &str, locale: &str, sms: SmsOptions) -> Dispatch
                 boleto_line: None,
                 payment_url: Some("https://pay.example.com/i/AbCdEf123456".into()),
             }),
-            late_fee: None,
             due: None,
         }],
         scheduled_for: due.and_hms_opt(12, 0, 0).unwrap_or_default().and_utc(),
-        not_after: due.and_hms_opt(23, 0, 0).unwrap_or_default().and_utc(),
-        test_clock: false,
         sms,
         templates: None,
     }

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
 use crate::Intake;
-use crate::decode::{Decoded, decode};
 use crate::store::{self, Applied, Inbound, StoreError};
+use regua_contract::decode::{Decoded, decode};
 
 /// First NAK delay after a failed message; doubled per delivery, capped at 30 s.
 const NAK_BASE: Duration = Duration::from_millis(250);

@@ -28,9 +28,9 @@ use serde_json::{Value, json};
 use tracing::{Instrument, Span};
 
 use crate::Intake;
-use crate::decode::{Decoded, Issues, decode_value};
 use crate::store::{self, Inbound, Outcome};
 use crate::tenants::{self, CreateTenantError};
+use regua_contract::decode::{Decoded, Issues, decode_value};
 use regua_platform::outbox::new_id;
 
 /// Intake's routes.

@@ -5,7 +5,8 @@
 //!    PubAck means durable), or POSTs to the HTTP API ([`http`]), which validates at the
 //!    edge and publishes the same message.
 //! 2. The consumer ([`consumer`]) fetches a batch from the durable `intake` consumer and
-//!    decodes every message ([`decode`]), collecting every problem with a stable code.
+//!    decodes every message ([`regua_contract::decode`]), collecting every problem with a
+//!    stable code.
 //! 3. The store ([`store`]) applies the batch in one transaction: revision and content
 //!    rules, one outcome row per message (`accepted`, `duplicate`, `stale`,
 //!    `rejected`), and the domain events written to the outbox.
@@ -14,7 +15,6 @@
 //!    `intake.rejected` on `regua.v1.evt.<tenant>.*`.
 
 pub mod consumer;
-pub mod decode;
 pub mod http;
 pub mod openapi;
 pub mod store;

@@ -31,8 +31,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::decode::{Command, CustomerDraft, CustomerSource, Decoded, InvoiceDraft, Issues};
 use crate::tenants::{TenantInfo, Tenants};
+use regua_contract::decode::{
+    Command, CustomerDraft, CustomerSource, Decoded, InvoiceDraft, Issues,
+};
 use regua_platform::outbox::event_message;
 
 /// Intake's outbox table.
@@ -460,7 +462,10 @@ fn upsert_invoice(
 ) -> Result<Applied, StoreError> {
     let customer_key = (item.tenant.clone(), draft.customer.customer_id().to_owned());
     let debtor_kind = match &draft.customer {
-        CustomerSource::Embedded(c) => c.document.as_ref().map(crate::decode::document_kind),
+        CustomerSource::Embedded(c) => c
+            .document
+            .as_ref()
+            .map(regua_contract::decode::document_kind),
         CustomerSource::Reference(id) => match customers.get(&customer_key) {
             None => {
                 issues.error(
@@ -474,7 +479,7 @@ fn upsert_invoice(
                 if c.document_kind == Some(DocumentKind::Cpf)
                     && let Some(fee) = &draft.late_fee
                 {
-                    crate::decode::check_consumer_fine(fee, &mut issues);
+                    regua_contract::decode::check_consumer_fine(fee, &mut issues);
                     if issues.is_rejected() {
                         return reject(batch, item, issues);
                     }
@@ -496,20 +501,8 @@ fn upsert_invoice(
     let incoming = draft.revision.and_then(|r| i64::try_from(r).ok());
     let stored = existing.and_then(|r| r.revision);
     let mut state = InvoiceState {
-        invoice_id: draft.invoice_id.clone(),
         revision: None,
-        customer_id: draft.customer.customer_id().to_owned(),
-        debtor_kind,
-        amount_cents: draft.amount_cents,
-        currency: draft.currency.code().to_owned(),
-        issued_on: draft.issued_on,
-        due_date: draft.due_date,
-        description: draft.description.clone(),
-        reference: draft.reference.clone(),
-        payment: draft.payment.clone(),
-        late_fee: draft.late_fee,
-        tags: draft.tags.clone(),
-        metadata: draft.metadata.clone(),
+        ..draft.state(debtor_kind)
     };
     // The stored state leaves the revision out, so equal content hashes equal.
     let json = serde_json::to_string(&state)?;

@@ -15,8 +15,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::decode::Issues;
 use crate::store::OUTBOX;
+use regua_contract::decode::Issues;
 use regua_platform::outbox::event_message;
 
 /// What processing a message needs to know about its tenant.

@@ -768,7 +768,7 @@ async fn random_and_mutated_messages_each_get_one_outcome(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn an_upsert_and_a_cancel_in_one_batch_keep_the_invoice_data(pool: PgPool) {
     use regua_contract::InboundKind;
-    use regua_intake::decode::decode;
+    use regua_contract::decode::decode;
     use regua_intake::store::{Inbound, Outcome, apply_batch};
 
     let h = Harness::start(pool).await;

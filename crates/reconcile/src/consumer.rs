@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
+use regua_contract::decode::{Issues, PaymentDraft, decode_payment};
 use regua_contract::events::IntakeRejected;
 use regua_contract::{EventType, InboundKind, subjects};
-use regua_intake::decode::{Issues, PaymentDraft, decode_payment};
 use regua_platform::outbox::event_message;
 use regua_platform::shutdown::Backoff;
 use regua_platform::{Config, nats, telemetry};

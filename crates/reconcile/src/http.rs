@@ -26,10 +26,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, NaiveDate, Utc};
 use rand::RngCore;
+use regua_contract::decode::{PaymentDraft, decode_payment, pix_valor};
 use regua_contract::subjects::TenantId;
 use regua_contract::{FieldIssue, RejectCode};
 use regua_domain::charges;
-use regua_intake::decode::{PaymentDraft, decode_payment, pix_valor};
 use regua_platform::http::Problem;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -277,7 +277,7 @@ async fn get_invoice(
         "reference": row.try_get::<Option<String>, _>("reference").map_err(internal)?,
         "effective_due_date": inv.terms.effective_due_date,
         "invoice": state.0,
-        "amount_due": statement.due(),
+        "amount_due": regua_contract::events::AmountDue::from(statement.due()),
         "ledger": statement.lines,
         "payments": payments.into_iter().map(|(id, on, amount, credit, by)| json!({
             "payment_id": id, "paid_on": on, "amount_cents": amount, "credit_cents": credit, "matched_by": by,

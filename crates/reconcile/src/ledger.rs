@@ -5,10 +5,10 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use regua_contract::EventType;
+use regua_contract::decode::PaymentDraft;
 use regua_contract::events::{InvoicePaid, InvoicePartiallyPaid, PaymentMatched, PaymentUnmatched};
 use regua_contract::signals::InvoiceSettled;
 use regua_domain::charges::{self, Terms};
-use regua_intake::decode::PaymentDraft;
 use regua_platform::fence;
 use regua_platform::outbox::{OutboxMessage, event_message};
 use serde::Serialize;
@@ -644,7 +644,7 @@ pub async fn apply(
                 paid_at: p.paid_at,
                 amount_paid_cents: p.amount_cents,
                 currency: inv.currency.clone(),
-                due: after.due(),
+                due: after.due().into(),
             },
             cause,
             traceparent,

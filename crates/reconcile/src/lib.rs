@@ -3,7 +3,7 @@
 //! - **Payments in** ([`consumer`], [`http`]): `payment.received` on
 //!   `regua.v1.in.<tenant>.payment.received`, `POST /v1/tenants/{tenant}/payments`, and
 //!   the PIX webhook `POST /webhooks/pix/{tenant}` in the Banco Central format. Every
-//!   body is validated field by field ([`regua_intake::decode::decode_payment`]); bad
+//!   body is validated field by field ([`regua_contract::decode::decode_payment`]); bad
 //!   input is rejected with codes (422 over HTTP, `intake.rejected` over NATS). The
 //!   same `payment_id` twice has no second effect.
 //! - **Matching** ([`ledger`]): by `invoice_id`, then `reference`, then the payer's

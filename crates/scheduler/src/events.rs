@@ -447,7 +447,7 @@ fn apply(
         Data::CustomerOptedOut(o) => {
             let key = (tenant, o.customer_id.clone());
             if let Some(c) = w.customers.get_mut(&key) {
-                let ch = o.channel;
+                let ch = o.channel.into();
                 if !c.opted_out.contains(&ch) {
                     c.opted_out.push(ch);
                 }
@@ -457,7 +457,8 @@ fn apply(
         Data::CustomerOptedIn(o) => {
             let key = (tenant, o.customer_id.clone());
             if let Some(c) = w.customers.get_mut(&key) {
-                c.opted_out.retain(|ch| *ch != o.channel);
+                let ch = o.channel.into();
+                c.opted_out.retain(|c| *c != ch);
                 w.dirty_customers.insert(key);
             }
         }

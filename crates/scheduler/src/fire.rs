@@ -691,8 +691,8 @@ fn command(
         tenant: inv.tenant.clone(),
         creditor: tenant.creditor.clone(),
         recipient: recipient(c),
-        channel: m.first,
-        fallback: m.rest.to_vec(),
+        channel: m.first.into(),
+        fallback: m.rest.iter().map(|&c| c.into()).collect(),
         template: m.template.to_owned(),
         step: m.step.to_owned(),
         policy: inv.policy.clone(),
@@ -701,8 +701,11 @@ fn command(
         scheduled_for: m.now,
         not_after: m.not_after,
         test_clock: tenant.test_clock,
-        sms: policy.sms,
-        templates: policy.texts(m.template, &c.state.locale).cloned(),
+        sms: policy.sms.into(),
+        templates: policy
+            .texts(m.template, &c.state.locale)
+            .cloned()
+            .map(Into::into),
     }
 }
 
@@ -789,7 +792,9 @@ fn amount_due(inv: &Invoice, plan: &schedule::BasePlan, on: NaiveDate) -> Option
             amount_cents: p.amount_cents,
         })
         .collect();
-    charges::statement(&terms, &paid, on).ok().map(|s| s.due())
+    charges::statement(&terms, &paid, on)
+        .ok()
+        .map(|s| s.due().into())
 }
 
 fn command_invoice(inv: &Invoice, plan: &schedule::BasePlan, on: NaiveDate) -> CommandInvoice {

@@ -11,8 +11,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use regua_contract::events::{CustomerState, InvoiceState};
-use regua_contract::inbound::{InvoiceCustomer, InvoiceUpsert};
+use regua_contract::InboundKind;
+use regua_contract::decode::{self, Command, CustomerSource};
 use regua_domain::policy::{Policy, PolicyIssue, valid_name};
 use regua_platform::SharedClock;
 use regua_platform::http::Problem;
@@ -263,7 +263,7 @@ async fn post_policy_action(
             "give {\"invoice\": <an invoice payload with its embedded customer>}",
         )]));
     };
-    let (invoice, customer) = simulated_invoice(raw, &t)?;
+    let (invoice, customer) = simulated_invoice(&raw, &t)?;
     let invoice = Invoice {
         policy: v.name.clone(),
         policy_version: v.version,
@@ -273,80 +273,40 @@ async fn post_policy_action(
     Ok(axum::Json(plan).into_response())
 }
 
-/// Reads the invoice of a simulation: the `invoice.upsert` shape with an embedded
-/// customer. Only what planning uses is checked.
-fn simulated_invoice(raw: Value, t: &model::Tenant) -> Result<(Invoice, Customer), Problem> {
-    let u: InvoiceUpsert = serde_path_to_error::deserialize(raw).map_err(|e| {
-        let field = format!("invoice.{}", e.path());
-        invalid(&[issue(&field, "invalid", e.into_inner().to_string())])
-    })?;
-    let Some(InvoiceCustomer::Embedded(c)) = u.customer else {
+/// Reads the invoice of a simulation: an `invoice.upsert` with an embedded customer,
+/// decoded and checked by the same decoder as intake's, its fields reported under
+/// `invoice.`.
+fn simulated_invoice(raw: &Value, t: &model::Tenant) -> Result<(Invoice, Customer), Problem> {
+    let decoded = decode::decode_value(InboundKind::InvoiceUpsert, raw);
+    let draft = match decoded.command {
+        Some(Command::UpsertInvoice(draft)) => draft,
+        _ => {
+            let issues: Vec<Value> = decoded
+                .issues
+                .errors
+                .iter()
+                .map(|e| {
+                    let field = match e.field.as_str() {
+                        "" => "invoice".to_owned(),
+                        f => format!("invoice.{f}"),
+                    };
+                    issue(&field, e.code.as_str(), e.message.clone())
+                })
+                .collect();
+            return Err(invalid(&issues));
+        }
+    };
+    let CustomerSource::Embedded(customer) = &draft.customer else {
         return Err(invalid(&[issue(
             "invoice.customer",
             "missing_field",
             "a simulation needs the customer embedded",
         )]));
     };
-    let mut issues = Vec::new();
-    if u.amount_cents <= 0 {
-        issues.push(issue(
-            "invoice.amount_cents",
-            "amount_not_positive",
-            "amount_cents must be greater than zero",
-        ));
-    }
-    if u.due_date < u.issued_on {
-        issues.push(issue(
-            "invoice.due_date",
-            "due_before_issue",
-            "due_date is before issued_on",
-        ));
-    }
-    let timezone = c
-        .timezone
-        .clone()
-        .unwrap_or_else(|| t.timezone.name().to_owned());
-    if timezone.parse::<chrono_tz::Tz>().is_err() {
-        issues.push(issue(
-            "invoice.customer.timezone",
-            "invalid_timezone",
-            format!("{timezone} is not an IANA time zone"),
-        ));
-    }
-    if !issues.is_empty() {
-        return Err(invalid(&issues));
-    }
-    let state = CustomerState {
-        customer_id: c.customer_id.clone(),
-        name: c.name,
-        document: None,
-        document_kind: None,
-        email: c.email,
-        phone: c.phone,
-        whatsapp_opt_in: c.whatsapp_opt_in,
-        preferred_channel: c.preferred_channel,
-        timezone,
-        locale: c.locale.unwrap_or_else(|| "pt-BR".into()),
-        segment: c.segment,
-    };
+    let state = customer.resolve(t.timezone.name());
     let invoice = Invoice::opened(
         t,
-        InvoiceState {
-            invoice_id: u.invoice_id,
-            revision: u.revision,
-            customer_id: state.customer_id.clone(),
-            debtor_kind: None,
-            amount_cents: u.amount_cents,
-            currency: u.currency.unwrap_or_else(|| "BRL".into()),
-            issued_on: u.issued_on,
-            due_date: u.due_date,
-            description: u.description,
-            reference: u.reference,
-            payment: u.payment,
-            late_fee: u.late_fee,
-            tags: u.tags,
-            metadata: u.metadata,
-        },
+        draft.state(state.document_kind),
         None,
         t.now(DateTime::<Utc>::MIN_UTC),
     );

@@ -14,7 +14,7 @@ const SHIPPED_NAMES: [&str; 6] = [
 fn every_shipped_template_renders_on_every_channel_and_locale() {
     for locale in LOCALES {
         for name in SHIPPED_NAMES {
-            let cmd = sample_command(name, locale, SmsOptions::default());
+            let cmd = sample_message(name, locale, SmsOptions::default());
             for channel in Channel::ALL {
                 assert!(
                     exists(name, channel, locale, None),
@@ -50,7 +50,7 @@ fn shipped_texts_pass_their_own_lint_and_fit_three_segments() {
     for (locale, file) in &shipped.files {
         for (name, t) in &file.templates {
             assert_eq!(lint(t), Vec::new(), "{locale}/{name}");
-            let cmd = sample_command(name, locale, SmsOptions::default());
+            let cmd = sample_message(name, locale, SmsOptions::default());
             let r = render(&cmd, Channel::Sms, &Links::default()).unwrap();
             assert!(
                 r.segments.unwrap().count <= 3,
@@ -63,7 +63,7 @@ fn shipped_texts_pass_their_own_lint_and_fit_three_segments() {
 
 #[test]
 fn email_carries_the_invoices_payment_data_creditor_identity_and_unsubscribe_link() {
-    let mut cmd = sample_command("aviso_atraso", "pt-BR", SmsOptions::default());
+    let mut cmd = sample_message("aviso_atraso", "pt-BR", SmsOptions::default());
     cmd.recipient.name = "Zé <b>Silva</b>".into();
     let links = Links {
         unsubscribe_url: Some("https://regua.example/u/abc".into()),
@@ -101,8 +101,8 @@ fn email_carries_the_invoices_payment_data_creditor_identity_and_unsubscribe_lin
 
 #[test]
 fn thanks_has_no_payment_data() {
-    let mut cmd = sample_command("agradecimento", "pt-BR", SmsOptions::default());
-    cmd.kind = CommandKind::Thanks;
+    let mut cmd = sample_message("agradecimento", "pt-BR", SmsOptions::default());
+    cmd.kind = MessageKind::Thanks;
     let r = render(&cmd, Channel::Email, &Links::default()).unwrap();
     assert!(!r.text.contains("Pagar on-line"), "{}", r.text);
     assert!(r.text.contains("Obrigado"));
@@ -110,7 +110,7 @@ fn thanks_has_no_payment_data() {
 
 #[test]
 fn whatsapp_fills_the_approved_template() {
-    let cmd = sample_command("vence_hoje", "pt-BR", SmsOptions::default());
+    let cmd = sample_message("vence_hoje", "pt-BR", SmsOptions::default());
     let r = render(&cmd, Channel::Whatsapp, &Links::default()).unwrap();
     let w = r.whatsapp.unwrap();
     assert_eq!(w.name, "regua_vence_hoje");
@@ -128,11 +128,11 @@ fn whatsapp_fills_the_approved_template() {
 
 #[test]
 fn transliteration_turns_ucs2_into_gsm7_and_fewer_segments() {
-    let plain = sample_command("aviso_previo_negativacao", "pt-BR", SmsOptions::default());
+    let plain = sample_message("aviso_previo_negativacao", "pt-BR", SmsOptions::default());
     let r = render(&plain, Channel::Sms, &Links::default()).unwrap();
     let before = r.segments.unwrap();
     assert_eq!(before.encoding, Encoding::Ucs2);
-    let cheap = sample_command(
+    let cheap = sample_message(
         "aviso_previo_negativacao",
         "pt-BR",
         SmsOptions {
@@ -149,7 +149,7 @@ fn transliteration_turns_ucs2_into_gsm7_and_fewer_segments() {
 
 #[test]
 fn overrides_replace_one_channel_and_unknown_locales_fall_back() {
-    let mut cmd = sample_command("lembrete_vencimento", "es-AR", SmsOptions::default());
+    let mut cmd = sample_message("lembrete_vencimento", "es-AR", SmsOptions::default());
     cmd.templates = Some(ChannelTemplates {
         sms: Some(
             "{{ creditor.legal_name }}: {{ name }} deve {{ total }} até {{ due_date }}".into(),
@@ -170,7 +170,7 @@ fn overrides_replace_one_channel_and_unknown_locales_fall_back() {
 
 #[test]
 fn missing_templates_are_named() {
-    let cmd = sample_command("nao_existe", "pt-BR", SmsOptions::default());
+    let cmd = sample_message("nao_existe", "pt-BR", SmsOptions::default());
     let e = render(&cmd, Channel::Sms, &Links::default()).unwrap_err();
     assert_eq!(
         e.to_string(),
@@ -212,12 +212,10 @@ fn lint_reports_missing_creditor_missing_variables_unknown_variables_and_syntax(
     );
 }
 
-use regua_contract::commands::EmailTemplate;
-
 #[test]
 fn messages_state_what_is_owed_today_with_fine_interest_and_payments() {
-    use regua_contract::events::AmountDue;
-    let mut cmd = sample_command("aviso_atraso", "pt-BR", SmsOptions::default());
+    use crate::charges::AmountDue;
+    let mut cmd = sample_message("aviso_atraso", "pt-BR", SmsOptions::default());
     let principal = cmd.invoices[0].amount_cents;
     let due = AmountDue {
         on: cmd.invoices[0].due_date + chrono::TimeDelta::days(5),
@@ -253,9 +251,9 @@ fn messages_state_what_is_owed_today_with_fine_interest_and_payments() {
 
 #[test]
 fn the_thank_you_states_what_was_paid() {
-    use regua_contract::events::AmountDue;
-    let mut cmd = sample_command("agradecimento", "pt-BR", SmsOptions::default());
-    cmd.kind = CommandKind::Thanks;
+    use crate::charges::AmountDue;
+    let mut cmd = sample_message("agradecimento", "pt-BR", SmsOptions::default());
+    cmd.kind = MessageKind::Thanks;
     let principal = cmd.invoices[0].amount_cents;
     cmd.invoices[0].due = Some(AmountDue {
         on: cmd.invoices[0].due_date,

@@ -1,6 +1,6 @@
 use super::*;
+use crate::proto::Examples;
 use proptest::prelude::*;
-use regua_contract::proto::Examples;
 use serde_json::json;
 
 fn example() -> Value {

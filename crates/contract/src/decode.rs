@@ -1,17 +1,19 @@
-//! Decoding and stateless validation of inbound payloads.
+//! Decoding and stateless validation of inbound payloads: `invoice.upsert`,
+//! `invoice.cancel`, `customer.upsert` and `payment.received` (and the PIX webhook's
+//! amount), for every service that takes them in.
 //!
 //! The reader walks the JSON object field by field and records every problem with its
 //! path and a stable [`RejectCode`], instead of stopping at the first one as a serde
 //! derive would. Unknown fields become warnings. What needs stored state (does the
-//! tenant exist, is a referenced customer known) is checked later, in [`crate::store`].
+//! tenant exist, is a referenced customer known) is checked later, by the service that
+//! holds that state.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use regua_contract::events::{CustomerState, DocumentKind};
-use regua_contract::inbound::{
-    Channel, InvoiceCancel, LateFee, PaymentData, PaymentMethod, limits,
-};
-use regua_contract::{FieldIssue, InboundKind, RejectCode, WarnCode};
-use regua_domain::{Currency, Document, DocumentError, Email, Phone};
+use regua_domain::{Currency, Document, DocumentError, Email, Phone, charges};
+
+use crate::events::{CustomerState, DocumentKind, InvoiceState};
+use crate::inbound::{Channel, InvoiceCancel, LateFee, PaymentData, PaymentMethod, limits};
+use crate::{FieldIssue, InboundKind, RejectCode, WarnCode};
 use serde_json::{Map, Value};
 
 /// Everything said about one message.
@@ -126,6 +128,28 @@ pub struct InvoiceDraft {
     pub late_fee: Option<LateFee>,
     pub tags: Vec<String>,
     pub metadata: Map<String, Value>,
+}
+
+impl InvoiceDraft {
+    /// The invoice as events carry it, owed by a debtor of `debtor_kind`.
+    pub fn state(&self, debtor_kind: Option<DocumentKind>) -> InvoiceState {
+        InvoiceState {
+            invoice_id: self.invoice_id.clone(),
+            revision: self.revision,
+            customer_id: self.customer.customer_id().to_owned(),
+            debtor_kind,
+            amount_cents: self.amount_cents,
+            currency: self.currency.code().to_owned(),
+            issued_on: self.issued_on,
+            due_date: self.due_date,
+            description: self.description.clone(),
+            reference: self.reference.clone(),
+            payment: self.payment.clone(),
+            late_fee: self.late_fee,
+            tags: self.tags.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
 }
 
 /// A valid inbound command.
@@ -611,9 +635,10 @@ fn invoice(map: &Map<String, Value>, issues: &mut Issues) -> Option<InvoiceDraft
     })
 }
 
-/// CDC art. 52 §1: the late fine on consumer debt is at most 2%.
+/// Reports a late fine that CDC art. 52 §1 forbids on consumer (CPF) debt
+/// ([`charges::fine_is_lawful`]).
 pub fn check_consumer_fine(fee: &LateFee, issues: &mut Issues) {
-    if fee.fine_bps > limits::MAX_CONSUMER_FINE_BPS {
+    if !charges::fine_is_lawful(fee.fine_bps, true) {
         issues.error(
             "late_fee.fine_bps",
             RejectCode::FineAboveLegalLimit,
