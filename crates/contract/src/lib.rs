@@ -21,7 +21,8 @@ pub mod rejection;
 pub mod signals;
 pub mod subjects;
 
-pub use envelope::{Envelope, EventType};
+pub use envelope::Envelope;
+pub use events::{DomainEvent, EventType};
 pub use rejection::{FieldIssue, RejectCode, WarnCode};
 pub use subjects::{InboundKind, TenantId};
 

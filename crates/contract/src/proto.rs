@@ -10,13 +10,14 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::commands::{CommandInvoice, CommandKind, Creditor, DispatchCommand, Recipient};
-use crate::envelope::{Envelope, EventType};
+use crate::envelope::Envelope;
 use crate::events::{
     AmountDue, CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerState, CustomerUpserted,
     DocumentKind, IntakeRejected, InvoiceCanceled, InvoiceChanged, InvoiceEscalated, InvoicePaid,
     InvoicePartiallyPaid, InvoiceState, MessageEvent, PaymentMatched, PaymentUnmatched,
     TenantClockAdvanced, TenantCreated,
 };
+use crate::events::{DomainEvent, EventType};
 use crate::inbound::{
     Channel, CustomerUpsert, InvoiceCancel, InvoiceCustomer, InvoiceUpsert, LateFee, PaymentData,
     PaymentMethod, PaymentReceived,
@@ -127,208 +128,13 @@ pub fn messages() -> Vec<Message> {
             schema::<PaymentReceived>(),
             example(&ex.payment_received()),
         ),
-        event_message(
-            EventType::TenantCreated,
-            "A tenant was created",
-            schema::<Envelope<TenantCreated>>(),
-            example(&ex.envelope(EventType::TenantCreated, ex.tenant_created())),
-        ),
-        event_message(
-            EventType::CustomerUpserted,
-            "A customer was created or changed",
-            schema::<Envelope<CustomerUpserted>>(),
-            example(&ex.envelope(
-                EventType::CustomerUpserted,
-                CustomerUpserted {
-                    customer: ex.customer_state(),
-                },
-            )),
-        ),
-        event_message(
-            EventType::InvoiceOpened,
-            "An invoice was accepted for the first time",
-            schema::<Envelope<InvoiceChanged>>(),
-            example(&ex.envelope(EventType::InvoiceOpened, ex.invoice_changed())),
-        ),
-        event_message(
-            EventType::InvoiceUpdated,
-            "An open invoice changed",
-            schema::<Envelope<InvoiceChanged>>(),
-            example(&ex.envelope(EventType::InvoiceUpdated, ex.invoice_changed())),
-        ),
-        event_message(
-            EventType::InvoiceCanceled,
-            "An invoice was canceled",
-            schema::<Envelope<InvoiceCanceled>>(),
-            example(&ex.envelope(
-                EventType::InvoiceCanceled,
-                InvoiceCanceled {
-                    invoice_id: "NF-2026-000123".into(),
-                    revision: Some(4),
-                    reason: Some("renegotiated".into()),
-                    was_open: true,
-                },
-            )),
-        ),
-        event_message(
-            EventType::IntakeRejected,
-            "An inbound message was rejected, with reasons",
-            schema::<Envelope<IntakeRejected>>(),
-            example(&ex.envelope(EventType::IntakeRejected, ex.intake_rejected())),
-        ),
-        event_message(
-            EventType::InvoiceEscalated,
-            "A régua step escalated an invoice (negativação, legal)",
-            schema::<Envelope<InvoiceEscalated>>(),
-            example(&ex.envelope(
-                EventType::InvoiceEscalated,
-                InvoiceEscalated {
-                    invoice_id: "NF-2026-000123".into(),
-                    customer_id: "C-1001".into(),
-                    level: "negativacao".into(),
-                    step: "negativacao".into(),
-                    policy: "padrao".into(),
-                    policy_version: 1,
-                },
-            )),
-        ),
-        event_message(
-            EventType::InvoicePaid,
-            "An invoice was settled; the régua stops and thanks the customer",
-            schema::<Envelope<InvoicePaid>>(),
-            example(&ex.envelope(
-                EventType::InvoicePaid,
-                InvoicePaid {
-                    invoice_id: "NF-2026-000123".into(),
-                    customer_id: "C-1001".into(),
-                    paid_at: ex.at,
-                    amount_paid_cents: 15990,
-                    currency: "BRL".into(),
-                    days_late: 2,
-                    overpaid_cents: 0,
-                },
-            )),
-        ),
-        event_message(
-            EventType::InvoicePartiallyPaid,
-            "A payment covered part of an invoice; the régua goes on with the balance",
-            schema::<Envelope<InvoicePartiallyPaid>>(),
-            example(&ex.envelope(
-                EventType::InvoicePartiallyPaid,
-                InvoicePartiallyPaid {
-                    invoice_id: "NF-2026-000123".into(),
-                    customer_id: "C-1001".into(),
-                    payment_id: "PAY-77120".into(),
-                    paid_at: ex.at,
-                    amount_paid_cents: 10000,
-                    currency: "BRL".into(),
-                    due: ex.amount_due(),
-                },
-            )),
-        ),
-        event_message(
-            EventType::PaymentMatched,
-            "A payment was tied to an invoice and applied",
-            schema::<Envelope<PaymentMatched>>(),
-            example(&ex.envelope(
-                EventType::PaymentMatched,
-                PaymentMatched {
-                    payment_id: "PAY-77120".into(),
-                    invoice_id: "NF-2026-000123".into(),
-                    customer_id: "C-1001".into(),
-                    amount_cents: 10000,
-                    currency: "BRL".into(),
-                    paid_at: ex.at,
-                    matched_by: "reference".into(),
-                    settled: false,
-                    credit_cents: 0,
-                },
-            )),
-        ),
-        event_message(
-            EventType::PaymentUnmatched,
-            "A payment matched no single open invoice; it waits for review",
-            schema::<Envelope<PaymentUnmatched>>(),
-            example(&ex.envelope(
-                EventType::PaymentUnmatched,
-                PaymentUnmatched {
-                    payment_id: "PAY-77121".into(),
-                    amount_cents: 4990,
-                    currency: "BRL".into(),
-                    paid_at: ex.at,
-                    reason: "unknown_reference".into(),
-                    invoice_id: None,
-                    reference: Some("E2E-TXID-0001".into()),
-                },
-            )),
-        ),
-        event_message(
-            EventType::TenantClockAdvanced,
-            "A test-clock tenant's simulated time moved",
-            schema::<Envelope<TenantClockAdvanced>>(),
-            example(&ex.envelope(
-                EventType::TenantClockAdvanced,
-                TenantClockAdvanced { now: ex.at },
-            )),
-        ),
-        event_message(
-            EventType::CustomerChannelOptedOut,
-            "A customer opted out of one channel (unsubscribe link, STOP reply)",
-            schema::<Envelope<CustomerChannelOptedOut>>(),
-            example(&ex.envelope(
-                EventType::CustomerChannelOptedOut,
-                CustomerChannelOptedOut {
-                    customer_id: "C-1001".into(),
-                    channel: Channel::Sms,
-                    source: "sms_reply".into(),
-                },
-            )),
-        ),
-        event_message(
-            EventType::CustomerChannelOptedIn,
-            "A customer asked to hear on a channel again",
-            schema::<Envelope<CustomerChannelOptedIn>>(),
-            example(&ex.envelope(
-                EventType::CustomerChannelOptedIn,
-                CustomerChannelOptedIn {
-                    customer_id: "C-1001".into(),
-                    channel: Channel::Sms,
-                    source: "sms_reply".into(),
-                },
-            )),
-        ),
     ];
-    for (kind, summary) in [
-        (
-            EventType::MessageSent,
-            "A message was accepted by the provider",
-        ),
-        (
-            EventType::MessageDelivered,
-            "The provider reported delivery",
-        ),
-        (
-            EventType::MessageRead,
-            "The recipient read the message (WhatsApp)",
-        ),
-        (
-            EventType::MessageFailed,
-            "A message failed for good on this channel",
-        ),
-        (
-            EventType::MessageSkipped,
-            "A command was not sent: guarded out",
-        ),
-        (
-            EventType::MessageUnknown,
-            "A worker died between the provider call and recording it; not resent",
-        ),
-    ] {
+    for &kind in EventType::ALL {
         messages.push(event_message(
             kind,
-            summary,
-            schema::<Envelope<MessageEvent>>(),
-            example(&ex.envelope(kind, ex.message_event(kind))),
+            kind.summary(),
+            serde_json::to_value(kind.envelope_schema()).unwrap_or(Value::Null),
+            example(&ex.envelope(kind, ex.event(kind))),
         ));
     }
     messages.extend([Message {
@@ -779,6 +585,96 @@ impl Examples {
         }
     }
 
+    /// An example of every event type's payload.
+    pub fn event(&self, kind: EventType) -> DomainEvent {
+        match kind {
+            EventType::TenantCreated => DomainEvent::TenantCreated(self.tenant_created()),
+            EventType::CustomerUpserted => DomainEvent::CustomerUpserted(CustomerUpserted {
+                customer: self.customer_state(),
+            }),
+            EventType::InvoiceOpened => DomainEvent::InvoiceOpened(self.invoice_changed()),
+            EventType::InvoiceUpdated => DomainEvent::InvoiceUpdated(self.invoice_changed()),
+            EventType::InvoiceCanceled => DomainEvent::InvoiceCanceled(InvoiceCanceled {
+                invoice_id: "NF-2026-000123".into(),
+                revision: Some(4),
+                reason: Some("renegotiated".into()),
+                was_open: true,
+            }),
+            EventType::IntakeRejected => DomainEvent::IntakeRejected(self.intake_rejected()),
+            EventType::InvoiceEscalated => DomainEvent::InvoiceEscalated(InvoiceEscalated {
+                invoice_id: "NF-2026-000123".into(),
+                customer_id: "C-1001".into(),
+                level: "negativacao".into(),
+                step: "negativacao".into(),
+                policy: "padrao".into(),
+                policy_version: 1,
+            }),
+            EventType::InvoicePaid => DomainEvent::InvoicePaid(InvoicePaid {
+                invoice_id: "NF-2026-000123".into(),
+                customer_id: "C-1001".into(),
+                paid_at: self.at,
+                amount_paid_cents: 15990,
+                currency: "BRL".into(),
+                days_late: 2,
+                overpaid_cents: 0,
+            }),
+            EventType::InvoicePartiallyPaid => {
+                DomainEvent::InvoicePartiallyPaid(InvoicePartiallyPaid {
+                    invoice_id: "NF-2026-000123".into(),
+                    customer_id: "C-1001".into(),
+                    payment_id: "PAY-77120".into(),
+                    paid_at: self.at,
+                    amount_paid_cents: 10000,
+                    currency: "BRL".into(),
+                    due: self.amount_due(),
+                })
+            }
+            EventType::PaymentMatched => DomainEvent::PaymentMatched(PaymentMatched {
+                payment_id: "PAY-77120".into(),
+                invoice_id: "NF-2026-000123".into(),
+                customer_id: "C-1001".into(),
+                amount_cents: 10000,
+                currency: "BRL".into(),
+                paid_at: self.at,
+                matched_by: "reference".into(),
+                settled: false,
+                credit_cents: 0,
+            }),
+            EventType::PaymentUnmatched => DomainEvent::PaymentUnmatched(PaymentUnmatched {
+                payment_id: "PAY-77121".into(),
+                amount_cents: 4990,
+                currency: "BRL".into(),
+                paid_at: self.at,
+                reason: "unknown_reference".into(),
+                invoice_id: None,
+                reference: Some("E2E-TXID-0001".into()),
+            }),
+            EventType::TenantClockAdvanced => {
+                DomainEvent::TenantClockAdvanced(TenantClockAdvanced { now: self.at })
+            }
+            EventType::CustomerChannelOptedOut => {
+                DomainEvent::CustomerChannelOptedOut(CustomerChannelOptedOut {
+                    customer_id: "C-1001".into(),
+                    channel: Channel::Sms,
+                    source: "sms_reply".into(),
+                })
+            }
+            EventType::CustomerChannelOptedIn => {
+                DomainEvent::CustomerChannelOptedIn(CustomerChannelOptedIn {
+                    customer_id: "C-1001".into(),
+                    channel: Channel::Sms,
+                    source: "sms_reply".into(),
+                })
+            }
+            EventType::MessageSent => DomainEvent::MessageSent(self.message_event(kind)),
+            EventType::MessageDelivered => DomainEvent::MessageDelivered(self.message_event(kind)),
+            EventType::MessageRead => DomainEvent::MessageRead(self.message_event(kind)),
+            EventType::MessageFailed => DomainEvent::MessageFailed(self.message_event(kind)),
+            EventType::MessageSkipped => DomainEvent::MessageSkipped(self.message_event(kind)),
+            EventType::MessageUnknown => DomainEvent::MessageUnknown(self.message_event(kind)),
+        }
+    }
+
     pub fn message_event(&self, kind: EventType) -> MessageEvent {
         let status = kind.as_str().trim_start_matches("message.").to_owned();
         let sent = !matches!(kind, EventType::MessageSkipped);
@@ -820,7 +716,7 @@ impl Examples {
         Envelope {
             id: Uuid::from_u128(0x019a_b2c3_d4e5_7f00_8000_0000_0000_0001),
             event_type,
-            version: 1,
+            version: event_type.version(),
             occurred_at: self.at,
             tenant: "acme".into(),
             correlation_id: "erp-123-3".into(),

@@ -19,8 +19,9 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use regua_contract::commands::{CommandKind, DispatchCommand};
+use regua_contract::events::MessageStatus;
 use regua_contract::inbound::Channel;
-use regua_contract::{EventType, subjects};
+use regua_contract::subjects;
 use regua_domain::template::{self, Links, Rendered};
 use regua_platform::outbox::OutboxMessage;
 use regua_platform::shutdown::Backoff;
@@ -79,7 +80,7 @@ impl Worker {
     fn event(
         &self,
         cmd: &DispatchCommand,
-        kind: EventType,
+        kind: MessageStatus,
         at: DateTime<Utc>,
         facts: EventFacts,
         traceparent: Option<String>,
@@ -92,7 +93,7 @@ impl Worker {
     fn ended(
         &self,
         cmd: &DispatchCommand,
-        kind: EventType,
+        kind: MessageStatus,
         at: DateTime<Utc>,
         facts: EventFacts,
         fallback: bool,
@@ -563,19 +564,19 @@ async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, Dispat
                     attempts: u32::try_from(calls).unwrap_or(0),
                     ..because("outcome_unknown")
                 };
-                events.push(w.event(cmd, EventType::MessageUnknown, item.now, facts, tp)?);
+                events.push(w.event(cmd, MessageStatus::Unknown, item.now, facts, tp)?);
             }
             Plan::Skip { reason, fallback } => {
                 count_send(w, "skipped");
                 item.span.record("regua.outcome", "skipped");
                 base(State::Skipped, Some(reason.clone()), false);
-                let kind = EventType::MessageSkipped;
+                let kind = MessageStatus::Skipped;
                 events.extend(w.ended(cmd, kind, item.now, because(reason), *fallback, tp)?);
             }
             Plan::Broken(reason) => {
                 item.span.record("regua.outcome", "failed");
                 base(State::Failed, Some(reason.clone()), false);
-                let kind = EventType::MessageFailed;
+                let kind = MessageStatus::Failed;
                 events.extend(w.ended(cmd, kind, item.now, because(reason), true, tp)?);
             }
             Plan::Send { .. } => base(State::Sending, None, true),
@@ -674,14 +675,14 @@ async fn record(
                     segments,
                     ..Default::default()
                 };
-                events.push(w.event(cmd, EventType::MessageSent, sent_at, facts, tp)?);
+                events.push(w.event(cmd, MessageStatus::Sent, sent_at, facts, tp)?);
                 settles.push(Settle::Ack);
             }
             Outcome::Permanent { reason } => {
                 let reason = format!("permanent: {reason}");
                 update.state = State::Failed;
                 update.reason = Some(reason.clone());
-                let kind = EventType::MessageFailed;
+                let kind = MessageStatus::Failed;
                 events.extend(w.ended(cmd, kind, sent_at, tried(reason), true, tp)?);
                 settles.push(Settle::Ack);
             }
@@ -694,7 +695,7 @@ async fn record(
                     update.state = State::Failed;
                     update.reason = Some(reason.clone());
                     let facts = tried(reason.clone());
-                    events.push(w.event(cmd, EventType::MessageFailed, sent_at, facts, tp)?);
+                    events.push(w.event(cmd, MessageStatus::Failed, sent_at, facts, tp)?);
                     settles.push(Settle::DeadLetter(reason));
                 } else {
                     update.state = State::Retry;
@@ -715,7 +716,7 @@ async fn record(
                     reason: Some(reason),
                     ..Default::default()
                 };
-                let kind = EventType::MessageSkipped;
+                let kind = MessageStatus::Skipped;
                 events.extend(w.ended(cmd, kind, sent_at, facts, false, tp)?);
                 settles.push(Settle::Ack);
             }
@@ -724,7 +725,7 @@ async fn record(
                 update.state = State::Unknown;
                 update.reason = Some(reason.clone());
                 let facts = tried(reason);
-                events.push(w.event(cmd, EventType::MessageUnknown, sent_at, facts, tp)?);
+                events.push(w.event(cmd, MessageStatus::Unknown, sent_at, facts, tp)?);
                 settles.push(Settle::Ack);
             }
         }

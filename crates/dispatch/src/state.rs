@@ -7,11 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use regua_contract::events::{
-    CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerUpserted, InvoiceCanceled,
-    InvoiceChanged, InvoicePaid,
-};
-use regua_contract::{Envelope, EventType, subjects};
+use regua_contract::{DomainEvent, Envelope, EventType, subjects};
 use regua_platform::{nats, outbox};
 use serde_json::value::RawValue;
 use sqlx::PgConnection;
@@ -63,10 +59,6 @@ pub async fn run(d: Arc<Dispatcher>, consumer: consumer::PullConsumer, cancel: C
     .await;
 }
 
-fn typed<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, DispatchError> {
-    Ok(serde_json::from_str(raw.get())?)
-}
-
 async fn apply(
     conn: &mut sqlx::PgConnection,
     msgs: &[jetstream::Message],
@@ -96,18 +88,15 @@ async fn apply_one(
         .bind(invoice_id)
         .bind(reason)
     };
-    match env.event_type {
-        EventType::InvoicePaid => {
-            let p: InvoicePaid = typed(env.data)?;
+    match DomainEvent::decode(env.event_type, env.data)? {
+        DomainEvent::InvoicePaid(p) => {
             close(p.invoice_id, "paid").execute(&mut *conn).await?;
         }
-        EventType::InvoiceCanceled => {
-            let c: InvoiceCanceled = typed(env.data)?;
+        DomainEvent::InvoiceCanceled(c) => {
             close(c.invoice_id, "canceled").execute(&mut *conn).await?;
         }
-        EventType::InvoiceOpened => {
+        DomainEvent::InvoiceOpened(o) => {
             // An id reused for a new invoice opens it again.
-            let o: InvoiceChanged = typed(env.data)?;
             sqlx::query(
                 "DELETE FROM dispatch.closed_invoices WHERE tenant = $1 AND invoice_id = $2",
             )
@@ -116,8 +105,7 @@ async fn apply_one(
             .execute(&mut *conn)
             .await?;
         }
-        EventType::CustomerUpserted => {
-            let c: CustomerUpserted = typed(env.data)?;
+        DomainEvent::CustomerUpserted(c) => {
             sqlx::query(
                 "INSERT INTO dispatch.customers (tenant, customer_id, whatsapp_opt_in) VALUES ($1, $2, $3) \
                  ON CONFLICT (tenant, customer_id) DO UPDATE SET whatsapp_opt_in = EXCLUDED.whatsapp_opt_in",
@@ -128,8 +116,7 @@ async fn apply_one(
             .execute(&mut *conn)
             .await?;
         }
-        EventType::CustomerChannelOptedOut => {
-            let o: CustomerChannelOptedOut = typed(env.data)?;
+        DomainEvent::CustomerChannelOptedOut(o) => {
             sqlx::query(
                 "INSERT INTO dispatch.opt_outs (tenant, customer_id, channel, source, at) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -142,8 +129,7 @@ async fn apply_one(
             .execute(&mut *conn)
             .await?;
         }
-        EventType::CustomerChannelOptedIn => {
-            let o: CustomerChannelOptedIn = typed(env.data)?;
+        DomainEvent::CustomerChannelOptedIn(o) => {
             sqlx::query(
                 "DELETE FROM dispatch.opt_outs WHERE tenant = $1 AND customer_id = $2 AND channel = $3 \
                  AND at <= $4",

@@ -5,9 +5,10 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use regua_contract::commands::DispatchCommand;
+use regua_contract::events::MessageStatus;
 use regua_contract::events::{CustomerChannelOptedIn, CustomerChannelOptedOut, MessageEvent};
 use regua_contract::inbound::Channel;
-use regua_contract::{EventType, subjects};
+use regua_contract::{DomainEvent, subjects};
 use regua_platform::outbox::{self, OutboxMessage};
 use sqlx::{PgConnection, Row};
 
@@ -351,14 +352,14 @@ pub fn message_event(
     cmd: &DispatchCommand,
     channel: Channel,
     provider: &str,
-    kind: EventType,
+    kind: MessageStatus,
     at: DateTime<Utc>,
     facts: EventFacts,
     traceparent: Option<String>,
 ) -> Result<OutboxMessage, DispatchError> {
     let data = MessageEvent {
         command_id: cmd.command_id.clone(),
-        status: kind.as_str().trim_start_matches("message.").to_owned(),
+        status: kind.as_str().to_owned(),
         channel,
         provider: provider.to_owned(),
         provider_message_id: facts.provider_message_id,
@@ -375,8 +376,7 @@ pub fn message_event(
     Ok(outbox::event_message(
         at,
         &cmd.tenant,
-        kind,
-        &data,
+        &kind.event(data),
         &cmd.command_id,
         &cmd.command_id,
         traceparent,
@@ -391,7 +391,7 @@ pub fn ended(
     cmd: &DispatchCommand,
     channel: Channel,
     provider: &str,
-    kind: EventType,
+    kind: MessageStatus,
     at: DateTime<Utc>,
     mut facts: EventFacts,
     fallback: bool,
@@ -489,39 +489,21 @@ pub async fn set_opt_out(
         )
         .increment(1);
         let (customer_id, source) = (customer_id.to_owned(), source.to_owned());
+        let correlation = customer_id.clone();
         let event = if out {
-            let data = CustomerChannelOptedOut {
+            DomainEvent::CustomerChannelOptedOut(CustomerChannelOptedOut {
                 customer_id,
                 channel,
-                source,
-            };
-            let kind = EventType::CustomerChannelOptedOut;
-            outbox::event_message(
-                now,
-                tenant,
-                kind,
-                &data,
-                &data.customer_id,
-                &data.source,
-                None,
-            )?
+                source: source.clone(),
+            })
         } else {
-            let data = CustomerChannelOptedIn {
+            DomainEvent::CustomerChannelOptedIn(CustomerChannelOptedIn {
                 customer_id,
                 channel,
-                source,
-            };
-            let kind = EventType::CustomerChannelOptedIn;
-            outbox::event_message(
-                now,
-                tenant,
-                kind,
-                &data,
-                &data.customer_id,
-                &data.source,
-                None,
-            )?
+                source: source.clone(),
+            })
         };
+        let event = outbox::event_message(now, tenant, &event, &correlation, &source, None)?;
         OUTBOX.enqueue(conn, &[event]).await?;
     }
     Ok(changed)

@@ -21,8 +21,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use regua_contract::EventType;
 use regua_contract::commands::DispatchCommand;
+use regua_contract::events::MessageStatus;
 use regua_contract::inbound::Channel;
 use serde::Deserialize;
 use sqlx::Row;
@@ -177,11 +177,11 @@ async fn apply_status(d: &Dispatcher, s: StatusReport<'_>) -> Result<(), Dispatc
     Ok(())
 }
 
-fn status_event(status: &str) -> Option<EventType> {
+fn status_event(status: &str) -> Option<MessageStatus> {
     match status {
-        "delivered" => Some(EventType::MessageDelivered),
-        "read" => Some(EventType::MessageRead),
-        "failed" => Some(EventType::MessageFailed),
+        "delivered" => Some(MessageStatus::Delivered),
+        "read" => Some(MessageStatus::Read),
+        "failed" => Some(MessageStatus::Failed),
         _ => None,
     }
 }
@@ -193,7 +193,7 @@ async fn apply_status_in(
     tx: &mut sqlx::PgConnection,
     d: &Dispatcher,
     s: &StatusReport<'_>,
-    kind: EventType,
+    kind: MessageStatus,
 ) -> Result<bool, DispatchError> {
     let Some(row) = sqlx::query(
         "SELECT tenant, command_id, channel, state, calls, sent_at, command, traceparent \
@@ -263,7 +263,7 @@ async fn apply_status_in(
     // A failure after the provider accepted the message is permanent: the attempt
     // fails and the message moves to the step's next channel.
     let moves_on =
-        kind == EventType::MessageFailed && AttemptState::parse(&state) == AttemptState::Sent;
+        kind == MessageStatus::Failed && AttemptState::parse(&state) == AttemptState::Sent;
     if moves_on {
         let reason = format!("permanent: {}", s.reason.as_deref().unwrap_or("failed"));
         let update = Update {

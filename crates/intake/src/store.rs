@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use regua_contract::events::{
     CustomerUpserted, DocumentKind, IntakeRejected, InvoiceCanceled, InvoiceChanged, InvoiceState,
 };
-use regua_contract::{EventType, RejectCode};
+use regua_contract::{DomainEvent, RejectCode};
 use regua_platform::outbox::{Outbox, OutboxMessage};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -297,17 +297,11 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    fn emit<T: Serialize>(
-        &mut self,
-        item: &Inbound,
-        event: EventType,
-        data: &T,
-    ) -> Result<(), StoreError> {
+    fn emit(&mut self, item: &Inbound, event: DomainEvent) -> Result<(), StoreError> {
         self.out.push(event_message(
             self.now,
             &item.tenant,
-            event,
-            data,
+            &event,
             &item.message_id,
             &item.message_id,
             item.traceparent.clone(),
@@ -381,13 +375,12 @@ fn decide(
             row.dirty = true;
             batch.emit(
                 item,
-                EventType::InvoiceCanceled,
-                &InvoiceCanceled {
+                DomainEvent::InvoiceCanceled(InvoiceCanceled {
                     invoice_id: cancel.invoice_id.clone(),
                     revision: cancel.revision,
                     reason: cancel.reason.clone(),
                     was_open,
-                },
+                }),
             )?;
             Ok(Applied::new(Outcome::Accepted, issues, None))
         }
@@ -400,15 +393,14 @@ fn decide(
 fn reject(batch: &mut Batch<'_>, item: &Inbound, issues: Issues) -> Result<Applied, StoreError> {
     batch.emit(
         item,
-        EventType::IntakeRejected,
-        &IntakeRejected::new(
+        DomainEvent::IntakeRejected(IntakeRejected::new(
             item.subject.clone(),
             item.message_id.clone(),
             item.stream_seq,
             issues.errors.clone(),
             issues.warnings.clone(),
             &item.payload,
-        ),
+        )),
     )?;
     Ok(Applied::new(Outcome::Rejected, issues, None))
 }
@@ -444,8 +436,7 @@ fn upsert_customer(
     );
     batch.emit(
         item,
-        EventType::CustomerUpserted,
-        &CustomerUpserted { customer: state },
+        DomainEvent::CustomerUpserted(CustomerUpserted { customer: state }),
     )?;
     Ok(Outcome::Accepted)
 }
@@ -565,12 +556,13 @@ fn upsert_invoice(
         },
     );
     state.revision = revision.and_then(|r| u64::try_from(r).ok());
+    let changed = InvoiceChanged { invoice: state };
     let event = if opened {
-        EventType::InvoiceOpened
+        DomainEvent::InvoiceOpened(changed)
     } else {
-        EventType::InvoiceUpdated
+        DomainEvent::InvoiceUpdated(changed)
     };
-    batch.emit(item, event, &InvoiceChanged { invoice: state })?;
+    batch.emit(item, event)?;
     Ok(Applied::new(Outcome::Accepted, issues, None))
 }
 

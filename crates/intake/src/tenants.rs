@@ -8,7 +8,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use regua_contract::events::TenantCreated;
-use regua_contract::{EventType, RejectCode, TenantId};
+use regua_contract::{DomainEvent, RejectCode, TenantId};
 use regua_domain::Document;
 use serde::Serialize;
 use serde_json::Value;
@@ -311,8 +311,7 @@ pub async fn create_tenant(
     let msg = event_message(
         now,
         new.id.as_str(),
-        EventType::TenantCreated,
-        &tenant,
+        &DomainEvent::TenantCreated(tenant.clone()),
         &correlation,
         &correlation,
         traceparent,

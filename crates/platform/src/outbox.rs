@@ -43,8 +43,7 @@ use bytes::Bytes;
 use futures::future::try_join_all;
 // Table names come from service constants, never from input.
 use chrono::{DateTime, Utc};
-use regua_contract::{Envelope, EventType, subjects};
-use serde::Serialize;
+use regua_contract::{DomainEvent, Envelope, EventType, subjects};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use tokio::sync::{Notify, mpsc};
@@ -74,26 +73,27 @@ pub fn new_id(now: DateTime<Utc>) -> Uuid {
     ))
 }
 
-/// An enveloped event for `tenant`, ready for the outbox.
-pub fn event_message<T: Serialize>(
+/// An enveloped event for `tenant`, ready for the outbox: its type and version are the
+/// payload's own ([`DomainEvent`]).
+pub fn event_message(
     now: DateTime<Utc>,
     tenant: &str,
-    event_type: EventType,
-    data: &T,
+    event: &DomainEvent,
     correlation_id: &str,
     causation_id: &str,
     traceparent: Option<String>,
 ) -> Result<OutboxMessage, serde_json::Error> {
     let id = new_id(now);
+    let event_type = event.event_type();
     let envelope = Envelope {
         id,
         event_type,
-        version: 1,
+        version: event_type.version(),
         occurred_at: now,
         tenant: tenant.to_owned(),
         correlation_id: correlation_id.to_owned(),
         causation_id: causation_id.to_owned(),
-        data,
+        data: event,
     };
     Ok(OutboxMessage {
         id,

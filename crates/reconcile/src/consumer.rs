@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use regua_contract::decode::{Issues, PaymentDraft, decode_payment};
 use regua_contract::events::IntakeRejected;
-use regua_contract::{EventType, InboundKind, subjects};
+use regua_contract::{DomainEvent, InboundKind, subjects};
 use regua_platform::outbox::event_message;
 use regua_platform::shutdown::Backoff;
 use regua_platform::{Config, nats, telemetry};
@@ -194,8 +194,7 @@ async fn apply(r: &Reconcile, items: &[Item]) -> Result<Vec<&'static str>, Recon
                 let event = event_message(
                     now,
                     &item.tenant,
-                    EventType::IntakeRejected,
-                    &report,
+                    &DomainEvent::IntakeRejected(report),
                     &item.message_id,
                     &item.message_id,
                     traceparent,

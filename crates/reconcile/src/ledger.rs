@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
-use regua_contract::EventType;
+use regua_contract::DomainEvent;
 use regua_contract::decode::PaymentDraft;
 use regua_contract::events::{InvoicePaid, InvoicePartiallyPaid, PaymentMatched, PaymentUnmatched};
 use regua_contract::signals::InvoiceSettled;
@@ -532,7 +532,7 @@ async fn park(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    let event = PaymentUnmatched {
+    let event = DomainEvent::PaymentUnmatched(PaymentUnmatched {
         payment_id: p.payment_id.clone(),
         amount_cents: p.amount_cents,
         currency: p.currency.clone(),
@@ -540,11 +540,10 @@ async fn park(
         reason: reason.to_owned(),
         invoice_id: p.invoice_id.clone(),
         reference: p.reference.clone(),
-    };
+    });
     let msg = event_message(
         now,
         &p.tenant,
-        EventType::PaymentUnmatched,
         &event,
         &p.message_id,
         &p.message_id,
@@ -596,8 +595,7 @@ pub async fn apply(
     events.push(event(
         now,
         t,
-        EventType::PaymentMatched,
-        &PaymentMatched {
+        DomainEvent::PaymentMatched(PaymentMatched {
             payment_id: p.payment_id.clone(),
             invoice_id: inv.invoice_id.clone(),
             customer_id: inv.customer_id.clone(),
@@ -607,7 +605,7 @@ pub async fn apply(
             matched_by: matched_by.to_owned(),
             settled,
             credit_cents: credit,
-        },
+        }),
         cause,
         traceparent.clone(),
     )?);
@@ -616,8 +614,7 @@ pub async fn apply(
         let msg = event(
             now,
             t,
-            EventType::InvoicePaid,
-            &InvoicePaid {
+            DomainEvent::InvoicePaid(InvoicePaid {
                 invoice_id: inv.invoice_id.clone(),
                 customer_id: inv.customer_id.clone(),
                 paid_at: p.paid_at,
@@ -625,7 +622,7 @@ pub async fn apply(
                 currency: inv.currency.clone(),
                 days_late: after.days_late,
                 overpaid_cents: after.credit_cents,
-            },
+            }),
             cause,
             traceparent.clone(),
         )?;
@@ -636,8 +633,7 @@ pub async fn apply(
         events.push(event(
             now,
             t,
-            EventType::InvoicePartiallyPaid,
-            &InvoicePartiallyPaid {
+            DomainEvent::InvoicePartiallyPaid(InvoicePartiallyPaid {
                 invoice_id: inv.invoice_id.clone(),
                 customer_id: inv.customer_id.clone(),
                 payment_id: p.payment_id.clone(),
@@ -645,7 +641,7 @@ pub async fn apply(
                 amount_paid_cents: p.amount_cents,
                 currency: inv.currency.clone(),
                 due: after.due().into(),
-            },
+            }),
             cause,
             traceparent,
         )?);
@@ -689,15 +685,14 @@ pub async fn apply(
     })
 }
 
-fn event<T: Serialize>(
+fn event(
     now: DateTime<Utc>,
     tenant: &str,
-    kind: EventType,
-    data: &T,
+    event: DomainEvent,
     cause: &str,
     traceparent: Option<String>,
 ) -> Result<OutboxMessage, serde_json::Error> {
-    event_message(now, tenant, kind, data, cause, cause, traceparent)
+    event_message(now, tenant, &event, cause, cause, traceparent)
 }
 
 /// Unmatched payments that name `invoice_id` or `reference`, to retry when that

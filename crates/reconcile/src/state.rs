@@ -8,10 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use regua_contract::events::{
-    CustomerUpserted, InvoiceCanceled, InvoiceChanged, TenantClockAdvanced, TenantCreated,
-};
-use regua_contract::{Envelope, EventType, subjects};
+use regua_contract::{DomainEvent, Envelope, EventType, subjects};
 use regua_domain::calendar::CalendarConfig;
 use regua_platform::{nats, outbox};
 use serde_json::value::RawValue;
@@ -69,10 +66,6 @@ pub async fn run(r: Arc<Reconcile>, consumer: consumer::PullConsumer, cancel: Ca
     .await;
 }
 
-fn typed<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, ReconcileError> {
-    Ok(serde_json::from_str(raw.get())?)
-}
-
 async fn apply(
     r: &Reconcile,
     conn: &mut sqlx::PgConnection,
@@ -98,9 +91,8 @@ async fn apply_one(
     settled: &mut ledger::Settled,
 ) -> Result<(), ReconcileError> {
     let tenant = env.tenant.as_str();
-    match env.event_type {
-        EventType::TenantCreated => {
-            let t: TenantCreated = typed(env.data)?;
+    match DomainEvent::decode(env.event_type, env.data)? {
+        DomainEvent::TenantCreated(t) => {
             sqlx::query(
                 "INSERT INTO reconcile.tenants (id, timezone, test_clock, clock_now) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (id) DO UPDATE SET timezone = EXCLUDED.timezone, test_clock = EXCLUDED.test_clock, \
@@ -113,8 +105,7 @@ async fn apply_one(
             .execute(&mut *conn)
             .await?;
         }
-        EventType::TenantClockAdvanced => {
-            let c: TenantClockAdvanced = typed(env.data)?;
+        DomainEvent::TenantClockAdvanced(c) => {
             sqlx::query(
                 "UPDATE reconcile.tenants SET clock_now = GREATEST(clock_now, $2) WHERE id = $1",
             )
@@ -123,8 +114,7 @@ async fn apply_one(
             .execute(&mut *conn)
             .await?;
         }
-        EventType::CustomerUpserted => {
-            let c: CustomerUpserted = typed(env.data)?;
+        DomainEvent::CustomerUpserted(c) => {
             sqlx::query(
                 "INSERT INTO reconcile.customers (tenant, customer_id, document) VALUES ($1, $2, $3) \
                  ON CONFLICT (tenant, customer_id) DO UPDATE SET document = EXCLUDED.document",
@@ -135,8 +125,7 @@ async fn apply_one(
             .execute(&mut *conn)
             .await?;
         }
-        EventType::InvoiceOpened | EventType::InvoiceUpdated => {
-            let c: InvoiceChanged = typed(env.data)?;
+        DomainEvent::InvoiceOpened(c) | DomainEvent::InvoiceUpdated(c) => {
             let i = &c.invoice;
             let effective = CalendarConfig::default()
                 .calendar()
@@ -181,8 +170,7 @@ async fn apply_one(
                 ledger::rematch(conn, settled, tenant, &payment_id, None, now).await?;
             }
         }
-        EventType::InvoiceCanceled => {
-            let c: InvoiceCanceled = typed(env.data)?;
+        DomainEvent::InvoiceCanceled(c) => {
             sqlx::query(
                 "UPDATE reconcile.invoices SET status = 'canceled', updated_at = $3 \
                  WHERE tenant = $1 AND invoice_id = $2 AND status = 'open'",

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fire::{self, Scope};
 use crate::model;
 use crate::{OUTBOX, Scheduler, SchedulerError};
-use regua_contract::EventType;
+use regua_contract::DomainEvent;
 use regua_contract::events::TenantClockAdvanced;
 use regua_platform::outbox::event_message;
 use regua_platform::shutdown::Backoff;
@@ -256,8 +256,7 @@ async fn move_clock(s: &Scheduler, tenant: &str) -> Result<Option<DateTime<Utc>>
         let event = event_message(
             s.clock.now(),
             tenant,
-            EventType::TenantClockAdvanced,
-            &TenantClockAdvanced { now: at },
+            &DomainEvent::TenantClockAdvanced(TenantClockAdvanced { now: at }),
             &cause,
             &cause,
             None,

@@ -13,11 +13,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use chrono::{DateTime, Utc};
-use regua_contract::events::{
-    CustomerChannelOptedIn, CustomerChannelOptedOut, CustomerUpserted, InvoiceCanceled,
-    InvoiceChanged, InvoicePaid, InvoicePartiallyPaid, TenantCreated,
-};
-use regua_contract::{Envelope, EventType, subjects};
+use regua_contract::events::TenantCreated;
+use regua_contract::{DomainEvent, Envelope, EventType, subjects};
 use regua_platform::{nats, telemetry};
 use serde_json::value::RawValue;
 use sqlx::{Connection, PgConnection};
@@ -71,25 +68,8 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
 
 /// A decoded event with what processing needs.
 struct Item {
-    envelope: Envelope<Data>,
+    envelope: Envelope<DomainEvent>,
     span: tracing::Span,
-}
-
-/// The payloads the scheduler acts on, decoded once.
-enum Data {
-    TenantCreated(TenantCreated),
-    CustomerUpserted(CustomerUpserted),
-    InvoiceChanged(InvoiceChanged),
-    InvoiceCanceled(InvoiceCanceled),
-    InvoicePaid(InvoicePaid),
-    InvoicePartiallyPaid(InvoicePartiallyPaid),
-    CustomerOptedOut(CustomerChannelOptedOut),
-    CustomerOptedIn(CustomerChannelOptedIn),
-}
-
-fn typed<T: serde::de::DeserializeOwned>(kind: EventType, raw: &RawValue) -> Result<T, EventError> {
-    serde_json::from_str(raw.get())
-        .map_err(|e| EventError::Malformed(format!("{}: {e}", kind.as_str())))
 }
 
 /// Why a single event could not be applied.
@@ -111,17 +91,18 @@ fn decode(msg: &jetstream::Message) -> Result<Option<Item>, EventError> {
     let raw: Envelope<&RawValue> =
         serde_json::from_slice(&msg.payload).map_err(|e| EventError::Malformed(e.to_string()))?;
     let kind = raw.event_type;
+    // The events the scheduler acts on, decoded once; the rest pass by.
     let data = match kind {
-        EventType::TenantCreated => Data::TenantCreated(typed(kind, raw.data)?),
-        EventType::CustomerUpserted => Data::CustomerUpserted(typed(kind, raw.data)?),
-        EventType::InvoiceOpened | EventType::InvoiceUpdated => {
-            Data::InvoiceChanged(typed(kind, raw.data)?)
-        }
-        EventType::InvoiceCanceled => Data::InvoiceCanceled(typed(kind, raw.data)?),
-        EventType::InvoicePaid => Data::InvoicePaid(typed(kind, raw.data)?),
-        EventType::InvoicePartiallyPaid => Data::InvoicePartiallyPaid(typed(kind, raw.data)?),
-        EventType::CustomerChannelOptedOut => Data::CustomerOptedOut(typed(kind, raw.data)?),
-        EventType::CustomerChannelOptedIn => Data::CustomerOptedIn(typed(kind, raw.data)?),
+        EventType::TenantCreated
+        | EventType::CustomerUpserted
+        | EventType::InvoiceOpened
+        | EventType::InvoiceUpdated
+        | EventType::InvoiceCanceled
+        | EventType::InvoicePaid
+        | EventType::InvoicePartiallyPaid
+        | EventType::CustomerChannelOptedOut
+        | EventType::CustomerChannelOptedIn => DomainEvent::decode(kind, raw.data)
+            .map_err(|e| EventError::Malformed(format!("{}: {e}", kind.as_str())))?,
         _ => return Ok(None),
     };
     let envelope = Envelope {
@@ -192,15 +173,15 @@ async fn apply_batch(
     }
     for item in &items {
         match &item.envelope.data {
-            Data::TenantCreated(t) => {
+            DomainEvent::TenantCreated(t) => {
                 tenant_created(&mut tx, t, item.envelope.occurred_at).await?;
             }
-            Data::InvoicePartiallyPaid(p) => {
+            DomainEvent::InvoicePartiallyPaid(p) => {
                 let e = &item.envelope;
                 let (i, c) = (&p.invoice_id, &p.customer_id);
                 record_payment(&mut tx, e, i, c, p.due.on, p.amount_paid_cents, false).await?;
             }
-            Data::InvoicePaid(p) => {
+            DomainEvent::InvoicePaid(p) => {
                 let e = &item.envelope;
                 let (i, c) = (&p.invoice_id, &p.customer_id);
                 let on = p.paid_at.date_naive();
@@ -220,28 +201,28 @@ async fn apply_batch(
     for i in &items {
         let t = i.envelope.tenant.clone();
         let invoice = match &i.envelope.data {
-            Data::CustomerUpserted(c) => {
+            DomainEvent::CustomerUpserted(c) => {
                 customer_keys.push((t, c.customer.customer_id.clone()));
                 None
             }
-            Data::CustomerOptedOut(o) => {
+            DomainEvent::CustomerChannelOptedOut(o) => {
                 customer_keys.push((t, o.customer_id.clone()));
                 None
             }
-            Data::CustomerOptedIn(o) => {
+            DomainEvent::CustomerChannelOptedIn(o) => {
                 customer_keys.push((t, o.customer_id.clone()));
                 None
             }
-            Data::InvoiceChanged(c) => {
+            DomainEvent::InvoiceOpened(c) | DomainEvent::InvoiceUpdated(c) => {
                 customer_keys.push((t.clone(), c.invoice.customer_id.clone()));
                 Some((t, c.invoice.invoice_id.clone()))
             }
-            Data::InvoiceCanceled(c) => Some((t, c.invoice_id.clone())),
-            Data::InvoicePaid(p) => {
+            DomainEvent::InvoiceCanceled(c) => Some((t, c.invoice_id.clone())),
+            DomainEvent::InvoicePaid(p) => {
                 customer_keys.push((t.clone(), p.customer_id.clone()));
                 Some((t, p.invoice_id.clone()))
             }
-            Data::TenantCreated(_) | Data::InvoicePartiallyPaid(_) => None,
+            _ => None,
         };
         if let Some(key) = invoice {
             if i.envelope.event_type != EventType::InvoiceOpened {
@@ -300,7 +281,7 @@ async fn apply_batch(
     let paid: Vec<halt::Paid> = items
         .iter()
         .filter_map(|item| match &item.envelope.data {
-            Data::InvoicePaid(p) => Some(halt::Paid {
+            DomainEvent::InvoicePaid(p) => Some(halt::Paid {
                 tenant: item.envelope.tenant.clone(),
                 invoice_id: p.invoice_id.clone(),
                 settled_at: item.envelope.occurred_at,
@@ -350,7 +331,7 @@ async fn lock_owners(
 /// A payment reconciliation applied: later messages state the balance.
 async fn record_payment(
     conn: &mut PgConnection,
-    e: &Envelope<Data>,
+    e: &Envelope<DomainEvent>,
     invoice_id: &str,
     customer_id: &str,
     paid_on: chrono::NaiveDate,
@@ -426,7 +407,7 @@ fn apply(
     };
     let now = t.now(real_now);
     match &item.envelope.data {
-        Data::CustomerUpserted(c) => {
+        DomainEvent::CustomerUpserted(c) => {
             let c = c.customer.clone();
             let key = (tenant, c.customer_id.clone());
             match w.customers.get_mut(&key) {
@@ -444,7 +425,7 @@ fn apply(
             }
             w.dirty_customers.insert(key);
         }
-        Data::CustomerOptedOut(o) => {
+        DomainEvent::CustomerChannelOptedOut(o) => {
             let key = (tenant, o.customer_id.clone());
             if let Some(c) = w.customers.get_mut(&key) {
                 let ch = o.channel.into();
@@ -454,7 +435,7 @@ fn apply(
                 w.dirty_customers.insert(key);
             }
         }
-        Data::CustomerOptedIn(o) => {
+        DomainEvent::CustomerChannelOptedIn(o) => {
             let key = (tenant, o.customer_id.clone());
             if let Some(c) = w.customers.get_mut(&key) {
                 let ch = o.channel.into();
@@ -462,7 +443,7 @@ fn apply(
                 w.dirty_customers.insert(key);
             }
         }
-        Data::InvoiceChanged(c) => {
+        DomainEvent::InvoiceOpened(c) | DomainEvent::InvoiceUpdated(c) => {
             let state = c.invoice.clone();
             let key = (tenant.clone(), state.invoice_id.clone());
             match w.invoices.get_mut(&key) {
@@ -485,7 +466,7 @@ fn apply(
                 }
             }
         }
-        Data::InvoiceCanceled(c) => {
+        DomainEvent::InvoiceCanceled(c) => {
             let key = (tenant, c.invoice_id.clone());
             if let Some(inv) = w.invoices.get_mut(&key)
                 && matches!(inv.status, Status::Open | Status::Done)
@@ -493,7 +474,7 @@ fn apply(
                 stop(w, &key, Status::Canceled, "invoice canceled", now, s)?;
             }
         }
-        Data::InvoicePaid(p) => {
+        DomainEvent::InvoicePaid(p) => {
             let ckey = (tenant.clone(), p.customer_id.clone());
             let key = (tenant, p.invoice_id.clone());
             let open = w

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use regua_contract::commands::{CommandInvoice, CommandKind, DispatchCommand, Recipient};
 use regua_contract::events::{AmountDue, InvoiceEscalated};
-use regua_contract::{EventType, subjects};
+use regua_contract::{DomainEvent, subjects};
 use regua_domain::charges;
 use regua_domain::policy::{Action, Channel, Notify, Policy};
 use regua_domain::schedule::{self, Contact, Ledger, StepState, Subject};
@@ -541,19 +541,18 @@ fn decide(
         }
         let sent = matches!(e.state, StepState::Sent { .. });
         if let StepState::Escalated { level } = &e.state {
-            let data = InvoiceEscalated {
+            let data = DomainEvent::InvoiceEscalated(InvoiceEscalated {
                 invoice_id: inv.invoice_id.clone(),
                 customer_id: inv.customer_id.clone(),
                 level: level.clone(),
                 step: e.name.clone(),
                 policy: inv.policy.clone(),
                 policy_version: u32::try_from(inv.policy_version).unwrap_or(0),
-            };
+            });
             let corr = format!("{}:{}", inv.invoice_id, e.name);
             out.events.push(event_message(
                 now,
                 &inv.tenant,
-                EventType::InvoiceEscalated,
                 &data,
                 &corr,
                 &corr,
