@@ -80,11 +80,5 @@ CREATE TABLE dispatch.limiter (
     tat_us  BIGINT NOT NULL
 );
 
-CREATE TABLE dispatch.outbox (
-    seq         BIGSERIAL PRIMARY KEY,
-    id          UUID NOT NULL,
-    subject     TEXT NOT NULL,
-    payload     BYTEA NOT NULL,
-    traceparent TEXT,
-    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
-);
+-- Reissued: the outbox table this migration also made is the platform's now
+-- (regua_platform::outbox::migrate); databases that applied the earlier text keep it.

@@ -32,13 +32,12 @@ pub mod webhooks;
 
 use std::sync::Arc;
 
-use async_nats::jetstream;
 use regua_contract::inbound::Channel;
-use regua_contract::subjects;
-use regua_platform::outbox::{Outbox, Relay};
-use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, nats};
+use regua_contract::subjects::{STREAM_COMMANDS, STREAM_EVENTS};
+use regua_platform::outbox::Outbox;
+use regua_platform::service::{self, Schema};
+use regua_platform::{Config, Core, PlatformError, SharedClock, Shutdown, fence};
 use sqlx::PgPool;
-use tokio::sync::Notify;
 
 /// The dispatchers' schema in Postgres.
 pub const SCHEMA: &str = "dispatch";
@@ -58,13 +57,16 @@ pub enum DispatchError {
     Config(String),
 }
 
-/// What every channel's workers share: connections, clock and settings.
+/// What every channel's workers share: the service's core.
 pub struct Dispatcher {
-    pub config: Config,
-    pub pool: PgPool,
-    pub js: jetstream::Context,
-    pub clock: SharedClock,
-    pub outbox_wake: Arc<Notify>,
+    pub core: Core,
+}
+
+impl std::ops::Deref for Dispatcher {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 impl Dispatcher {
@@ -75,20 +77,21 @@ impl Dispatcher {
         client: async_nats::Client,
         clock: SharedClock,
     ) -> Arc<Dispatcher> {
-        Arc::new(Dispatcher {
-            config,
-            pool,
-            js: nats::jetstream(client),
-            clock,
-            outbox_wake: Arc::new(Notify::new()),
-        })
+        let core = Core::new(config, pool, client, clock, OUTBOX);
+        Arc::new(Dispatcher { core })
     }
 
-    /// Runs the dispatchers' migrations.
+    /// Runs the dispatchers' migrations, and the settlement fence's (the guard's last
+    /// check reads it).
     pub async fn migrate(pool: &PgPool) -> Result<(), DispatchError> {
-        db::migrate(pool, sqlx::migrate!("./migrations"), SCHEMA).await?;
-        // The guard's last check reads the settlement fence.
-        regua_platform::fence::migrate(pool).await?;
+        let migrations = sqlx::migrate!("./migrations");
+        let schema = Schema {
+            name: SCHEMA,
+            migrations,
+            outbox: OUTBOX,
+        };
+        service::migrate(pool, schema).await?;
+        fence::migrate(pool).await?;
         Ok(())
     }
 
@@ -103,41 +106,26 @@ impl Dispatcher {
         let mut workers = Vec::new();
         for &channel in channels {
             // Configuration errors stop startup before anything runs.
-            workers.push(pipeline::Worker::new(Arc::clone(self), channel)?);
+            workers.push(Arc::new(pipeline::Worker::new(Arc::clone(self), channel)?));
         }
         Dispatcher::migrate(&self.pool).await?;
-        nats::ensure_streams(&self.js, nats::Streams::of(&self.config)).await?;
-        let events =
-            nats::ensure_pull_consumer(&self.js, subjects::STREAM_EVENTS, state::consumer_config())
-                .await?;
+        self.core.start(shutdown).await?;
+        let events = self
+            .consumer(STREAM_EVENTS, state::consumer_config())
+            .await?;
         shutdown.spawn(state::run(Arc::clone(self), events, shutdown.token()));
         shutdown.spawn(webhooks::run_early_statuses(
             Arc::clone(self),
             shutdown.token(),
         ));
         for worker in workers {
-            let worker = Arc::new(worker);
-            let consumer = nats::ensure_pull_consumer(
-                &self.js,
-                subjects::STREAM_COMMANDS,
-                pipeline::consumer_config(worker.channel(), &self.config),
-            )
-            .await?;
+            let config = pipeline::consumer_config(worker.channel(), &self.config);
+            let consumer = self.consumer(STREAM_COMMANDS, config).await?;
             for _ in 0..self.config.dispatch.workers {
-                shutdown.spawn(pipeline::run(
-                    Arc::clone(&worker),
-                    consumer.clone(),
-                    shutdown.token(),
-                ));
+                let run = pipeline::run(Arc::clone(&worker), consumer.clone(), shutdown.token());
+                shutdown.spawn(run);
             }
         }
-        Relay::new(
-            OUTBOX,
-            self.pool.clone(),
-            self.js.clone(),
-            Arc::clone(&self.outbox_wake),
-        )
-        .spawn(shutdown);
         Ok(())
     }
 

@@ -129,32 +129,20 @@ pub fn consumer_config(channel: Channel, config: &Config) -> consumer::pull::Con
     }
 }
 
-/// Consumes until `cancel`: stops fetching, and finishes the batch in hand.
+/// Consumes until `cancel`: stops fetching, and finishes the batch in hand. A batch
+/// that fails is not acked: it is redelivered after ack_wait, and attempts already
+/// marked `sending` are reported as unknown, never resent.
 pub async fn run(w: Arc<Worker>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(200));
     let expires = Duration::from_millis(1000);
-    while let Some(msgs) = nats::fetch_batch(
+    nats::consume(
         &consumer,
+        &w.consumer_name,
         w.fetch_size,
         expires,
-        &mut backoff,
         &cancel,
-        &w.consumer_name,
+        |msgs| process(&w, msgs),
     )
-    .await
-    {
-        if msgs.is_empty() {
-            continue;
-        }
-        if let Err(e) = process(&w, msgs).await {
-            // Nothing was acked: the batch is redelivered after ack_wait, and attempts
-            // already marked `sending` are reported as unknown, never resent.
-            tracing::error!(error = %e, channel = w.channel().as_str(), "dispatch batch failed");
-            if !backoff.wait(&cancel).await {
-                break;
-            }
-        }
-    }
+    .await;
 }
 
 /// One command in a batch.
@@ -416,17 +404,18 @@ pub fn key_of(cmd: &DispatchCommand, channel: Channel) -> uuid::Uuid {
     DispatchCommand::message_id(&format!("{}:{}", cmd.command_id, channel.as_str()))
 }
 
-/// The signed one-click unsubscribe URL for `cmd`'s recipient.
-pub fn unsubscribe_url(d: &Dispatcher, cmd: &DispatchCommand) -> String {
+/// The signed one-click unsubscribe URL for `cmd`'s recipient (`None` only for ids that
+/// cannot be signed, which intake never accepts).
+pub fn unsubscribe_url(d: &Dispatcher, cmd: &DispatchCommand) -> Option<String> {
     let token = sign::link_token(
-        d.config.link_secret.expose(),
+        &d.config.link_secret,
         &LinkSubject {
             tenant: cmd.tenant.clone(),
             customer_id: cmd.recipient.customer_id.clone(),
             channel: Channel::Email,
         },
-    );
-    d.public(&format!("{}/{token}", crate::webhooks::UNSUBSCRIBE))
+    )?;
+    Some(d.public(&format!("{}/{token}", crate::webhooks::UNSUBSCRIBE)))
 }
 
 /// The guard's decision for a command seen for the first time: skip, broken (render
@@ -461,7 +450,9 @@ fn guard(w: &Worker, item: &Item, facts: &store::GuardFacts) -> Plan {
         let mut message = cmd.message();
         message.invoices.retain(|i| !closed(&i.invoice_id));
         let links = Links {
-            unsubscribe_url: (channel == Channel::Email).then(|| unsubscribe_url(&w.d, cmd)),
+            unsubscribe_url: (channel == Channel::Email)
+                .then(|| unsubscribe_url(&w.d, cmd))
+                .flatten(),
         };
         match template::render(&message, channel.into(), &links) {
             Ok(rendered) => Plan::Send {

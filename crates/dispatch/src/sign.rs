@@ -1,15 +1,16 @@
 //! Signatures: Twilio's `X-Twilio-Signature`, Meta's `X-Hub-Signature-256`, and the
-//! signed one-click unsubscribe links regua serves. Comparisons are constant-time.
+//! signed one-click unsubscribe links regua serves (the platform's signed tokens,
+//! [`regua_platform::secrets`]). Comparisons are constant-time.
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use regua_contract::inbound::Channel;
+use regua_platform::Secret;
+use regua_platform::secrets::{self, hmac_sha256, same};
 use sha1::Sha1;
-use sha2::Sha256;
 
 type HmacSha1 = Hmac<Sha1>;
-type HmacSha256 = Hmac<Sha256>;
 
 /// Twilio's signature of a callback: base64 HMAC-SHA1, keyed by the auth token, of the
 /// full URL followed by every POST parameter's name and value, sorted by name.
@@ -41,15 +42,15 @@ pub fn twilio_verify(
     signature: &str,
 ) -> bool {
     let expected = twilio_signature(auth_token, url, params);
-    constant_eq(expected.as_bytes(), signature.as_bytes())
+    same(expected.as_bytes(), signature.as_bytes())
 }
 
 /// Meta's signature of a webhook body: `sha256=<hex HMAC-SHA256(app_secret, body)>`.
 pub fn hub_signature(app_secret: &str, body: &[u8]) -> String {
-    let mut mac =
-        HmacSha256::new_from_slice(app_secret.as_bytes()).unwrap_or_else(|_| unreachable_hmac());
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(app_secret.as_bytes(), &[body]))
+    )
 }
 
 /// Whether `header` is Meta's signature of `body`.
@@ -57,14 +58,10 @@ pub fn hub_verify(app_secret: &str, body: &[u8], header: &str) -> bool {
     if app_secret.is_empty() {
         return false;
     }
-    constant_eq(
+    same(
         hub_signature(app_secret, body).as_bytes(),
         header.as_bytes(),
     )
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Who an unsubscribe link is for.
@@ -75,54 +72,34 @@ pub struct LinkSubject {
     pub channel: Channel,
 }
 
-const SEP: char = '\u{1f}';
+/// What unsubscribe tokens are signed for: a token for anything else never verifies.
+const UNSUBSCRIBE: &str = "regua-unsubscribe-v1";
 
-fn link_mac(secret: &str, payload: &[u8]) -> Vec<u8> {
-    let mut mac =
-        HmacSha256::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable_hmac());
-    mac.update(b"regua-unsubscribe-v1");
-    mac.update(payload);
-    mac.finalize().into_bytes()[..20].to_vec()
-}
-
-/// The token of an unsubscribe link: the subject and its MAC, URL-safe.
-pub fn link_token(secret: &str, s: &LinkSubject) -> String {
-    let payload = format!(
-        "{}{SEP}{}{SEP}{}",
-        s.tenant,
-        s.customer_id,
-        s.channel.as_str()
-    );
-    format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(payload.as_bytes()),
-        URL_SAFE_NO_PAD.encode(link_mac(secret, payload.as_bytes()))
+/// The token of an unsubscribe link: the subject and its MAC, URL-safe. `None` for ids
+/// that cannot be signed (a control character in them).
+pub fn link_token(secret: &Secret, s: &LinkSubject) -> Option<String> {
+    secrets::sign(
+        secret,
+        UNSUBSCRIBE,
+        &[&s.tenant, &s.customer_id, s.channel.as_str()],
     )
 }
 
 /// The subject of a genuine token; `None` for anything forged or damaged.
-pub fn link_verify(secret: &str, token: &str) -> Option<LinkSubject> {
-    let (payload, mac) = token.split_once('.')?;
-    let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let mac = URL_SAFE_NO_PAD.decode(mac).ok()?;
-    if !constant_eq(&link_mac(secret, &payload), &mac) {
-        return None;
-    }
-    let text = String::from_utf8(payload).ok()?;
-    let mut parts = text.split(SEP);
-    let tenant = parts.next()?.to_owned();
-    let customer_id = parts.next()?.to_owned();
-    let channel = Channel::parse(parts.next()?)?;
+pub fn link_verify(secret: &Secret, token: &str) -> Option<LinkSubject> {
+    let fields = secrets::verify(secret, UNSUBSCRIBE, token)?;
+    let [tenant, customer_id, channel] = <[String; 3]>::try_from(fields).ok()?;
     Some(LinkSubject {
         tenant,
         customer_id,
-        channel,
+        channel: Channel::parse(&channel)?,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn twilio_signature_matches_twilios_documented_example() {
@@ -175,15 +152,19 @@ mod tests {
             customer_id: "C-1".into(),
             channel: Channel::Email,
         };
-        let token = link_token("0123456789abcdef", &s);
-        assert_eq!(link_verify("0123456789abcdef", &token), Some(s));
-        assert_eq!(link_verify("another-secret-00", &token), None);
+        let (key, other) = (
+            Secret::new("0123456789abcdef"),
+            Secret::new("another-secret-00"),
+        );
+        let token = link_token(&key, &s).unwrap();
+        assert_eq!(link_verify(&key, &token), Some(s));
+        assert_eq!(link_verify(&other, &token), None);
         let (_, mac) = token.split_once('.').unwrap();
         let forged = format!(
             "{}.{mac}",
             URL_SAFE_NO_PAD.encode("acme\u{1f}C-2\u{1f}email")
         );
-        assert_eq!(link_verify("0123456789abcdef", &forged), None);
-        assert_eq!(link_verify("0123456789abcdef", "garbage"), None);
+        assert_eq!(link_verify(&key, &forged), None);
+        assert_eq!(link_verify(&key, "garbage"), None);
     }
 }

@@ -621,7 +621,7 @@ async fn whatsapp_post(
 // ---- One-click unsubscribe ----
 
 async fn unsubscribe_page(State(d): State<Arc<Dispatcher>>, Path(token): Path<String>) -> Response {
-    if sign::link_verify(d.config.link_secret.expose(), &token).is_none() {
+    if sign::link_verify(&d.config.link_secret, &token).is_none() {
         return unauthorized("bad unsubscribe link");
     }
     Html(format!(
@@ -635,7 +635,7 @@ async fn unsubscribe_page(State(d): State<Arc<Dispatcher>>, Path(token): Path<St
 }
 
 async fn unsubscribe(State(d): State<Arc<Dispatcher>>, Path(token): Path<String>) -> Response {
-    let Some(subject) = sign::link_verify(d.config.link_secret.expose(), &token) else {
+    let Some(subject) = sign::link_verify(&d.config.link_secret, &token) else {
         return unauthorized("bad unsubscribe link");
     };
     let now = d.clock.now();

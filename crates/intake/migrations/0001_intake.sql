@@ -1,5 +1,5 @@
 -- Intake owns the schema `intake`: tenants, the customers and invoices integrators
--- send, the record of every inbound message's outcome, and its outbox.
+-- send, the record of every inbound message's outcome.
 
 CREATE TABLE intake.tenants (
     id            TEXT PRIMARY KEY,
@@ -60,11 +60,5 @@ CREATE TABLE intake.messages (
     PRIMARY KEY (tenant, message_id)
 );
 
-CREATE TABLE intake.outbox (
-    seq          BIGSERIAL PRIMARY KEY,
-    id           UUID NOT NULL,
-    subject      TEXT NOT NULL,
-    payload      BYTEA NOT NULL,
-    traceparent  TEXT,
-    created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
-);
+-- Reissued: the outbox table this migration also made is the platform's now
+-- (regua_platform::outbox::migrate); databases that applied the earlier text keep it.

@@ -14,31 +14,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt;
 use futures::future::join_all;
+use regua_contract::decode::{Decoded, decode};
 use regua_contract::{InboundKind, RejectCode, subjects};
-use regua_platform::shutdown::Backoff;
-use regua_platform::{nats, telemetry};
+use regua_platform::{Config, db, nats, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
 use crate::Intake;
 use crate::store::{self, Applied, Inbound, StoreError};
-use regua_contract::decode::{Decoded, decode};
-
-/// First NAK delay after a failed message; doubled per delivery, capped at 30 s.
-const NAK_BASE: Duration = Duration::from_millis(250);
 
 /// The durable consumer intake reads from.
-pub fn consumer_config(max_deliver: i64, ack_wait: Duration) -> consumer::pull::Config {
+pub fn config(config: &Config) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(subjects::CONSUMER_INTAKE.into()),
         description: Some("regua intake: invoices and customers".into()),
         filter_subject: subjects::inbound_all(),
         ack_policy: consumer::AckPolicy::Explicit,
         deliver_policy: consumer::DeliverPolicy::All,
-        ack_wait,
-        max_deliver,
+        ack_wait: config.intake_ack_wait,
+        max_deliver: config.intake_max_deliver,
         // A cap across all replicas; well above batch size x workers x replicas.
         max_ack_pending: 20_000,
         ..Default::default()
@@ -55,55 +50,28 @@ struct Pending {
 
 /// Fetches and processes batches until `cancel`; the batch in hand is finished first.
 pub async fn run(intake: Arc<Intake>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
-    let batch_size = intake.config.intake_batch_size;
-    let mut backoff = Backoff::new(Duration::from_millis(200));
-    while !cancel.is_cancelled() {
-        let msgs = match fetch(&consumer, batch_size).await {
-            Ok(m) => {
-                backoff.reset();
-                m
+    let (name, batch) = (subjects::CONSUMER_INTAKE, intake.config.intake_batch_size);
+    nats::consume(
+        &consumer,
+        name,
+        batch,
+        nats::FETCH_EXPIRES,
+        &cancel,
+        |msgs| {
+            let (intake, cancel) = (&intake, &cancel);
+            async move {
+                let started = std::time::Instant::now();
+                metrics::histogram!(regua_platform::metrics::INTAKE_BATCH_SIZE)
+                    .record(msgs.len() as f64);
+                process(intake, msgs, cancel).await;
+                metrics::histogram!(regua_platform::metrics::INTAKE_BATCH_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                // Every failure is settled message by message in `process`.
+                Ok::<(), std::convert::Infallible>(())
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "intake fetch failed; retrying");
-                if !backoff.wait(&cancel).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        if !msgs.is_empty() {
-            let started = std::time::Instant::now();
-            metrics::histogram!(regua_platform::metrics::INTAKE_BATCH_SIZE)
-                .record(msgs.len() as f64);
-            process(&intake, msgs, &cancel).await;
-            metrics::histogram!(regua_platform::metrics::INTAKE_BATCH_SECONDS)
-                .record(started.elapsed().as_secs_f64());
-        }
-    }
-}
-
-async fn fetch(
-    consumer: &consumer::PullConsumer,
-    max: usize,
-) -> Result<Vec<jetstream::Message>, async_nats::Error> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(max)
-        .expires(Duration::from_millis(500))
-        .messages()
-        .await?;
-    let mut out = Vec::with_capacity(max);
-    while let Some(m) = batch.next().await {
-        match m {
-            Ok(m) => out.push(m),
-            Err(e) => {
-                // What was received so far is still processed.
-                tracing::debug!(error = %e, "fetch ended early");
-                break;
-            }
-        }
-    }
-    Ok(out)
+        },
+    )
+    .await;
 }
 
 /// Decodes `msgs`, applies them, and settles each with JetStream.
@@ -221,31 +189,14 @@ async fn one_by_one(intake: &Intake, pending: Vec<Pending>, items: Vec<Inbound>)
             Ok(applied) => settle(intake, std::slice::from_ref(&p), one, applied).await,
             Err(e) if is_connection_error(&e) => {
                 // Not this message's fault: redeliver soon without judging it.
-                ack(&p.msg, AckKind::Nak(Some(NAK_BASE))).await;
+                ack(&p.msg, AckKind::Nak(Some(nats::RETRY_BASE))).await;
             }
             Err(e) => {
-                if p.delivered >= intake.config.intake_max_deliver {
-                    let reason = format!("intake failed after {} deliveries: {e}", p.delivered);
-                    tracing::error!(parent: &p.span, error = %e, stream_seq = item.stream_seq, "dead-lettering message");
-                    if let Err(dlq) = nats::dead_letter(
-                        &intake.js,
-                        &p.msg,
-                        subjects::CONSUMER_INTAKE,
-                        &item.tenant,
-                        &reason,
-                    )
-                    .await
-                    {
-                        tracing::error!(parent: &p.span, error = %dlq, "dead-lettering failed; message stays pending");
-                    }
-                } else {
-                    let exp = u32::try_from(p.delivered.saturating_sub(1))
-                        .unwrap_or(0)
-                        .min(7);
-                    let delay = (NAK_BASE * 2u32.pow(exp)).min(Duration::from_secs(30));
-                    tracing::warn!(parent: &p.span, error = %e, delivered = p.delivered, "message failed; will be redelivered");
-                    ack(&p.msg, AckKind::Nak(Some(delay))).await;
-                }
+                tracing::warn!(parent: &p.span, error = %e, delivered = p.delivered, stream_seq = item.stream_seq, "message failed");
+                let reason = format!("intake failed after {} deliveries: {e}", p.delivered);
+                let max_deliver = intake.config.intake_max_deliver;
+                let (js, name) = (&intake.js, subjects::CONSUMER_INTAKE);
+                nats::settle_failure(js, &p.msg, name, max_deliver, &reason, false).await;
             }
         }
     }
@@ -290,15 +241,5 @@ async fn ack(msg: &jetstream::Message, kind: AckKind) {
 }
 
 fn is_connection_error(e: &StoreError) -> bool {
-    matches!(
-        e,
-        StoreError::Db(
-            sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::WorkerCrashed
-        )
-    )
+    matches!(e, StoreError::Db(e) if db::is_connection_error(e))
 }

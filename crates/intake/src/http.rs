@@ -14,7 +14,7 @@ use async_nats::HeaderMap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap as HttpHeaders, StatusCode, header};
+use axum::http::{HeaderMap as HttpHeaders, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use futures::StreamExt;
@@ -22,7 +22,7 @@ use futures::future::join_all;
 use regua_contract::inbound::limits;
 use regua_contract::{FieldIssue, InboundKind, RejectCode, TenantId, WarnCode, subjects};
 use regua_platform::http::Problem;
-use regua_platform::{nats, telemetry};
+use regua_platform::{nats, secrets, telemetry};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::{Instrument, Span};
@@ -33,20 +33,12 @@ use crate::tenants::{self, CreateTenantError};
 use regua_contract::decode::{Decoded, Issues, decode_value};
 use regua_platform::outbox::new_id;
 
-/// Intake's routes.
-pub fn router(intake: Arc<Intake>) -> Router {
-    routes(true).with_state(intake)
-}
-
-/// Intake's routes without `GET /v1/tenants/{tenant}/invoices/{invoice_id}`, for a
-/// process where reconciliation serves that read (with what the invoice owes).
-pub fn router_without_invoice_reads(intake: Arc<Intake>) -> Router {
-    routes(false).with_state(intake)
-}
-
-fn routes(invoice_reads: bool) -> Router<Arc<Intake>> {
-    let router = Router::new()
-        .route("/v1/tenants", post(create_tenant))
+/// Intake's routes: tenant creation (admin) and the tenant routes, behind the tenant's
+/// API key. Without `invoice_reads`, `GET /v1/tenants/{tenant}/invoices/{invoice_id}`
+/// is left out, for a process where reconciliation serves that read (with what the
+/// invoice owes).
+pub fn router(intake: Arc<Intake>, invoice_reads: bool) -> Router {
+    let tenant_routes = Router::new()
         .route(
             "/v1/tenants/{tenant}/invoices",
             submit_one(InboundKind::InvoiceUpsert),
@@ -70,16 +62,19 @@ fn routes(invoice_reads: bool) -> Router<Arc<Intake>> {
         .route(
             "/v1/tenants/{tenant}/messages/{message_id}",
             get(get_message),
-        )
-        .route("/openapi.json", get(openapi));
-    if invoice_reads {
-        router.route(
+        );
+    let tenant_routes = if invoice_reads {
+        tenant_routes.route(
             "/v1/tenants/{tenant}/invoices/{invoice_id}",
             get(get_invoice),
         )
     } else {
-        router
-    }
+        tenant_routes
+    };
+    let admin = Router::new()
+        .route("/v1/tenants", post(create_tenant))
+        .route("/openapi.json", get(openapi));
+    intake.tenant_routes(admin.merge(tenant_routes).with_state(Arc::clone(&intake)))
 }
 
 /// `POST` of one `kind` message: 202 with its outcome, or 422.
@@ -99,69 +94,6 @@ fn invalid(issues: Issues, message_id: Option<String>) -> Problem {
     Problem::invalid(&issues.errors, &issues.warnings).with_message_id(message_id)
 }
 
-fn bearer(headers: &HttpHeaders) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
-/// Compares without an early exit, so timing does not reveal a prefix of the token.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Checks the tenant API key. A key for another tenant gets 404, as if the resource
-/// did not exist.
-async fn authorize(intake: &Intake, headers: &HttpHeaders, tenant: &str) -> Result<(), Problem> {
-    let Some(key) = bearer(headers) else {
-        return Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing bearer API key",
-            None,
-        ));
-    };
-    match tenants::tenant_for_key(&intake.pool, key).await {
-        Ok(Some(owner)) if owner == tenant => {
-            Span::current().record("regua.tenant", tenant);
-            Ok(())
-        }
-        Ok(Some(_)) => Err(Problem::not_found("tenant")),
-        Ok(None) => Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown API key",
-            None,
-        )),
-        Err(e) => Err(Problem::internal(e)),
-    }
-}
-
-/// Middleware for other services' tenant routes (`/v1/tenants/{tenant}/...`): the same
-/// API-key check as intake's own routes, so every tenant route answers alike.
-pub async fn require_tenant_key(
-    State(intake): State<Arc<Intake>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let tenant = req
-        .uri()
-        .path()
-        .strip_prefix("/v1/tenants/")
-        .and_then(|rest| rest.split('/').next())
-        .map(|t| t.to_owned());
-    let Some(tenant) = tenant else {
-        return next.run(req).await;
-    };
-    match authorize(&intake, req.headers(), &tenant).await {
-        Ok(()) => next.run(req).await,
-        Err(p) => p.into_response(),
-    }
-}
-
 async fn create_tenant(
     State(intake): State<Arc<Intake>>,
     headers: HttpHeaders,
@@ -175,8 +107,8 @@ async fn create_tenant(
             None,
         ));
     };
-    let authorized =
-        bearer(&headers).is_some_and(|t| same_secret(t.as_bytes(), admin.expose().as_bytes()));
+    let authorized = secrets::bearer(&headers)
+        .is_some_and(|t| secrets::same(t.as_bytes(), admin.expose().as_bytes()));
     if !authorized {
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -432,7 +364,6 @@ async fn post_single(
     kind: InboundKind,
     body: &Bytes,
 ) -> Result<Response, Problem> {
-    authorize(intake, headers, tenant).await?;
     let tenant = tenant_id(tenant)?;
     let value = parse_body(body)?;
     let decoded = if body.len() > limits::MAX_PAYLOAD_BYTES {
@@ -481,7 +412,6 @@ async fn post_invoice_batch(
     headers: HttpHeaders,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    authorize(&intake, &headers, &tenant).await?;
     let tenant = tenant_id(&tenant)?;
     let value = parse_body(&body)?;
     let items = match &value {
@@ -591,9 +521,7 @@ fn found<T: Serialize>(
 async fn get_invoice(
     State(intake): State<Arc<Intake>>,
     Path((tenant, invoice_id)): Path<(String, String)>,
-    headers: HttpHeaders,
 ) -> Result<Response, Problem> {
-    authorize(&intake, &headers, &tenant).await?;
     Span::current().record("regua.invoice_id", invoice_id.as_str());
     found(
         "invoice",
@@ -604,9 +532,7 @@ async fn get_invoice(
 async fn get_customer(
     State(intake): State<Arc<Intake>>,
     Path((tenant, customer_id)): Path<(String, String)>,
-    headers: HttpHeaders,
 ) -> Result<Response, Problem> {
-    authorize(&intake, &headers, &tenant).await?;
     found(
         "customer",
         store::get_customer(&intake.pool, &tenant, &customer_id).await,
@@ -616,9 +542,7 @@ async fn get_customer(
 async fn get_message(
     State(intake): State<Arc<Intake>>,
     Path((tenant, message_id)): Path<(String, String)>,
-    headers: HttpHeaders,
 ) -> Result<Response, Problem> {
-    authorize(&intake, &headers, &tenant).await?;
     found(
         "message",
         store::get_message(&intake.pool, &tenant, &message_id).await,

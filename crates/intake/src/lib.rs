@@ -5,14 +5,17 @@
 //!    PubAck means durable), or POSTs to the HTTP API ([`http`]), which validates at the
 //!    edge and publishes the same message.
 //! 2. The consumer ([`consumer`]) fetches a batch from the durable `intake` consumer and
-//!    decodes every message ([`regua_contract::decode`]), collecting every problem with a
-//!    stable code.
+//!    decodes every message ([`regua_contract::decode`]), collecting every problem with
+//!    a stable code.
 //! 3. The store ([`store`]) applies the batch in one transaction: revision and content
 //!    rules, one outcome row per message (`accepted`, `duplicate`, `stale`,
 //!    `rejected`), and the domain events written to the outbox.
-//! 4. After commit the messages are acked, and the outbox relay (in the platform crate)
+//! 4. After commit the messages are acked, and the outbox relay (the platform's)
 //!    publishes `invoice.opened`/`updated`/`canceled`, `customer.upserted` and
 //!    `intake.rejected` on `regua.v1.evt.<tenant>.*`.
+//!
+//! Tenants are created here ([`tenants`]), with the creditor identity every message
+//! must carry; the platform keeps them and checks their API keys for every service.
 
 pub mod consumer;
 pub mod http;
@@ -22,14 +25,15 @@ pub mod tenants;
 
 use std::sync::Arc;
 
-use async_nats::jetstream;
-use regua_platform::outbox::Relay;
-use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, nats};
+use regua_platform::outbox::Outbox;
+use regua_platform::service::{self, Schema};
+use regua_platform::{Config, Core, PlatformError, SharedClock, Shutdown, tenancy};
 use sqlx::PgPool;
-use tokio::sync::Notify;
 
 /// Intake's schema in Postgres.
 pub const SCHEMA: &str = "intake";
+/// Intake's outbox: `invoice.*`, `customer.upserted`, `intake.rejected`, `tenant.created`.
+pub const OUTBOX: Outbox = Outbox::new("intake.outbox");
 
 /// Errors starting intake.
 #[derive(Debug, thiserror::Error)]
@@ -38,15 +42,17 @@ pub enum IntakeError {
     Platform(#[from] PlatformError),
 }
 
-/// The intake service: its connections and shared state.
+/// The intake service: its core, and the tenants it has seen.
 pub struct Intake {
-    pub config: Config,
-    pub pool: PgPool,
-    pub client: async_nats::Client,
-    pub js: jetstream::Context,
-    pub clock: SharedClock,
-    pub tenants: tenants::Tenants,
-    pub outbox_wake: Arc<Notify>,
+    pub core: Core,
+    pub tenants: tenancy::Directory,
+}
+
+impl std::ops::Deref for Intake {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 impl Intake {
@@ -57,59 +63,48 @@ impl Intake {
         client: async_nats::Client,
         clock: SharedClock,
     ) -> Arc<Intake> {
-        let js = nats::jetstream(client.clone());
         Arc::new(Intake {
-            config,
-            pool,
-            client,
-            js,
-            clock,
-            tenants: tenants::Tenants::new(),
-            outbox_wake: Arc::new(Notify::new()),
+            core: Core::new(config, pool, client, clock, OUTBOX),
+            tenants: tenancy::Directory::new(),
         })
     }
 
     /// Runs intake's migrations.
     pub async fn migrate(pool: &PgPool) -> Result<(), IntakeError> {
-        db::migrate(pool, sqlx::migrate!("./migrations"), SCHEMA).await?;
+        let migrations = sqlx::migrate!("./migrations");
+        let schema = Schema {
+            name: SCHEMA,
+            migrations,
+            outbox: OUTBOX,
+        };
+        service::migrate(pool, schema).await?;
         Ok(())
     }
 
-    /// Makes sure the streams, intake's consumer and its schema exist, then starts the
-    /// consumer workers (work) and the outbox relay (a flusher, stopped after them).
+    /// Migrates, then starts the streams, the outbox relay and the consumer's workers.
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), IntakeError> {
         Intake::migrate(&self.pool).await?;
-        nats::ensure_streams(&self.js, nats::Streams::of(&self.config)).await?;
-        let consumer = nats::ensure_pull_consumer(
-            &self.js,
-            regua_contract::subjects::STREAM_INBOUND,
-            consumer::consumer_config(self.config.intake_max_deliver, self.config.intake_ack_wait),
-        )
-        .await?;
+        self.core.start(shutdown).await?;
+        let consumer = self
+            .consumer(
+                regua_contract::subjects::STREAM_INBOUND,
+                consumer::config(&self.config),
+            )
+            .await?;
         for _ in 0..self.config.intake_workers {
-            shutdown.spawn(consumer::run(
-                Arc::clone(self),
-                consumer.clone(),
-                shutdown.token(),
-            ));
+            let run = consumer::run(Arc::clone(self), consumer.clone(), shutdown.token());
+            shutdown.spawn(run);
         }
-        Relay::new(
-            store::OUTBOX,
-            self.pool.clone(),
-            self.js.clone(),
-            Arc::clone(&self.outbox_wake),
-        )
-        .spawn(shutdown);
         Ok(())
     }
 
     /// Intake's HTTP routes.
     pub fn router(self: &Arc<Self>) -> axum::Router {
-        http::router(Arc::clone(self))
+        http::router(Arc::clone(self), true)
     }
 
     /// [`Intake::router`] without the invoice read, which reconciliation serves.
     pub fn router_without_invoice_reads(self: &Arc<Self>) -> axum::Router {
-        http::router_without_invoice_reads(Arc::clone(self))
+        http::router(Arc::clone(self), false)
     }
 }

@@ -22,23 +22,20 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use regua_contract::decode::{
+    Command, CustomerDraft, CustomerSource, Decoded, InvoiceDraft, Issues,
+};
 use regua_contract::events::{
     CustomerUpserted, DocumentKind, IntakeRejected, InvoiceCanceled, InvoiceChanged, InvoiceState,
 };
 use regua_contract::{DomainEvent, RejectCode};
-use regua_platform::outbox::{Outbox, OutboxMessage};
+use regua_platform::outbox::{OutboxMessage, event_message};
+use regua_platform::tenancy::{Directory, TenantInfo};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::tenants::{TenantInfo, Tenants};
-use regua_contract::decode::{
-    Command, CustomerDraft, CustomerSource, Decoded, InvoiceDraft, Issues,
-};
-use regua_platform::outbox::event_message;
-
-/// Intake's outbox table.
-pub const OUTBOX: Outbox = Outbox::new("intake.outbox");
+use crate::OUTBOX;
 
 /// The single outcome of one inbound message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -209,7 +206,7 @@ fn parse_kind(s: Option<&str>) -> Option<DocumentKind> {
 /// Applies `items` in one transaction and returns one [`Applied`] per item, in order.
 pub async fn apply_batch(
     pool: &PgPool,
-    tenants: &Tenants,
+    tenants: &Directory,
     now: DateTime<Utc>,
     items: &[Inbound],
 ) -> Result<Vec<Applied>, StoreError> {
@@ -221,7 +218,7 @@ pub async fn apply_batch(
 
 async fn apply_in(
     conn: &mut PgConnection,
-    tenants: &Tenants,
+    tenants: &Directory,
     now: DateTime<Utc>,
     items: &[Inbound],
 ) -> Result<Vec<Applied>, StoreError> {

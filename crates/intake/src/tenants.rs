@@ -1,89 +1,19 @@
-//! Tenants: creation (with the legal identity every collection message must carry,
-//! CDC art. 42-A), API keys, and a cache of what intake needs per message.
+//! Tenants: creation, with the legal identity every collection message must carry
+//! (CDC art. 42-A). The platform keeps them and their API keys
+//! ([`regua_platform::tenancy`]); intake validates them and emits `tenant.created`.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-
-use base64::Engine;
 use chrono::{DateTime, Utc};
-use rand::RngCore;
+use regua_contract::decode::Issues;
 use regua_contract::events::TenantCreated;
 use regua_contract::{DomainEvent, RejectCode, TenantId};
 use regua_domain::Document;
+use regua_platform::outbox::event_message;
+use regua_platform::{secrets, tenancy};
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::PgPool;
 
-use crate::store::OUTBOX;
-use regua_contract::decode::Issues;
-use regua_platform::outbox::event_message;
-
-/// What processing a message needs to know about its tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantInfo {
-    pub id: String,
-    pub timezone: String,
-}
-
-/// Known tenants, cached. Tenants are never deleted and their zone never changes, so a
-/// positive entry stays valid; unknown ids are looked up again each batch.
-#[derive(Debug, Default)]
-pub struct Tenants {
-    cache: RwLock<HashMap<String, TenantInfo>>,
-}
-
-impl Tenants {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The known tenants among `tokens`.
-    pub async fn resolve(
-        &self,
-        conn: &mut PgConnection,
-        tokens: &[&str],
-    ) -> Result<HashMap<String, TenantInfo>, sqlx::Error> {
-        let mut found = HashMap::new();
-        let mut missing: Vec<&str> = Vec::new();
-        if let Ok(cache) = self.cache.read() {
-            for t in tokens {
-                match cache.get(*t) {
-                    Some(info) => {
-                        found.insert((*t).to_owned(), info.clone());
-                    }
-                    None => missing.push(t),
-                }
-            }
-        }
-        missing.sort_unstable();
-        missing.dedup();
-        if missing.is_empty() {
-            return Ok(found);
-        }
-        let rows = sqlx::query("SELECT id, timezone FROM intake.tenants WHERE id = ANY($1)")
-            .bind(&missing)
-            .fetch_all(conn)
-            .await?;
-        let mut fresh = Vec::with_capacity(rows.len());
-        for r in rows {
-            let info = TenantInfo {
-                id: r.try_get("id")?,
-                timezone: r.try_get("timezone")?,
-            };
-            fresh.push(info);
-        }
-        if let Ok(mut cache) = self.cache.write() {
-            for info in &fresh {
-                cache.insert(info.id.clone(), info.clone());
-            }
-        }
-        for info in fresh {
-            found.insert(info.id.clone(), info);
-        }
-        Ok(found)
-    }
-}
+use crate::OUTBOX;
 
 /// A validated `POST /v1/tenants` body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,21 +184,6 @@ pub fn validate_new_tenant(body: &Value) -> Result<NewTenant, Issues> {
     }
 }
 
-/// Hashes an API key for storage and lookup.
-pub fn key_hash(key: &str) -> Vec<u8> {
-    Sha256::digest(key.as_bytes()).to_vec()
-}
-
-fn new_api_key(tenant: &TenantId) -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!(
-        "rk_{}_{}",
-        tenant,
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
-}
-
 /// Creates a tenant and emits `tenant.created`, in one transaction.
 pub async fn create_tenant(
     pool: &PgPool,
@@ -276,28 +191,9 @@ pub async fn create_tenant(
     new: NewTenant,
     traceparent: Option<String>,
 ) -> Result<CreatedTenant, CreateTenantError> {
-    let api_key = new_api_key(&new.id);
+    let api_key = secrets::new_api_key(new.id.as_str());
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO intake.tenants (id, legal_name, cnpj, address, contact, timezone, test_clock, clock_start, api_key_hash, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(new.id.as_str())
-    .bind(&new.legal_name)
-    .bind(&new.cnpj)
-    .bind(&new.address)
-    .bind(&new.contact)
-    .bind(&new.timezone)
-    .bind(new.test_clock)
-    .bind(new.now)
-    .bind(key_hash(&api_key))
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Err(CreateTenantError::Exists(new.id.to_string()));
-    }
-    let tenant = TenantCreated {
+    let registered = tenancy::Tenant {
         id: new.id.to_string(),
         legal_name: new.legal_name.clone(),
         cnpj: new.cnpj.clone(),
@@ -305,7 +201,20 @@ pub async fn create_tenant(
         contact: new.contact.clone(),
         timezone: new.timezone.clone(),
         test_clock: new.test_clock,
-        now: new.now,
+        clock_start: new.now,
+    };
+    if !tenancy::register(&mut tx, &registered, &api_key, now).await? {
+        return Err(CreateTenantError::Exists(new.id.to_string()));
+    }
+    let tenant = TenantCreated {
+        id: registered.id,
+        legal_name: registered.legal_name,
+        cnpj: registered.cnpj,
+        address: registered.address,
+        contact: registered.contact,
+        timezone: registered.timezone,
+        test_clock: registered.test_clock,
+        now: registered.clock_start,
     };
     let correlation = format!("tenant-create:{}", new.id);
     let msg = event_message(
@@ -323,12 +232,4 @@ pub async fn create_tenant(
         api_key,
         created_at: now,
     })
-}
-
-/// The tenant an API key belongs to.
-pub async fn tenant_for_key(pool: &PgPool, key: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM intake.tenants WHERE api_key_hash = $1")
-        .bind(key_hash(key))
-        .fetch_optional(pool)
-        .await
 }

@@ -51,30 +51,11 @@
 //! | `provider_timeout_ms` | `REGUA_PROVIDER_TIMEOUT_MS` | `10000` |
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-/// A secret string that never prints.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+use crate::secrets::Secret;
 
 /// Log output shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,14 +51,75 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
         .acquire_timeout(Duration::from_secs(10))
 }
 
-/// Runs `migrator` with its history table inside `schema`.
+/// A migration whose text changed after databases had applied it: what moved out of
+/// it now lives elsewhere (the outbox table, owned by the platform since it moved out of
+/// each service's first migrations). `applied` is the SHA-384, in hex, that those
+/// databases recorded; [`migrate`] accepts it as the current text's.
+#[derive(Debug, Clone, Copy)]
+pub struct Reissued {
+    pub version: i64,
+    pub applied: &'static str,
+}
+
+/// Runs `migrator` with its history table inside `schema`. A database that applied an
+/// earlier text of a `reissued` migration has that record brought up to the current
+/// text first, so the history check passes; no statement of it runs again.
 pub async fn migrate(
     pool: &PgPool,
     mut migrator: Migrator,
     schema: &'static str,
+    reissued: &[Reissued],
 ) -> Result<(), PlatformError> {
+    let table = format!("{schema}._sqlx_migrations");
+    if !reissued.is_empty() {
+        accept_reissued(pool, &migrator, &table, reissued).await?;
+    }
     migrator.create_schema(schema);
-    migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
+    migrator.dangerous_set_table_name(table);
     migrator.run(pool).await?;
     Ok(())
+}
+
+async fn accept_reissued(
+    pool: &PgPool,
+    migrator: &Migrator,
+    table: &str,
+    reissued: &[Reissued],
+) -> Result<(), PlatformError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(());
+    }
+    for r in reissued {
+        let Some(current) = migrator.iter().find(|m| m.version == r.version) else {
+            continue;
+        };
+        // The table name is the service's constant schema, never input.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET checksum = $1 WHERE version = $2 AND checksum = decode($3, 'hex')"
+        )))
+        .bind(current.checksum.as_ref())
+        .bind(r.version)
+        .bind(r.applied)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Whether `e` says Postgres could not be reached (an outage to wait out), rather than
+/// that it refused a statement.
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+    )
 }

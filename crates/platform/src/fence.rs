@@ -38,7 +38,7 @@ pub const SCHEMA: &str = "fence";
 
 /// Creates `fence.settled` (any service that uses the fence runs this).
 pub async fn migrate(pool: &PgPool) -> Result<(), PlatformError> {
-    db::migrate(pool, sqlx::migrate!("./migrations/fence"), SCHEMA).await
+    db::migrate(pool, sqlx::migrate!("./migrations/fence"), SCHEMA, &[]).await
 }
 
 /// The lock key of an invoice, as SQL over `$tenant` and `$invoice` text parameters.

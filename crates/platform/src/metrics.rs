@@ -6,21 +6,15 @@
 //! (outcomes, reject codes, step reasons, channels, providers, consumers, outboxes), so
 //! cardinality stays bounded whatever the portfolio.
 //!
-//! [`watch`] samples what no code path observes: the pending and ack-pending counts of
-//! each durable consumer this process set up ([`crate::nats::ensure_pull_consumer`]
-//! registers it) and the depth of each outbox it relays ([`crate::outbox::Relay`]
-//! registers it).
+//! What no code path observes is sampled ([`crate::sampler`]): the pending and
+//! ack-pending counts of each durable consumer this process set up
+//! ([`crate::nats::ensure_pull_consumer`] registers it here) and the depth of each
+//! outbox it relays ([`crate::outbox::Relay`] registers it here).
 
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
-use async_nats::jetstream;
-use metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
-
-use crate::outbox::Outbox;
 
 /// Intake: messages decided, by `outcome` and, for rejections, the first `code`.
 pub const INTAKE_MESSAGES: &str = "regua_intake_messages_total";
@@ -169,11 +163,12 @@ fn describe() {
     );
 }
 
-/// What this process samples: its durable consumers (stream, consumer) and outboxes.
+/// What this process samples: its durable consumers (stream, consumer) and outbox
+/// tables.
 #[derive(Debug, Clone, Default)]
-struct Watched {
-    consumers: Vec<(String, String)>,
-    outboxes: Vec<Outbox>,
+pub struct Watched {
+    pub consumers: Vec<(String, String)>,
+    pub outboxes: Vec<&'static str>,
 }
 
 static WATCHED: Mutex<Watched> = Mutex::new(Watched {
@@ -181,13 +176,18 @@ static WATCHED: Mutex<Watched> = Mutex::new(Watched {
     outboxes: Vec::new(),
 });
 
-fn watched() -> std::sync::MutexGuard<'static, Watched> {
+fn watched_mut() -> std::sync::MutexGuard<'static, Watched> {
     WATCHED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What to sample now.
+pub fn watched() -> Watched {
+    watched_mut().clone()
 }
 
 /// Samples `stream`'s durable `consumer` from now on (once, however often called).
 pub fn watch_consumer(stream: &str, consumer: &str) {
-    let mut w = watched();
+    let mut w = watched_mut();
     if !w
         .consumers
         .iter()
@@ -197,55 +197,10 @@ pub fn watch_consumer(stream: &str, consumer: &str) {
     }
 }
 
-/// Samples `outbox`'s depth from now on (once, however often called).
-pub fn watch_outbox(outbox: Outbox) {
-    let mut w = watched();
-    if !w.outboxes.iter().any(|o| o.table() == outbox.table()) {
-        w.outboxes.push(outbox);
-    }
-}
-
-/// How often [`watch`] samples.
-pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Samples what this process registered every `interval` until `cancel`: consumer
-/// pending and ack-pending, outbox depth. A failed sample is skipped (the gauge keeps
-/// its last value).
-pub async fn watch(
-    js: jetstream::Context,
-    pool: PgPool,
-    interval: Duration,
-    cancel: CancellationToken,
-) {
-    let handle = install();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let watched = watched().clone();
-        for (stream, consumer) in &watched.consumers {
-            // A stream handle without its own info request: one request per consumer.
-            let info = match js.get_stream_no_info(stream).await {
-                Ok(s) => s.consumer_info(consumer).await.ok(),
-                Err(_) => None,
-            };
-            if let Some(info) = info {
-                let labels = [("stream", stream.clone()), ("consumer", consumer.clone())];
-                gauge!(CONSUMER_PENDING, &labels).set(info.num_pending as f64);
-                gauge!(CONSUMER_ACK_PENDING, &labels).set(info.num_ack_pending as f64);
-            }
-        }
-        for outbox in &watched.outboxes {
-            match outbox.depth(&pool).await {
-                Ok(n) => gauge!(OUTBOX_DEPTH, "outbox" => outbox.table()).set(n as f64),
-                Err(e) => {
-                    tracing::debug!(error = %e, outbox = outbox.table(), "outbox depth not sampled")
-                }
-            }
-        }
-        handle.run_upkeep();
+/// Samples the depth of the outbox `table` from now on (once, however often called).
+pub fn watch_outbox(table: &'static str) {
+    let mut w = watched_mut();
+    if !w.outboxes.contains(&table) {
+        w.outboxes.push(table);
     }
 }

@@ -614,11 +614,58 @@ pub async fn settle_failure(
             tracing::error!(error = %dl, "dead-lettering failed; the message will be redelivered");
         }
     } else {
-        let delay =
-            Duration::from_millis(250 * 2u64.pow(u32::try_from(delivered).unwrap_or(1).min(7)));
-        settle(msg, jetstream::AckKind::Nak(Some(delay))).await;
+        settle(msg, jetstream::AckKind::Nak(Some(retry_delay(delivered)))).await;
     }
 }
+
+/// The retry policy of every consumer: a message that failed on its `delivered`-th
+/// delivery comes back after 250 ms, doubled per delivery, at most 30 s.
+pub fn retry_delay(delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1))
+        .unwrap_or(0)
+        .min(7);
+    (RETRY_BASE * 2u32.pow(doublings)).min(RETRY_CAP)
+}
+
+/// The first retry's delay ([`retry_delay`]).
+pub const RETRY_BASE: Duration = Duration::from_millis(250);
+const RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// The loop of every consumer that is not in order: fetches batches of up to `max` from
+/// `consumer` (each fetch waiting at most `expires`) and hands each non-empty one to
+/// `handle`, until `cancel`; the batch in hand is finished first. A failed fetch, or a
+/// batch `handle` gives back as failed (having settled none of it, so that it comes
+/// back after the ack wait), is followed by a growing pause. `name` names the consumer
+/// in logs.
+pub async fn consume<F, Fut, E>(
+    consumer: &consumer::PullConsumer,
+    name: &str,
+    max: usize,
+    expires: Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut handle: F,
+) where
+    F: FnMut(Vec<jetstream::Message>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut backoff = crate::shutdown::Backoff::new(Duration::from_millis(200));
+    while let Some(msgs) = fetch_batch(consumer, max, expires, &mut backoff, cancel, name).await {
+        if msgs.is_empty() {
+            continue;
+        }
+        if let Err(e) = handle(msgs).await {
+            tracing::error!(error = %e, consumer = name, "batch failed; it comes back after the ack wait");
+            if !backoff.wait(cancel).await {
+                break;
+            }
+        }
+    }
+}
+
+/// How long a fetch waits for messages before it returns what it has (kept short: a
+/// drain waits for the fetch under way).
+pub const FETCH_EXPIRES: Duration = Duration::from_millis(500);
 
 /// A consumed message's id: its `Nats-Msg-Id`, or `seq-<stream sequence>` when the
 /// publisher set none.

@@ -3,22 +3,23 @@
 //! in order, each with its own id as `Nats-Msg-Id` and the trace context stored with
 //! it, then deletes them.
 //!
-//! Every service's outbox table has the same shape: one row per enqueue (up to
-//! [`PACK`] messages), its messages in parallel arrays.
+//! Every service's outbox table has the same shape, and the platform owns it: [`migrate`]
+//! creates `<schema>.outbox` for a service (its history in `<schema>._outbox_migrations`).
+//! One row per enqueue (up to [`PACK`] messages), its messages in parallel arrays:
 //!
 //! ```sql
 //! CREATE TABLE <schema>.outbox (
 //!     seq          BIGSERIAL PRIMARY KEY,
+//!     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
 //!     n            INTEGER NOT NULL,   -- messages in the row
 //!     ids          UUID[] NOT NULL,
 //!     subjects     TEXT[] NOT NULL,
-//!     payloads     BYTEA[] NOT NULL,   -- COMPRESSION lz4
+//!     payloads     BYTEA[] NOT NULL,
 //!     traceparents TEXT[] NOT NULL,    -- NULL elements: no trace context
-//!     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
 //!     CONSTRAINT outbox_pack CHECK (n > 0 AND cardinality(ids) = n
 //!         AND cardinality(subjects) = n AND cardinality(payloads) = n
 //!         AND cardinality(traceparents) = n)
-//! );
+//! );  -- the arrays compressed with lz4 where the server has it
 //! ```
 //!
 //! A batch of messages written as one row costs one heap tuple and one index entry
@@ -44,13 +45,15 @@ use futures::future::try_join_all;
 // Table names come from service constants, never from input.
 use chrono::{DateTime, Utc};
 use regua_contract::{DomainEvent, Envelope, EventType, subjects};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::PgRow;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row, SqlSafeStr};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::{NoContext, Timestamp, Uuid};
 
+use crate::db::Reissued;
 use crate::shutdown::Backoff;
 use crate::{PlatformError, nats};
 
@@ -101,6 +104,141 @@ pub fn event_message(
         payload: serde_json::to_vec(&envelope)?,
         traceparent,
     })
+}
+
+/// The outbox table's migrations, in order, over `{table}` (schema-qualified). A service
+/// whose own early migrations made the table (the four first services did, in this
+/// shape) finds the first one a no-op.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "outbox",
+    r#"CREATE TABLE IF NOT EXISTS {table} (
+    seq          BIGSERIAL PRIMARY KEY,
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    n            INTEGER NOT NULL,
+    ids          UUID[] NOT NULL,
+    subjects     TEXT[] NOT NULL,
+    payloads     BYTEA[] NOT NULL,
+    traceparents TEXT[] NOT NULL,
+    -- The relay reads the arrays side by side: one element per message in each.
+    CONSTRAINT outbox_pack CHECK (
+        n > 0 AND cardinality(ids) = n AND cardinality(subjects) = n
+        AND cardinality(payloads) = n AND cardinality(traceparents) = n)
+);
+-- lz4 compresses a pack of JSON payloads (and the other arrays) several times faster
+-- than the default pglz. A server built without lz4 keeps its default.
+DO $$
+BEGIN
+    ALTER TABLE {table} ALTER COLUMN ids SET COMPRESSION lz4,
+        ALTER COLUMN subjects SET COMPRESSION lz4,
+        ALTER COLUMN payloads SET COMPRESSION lz4,
+        ALTER COLUMN traceparents SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    RAISE NOTICE '{table}: lz4 is not available; the outbox keeps the default compression';
+END
+$$;
+"#,
+)];
+
+/// The first four services' migrations rewritten when the outbox table moved out of
+/// them into the platform, with the checksums databases recorded for their earlier
+/// text ([`crate::db::migrate`] accepts those).
+const REISSUED: &[(&str, Reissued)] = &[
+    (
+        "intake",
+        Reissued {
+            version: 1,
+            applied: "6a57dcc33da33cd546141847586f5ee6b285ad343da3f6803f0ac9b54d022f4e746d058c78ce37e2370c6b8b1e77ac2e",
+        },
+    ),
+    (
+        "intake",
+        Reissued {
+            version: 2,
+            applied: "4381583f601668f051365dea47efda4e73c20471f87a0ceb83f60bb408e14093a99195b7974e462391ccb8eed38bf9ab",
+        },
+    ),
+    (
+        "intake",
+        Reissued {
+            version: 3,
+            applied: "69b11dbeca632ba4ea6ddc3982b40ca5c17eba7daa924aae1ed6a01723e18a5b4958f15ad40917e934ad51d10e183019",
+        },
+    ),
+    (
+        "scheduler",
+        Reissued {
+            version: 1,
+            applied: "336bdbe6cee3cc98a6fb07c51837d8566ad31846b22fdf01797527418127f67aa10d7b8cbd6cde634067959f54a730be",
+        },
+    ),
+    (
+        "scheduler",
+        Reissued {
+            version: 8,
+            applied: "d2bfa7994ac256ab4eb30327dbea0e848600f1b6fc1acc0d9ca704e3f55868d57e2a674560b144205f49881da8c60f4f",
+        },
+    ),
+    (
+        "dispatch",
+        Reissued {
+            version: 1,
+            applied: "3c6a9b90e69433f5333653d142821f4a935f9a85cf2b97ce5fcfb2d30c1f24bad8da19cc37293fb4ae96ff5a29f71ee4",
+        },
+    ),
+    (
+        "dispatch",
+        Reissued {
+            version: 4,
+            applied: "e1841c70e8abe6faaeb5cd40270b2b8807cf1b7774cbb1817c0ca73e698c2d8ea6b5d39186fa157b58223b4558b245da",
+        },
+    ),
+    (
+        "reconcile",
+        Reissued {
+            version: 1,
+            applied: "303a77d6570a1d87f7607ae72a703f6ae92fee96adeed5e50314f032dc11cc072b48c635cf159f5ba6916ba9ff8fe613",
+        },
+    ),
+    (
+        "reconcile",
+        Reissued {
+            version: 2,
+            applied: "4633ee9976704812632b1c931f26f527f59ad29dc7a3860d5bf5a6c14afe80eaeafbf1ac7df0e850b5abd8803ca45e6e",
+        },
+    ),
+];
+
+/// What [`REISSUED`] holds for the service with schema `schema`.
+pub fn reissued(schema: &str) -> Vec<Reissued> {
+    REISSUED
+        .iter()
+        .filter(|(s, _)| *s == schema)
+        .map(|(_, r)| *r)
+        .collect()
+}
+
+/// Creates or brings up to date `outbox`'s table, in its service's schema.
+pub async fn migrate(pool: &PgPool, outbox: Outbox) -> Result<(), PlatformError> {
+    let table = outbox.table();
+    let schema = table.split_once('.').map_or(table, |(schema, _)| schema);
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(version, description, sql)| {
+            Migration::new(
+                *version,
+                (*description).into(),
+                MigrationType::Simple,
+                AssertSqlSafe(sql.replace("{table}", table)).into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    let mut migrator = Migrator::with_migrations(migrations);
+    migrator.create_schema(schema.to_owned());
+    migrator.dangerous_set_table_name(format!("{schema}._outbox_migrations"));
+    migrator.run(pool).await?;
+    Ok(())
 }
 
 /// A service's outbox table.
@@ -220,7 +358,7 @@ impl Relay {
     /// Runs the relay as one of `shutdown`'s flushers: it stops after the work that
     /// fills the outbox, and flushes what that work left.
     pub fn spawn(self, shutdown: &crate::Shutdown) {
-        crate::metrics::watch_outbox(self.outbox);
+        crate::metrics::watch_outbox(self.outbox.table());
         let flush = shutdown.flush_token();
         shutdown.spawn_flusher(self.run(flush));
     }

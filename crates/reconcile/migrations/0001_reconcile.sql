@@ -1,5 +1,5 @@
 -- Reconciliation's view of tenants, customers and invoices (from domain events), the
--- payment ledger, and its outbox.
+-- payment ledger.
 
 CREATE TABLE reconcile.tenants (
     id          TEXT PRIMARY KEY,
@@ -102,11 +102,5 @@ CREATE TABLE reconcile.processed (
     at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
-CREATE TABLE reconcile.outbox (
-    seq         BIGSERIAL PRIMARY KEY,
-    id          UUID NOT NULL,
-    subject     TEXT NOT NULL,
-    payload     BYTEA NOT NULL,
-    traceparent TEXT,
-    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
-);
+-- Reissued: the outbox table this migration also made is the platform's now
+-- (regua_platform::outbox::migrate); databases that applied the earlier text keep it.

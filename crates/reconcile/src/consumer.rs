@@ -7,7 +7,6 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
@@ -15,7 +14,6 @@ use regua_contract::decode::{Issues, PaymentDraft, decode_payment};
 use regua_contract::events::IntakeRejected;
 use regua_contract::{DomainEvent, InboundKind, subjects};
 use regua_platform::outbox::event_message;
-use regua_platform::shutdown::Backoff;
 use regua_platform::{Config, nats, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -51,34 +49,35 @@ pub fn consumer_config(config: &Config) -> consumer::pull::Config {
 /// in order. Each group is one transaction, committed before its messages are acked:
 /// one commit for many payments. A group that fails is retried payment by payment.
 pub async fn run(r: Arc<Reconcile>, consumer: consumer::PullConsumer, cancel: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(200));
-    while let Some(msgs) = nats::fetch_batch(
+    let (name, batch) = (subjects::CONSUMER_RECONCILE, r.config.reconcile_batch_size);
+    nats::consume(
         &consumer,
-        r.config.reconcile_batch_size,
-        Duration::from_millis(500),
-        &mut backoff,
+        name,
+        batch,
+        nats::FETCH_EXPIRES,
         &cancel,
-        subjects::CONSUMER_RECONCILE,
+        |msgs| {
+            let r = &r;
+            async move {
+                // Small groups: a settlement is committed (and its `invoice.paid` published)
+                // only when its whole group is, so a group's size bounds that delay.
+                let workers = r.config.reconcile_workers.max(1);
+                let groups = msgs.len().div_ceil(GROUP_SIZE).max(workers);
+                let mut parts: Vec<Vec<Item>> = (0..groups).map(|_| Vec::new()).collect();
+                for msg in msgs {
+                    let item = Item::new(msg);
+                    let slot = usize::try_from(item.group_key() % groups as u64).unwrap_or(0);
+                    parts[slot].push(item);
+                }
+                futures::stream::iter(parts.into_iter().filter(|p| !p.is_empty()))
+                    .for_each_concurrent(workers, |part| handle(r, part))
+                    .await;
+                // Every failure is settled payment by payment in `handle`.
+                Ok::<(), std::convert::Infallible>(())
+            }
+        },
     )
-    .await
-    {
-        // Small groups: a settlement is committed (and its `invoice.paid` published)
-        // only when its whole group is, so a group's size bounds that delay.
-        let workers = r.config.reconcile_workers.max(1);
-        let groups = msgs.len().div_ceil(GROUP_SIZE).max(workers);
-        let mut parts: Vec<Vec<Item>> = (0..groups).map(|_| Vec::new()).collect();
-        for msg in msgs {
-            let item = Item::new(msg);
-            let slot = usize::try_from(item.group_key() % groups as u64).unwrap_or(0);
-            parts[slot].push(item);
-        }
-        futures::stream::iter(parts.into_iter().filter(|p| !p.is_empty()))
-            .for_each_concurrent(workers, |part| {
-                let r = &r;
-                async move { handle(r, part).await }
-            })
-            .await;
-    }
+    .await;
 }
 
 /// One consumed message, decoded.

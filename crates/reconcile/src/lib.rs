@@ -22,18 +22,18 @@
 pub mod consumer;
 pub mod http;
 pub mod ledger;
+pub mod signals;
 pub mod state;
 
 use std::sync::{Arc, OnceLock};
 
-use async_nats::jetstream;
-use regua_contract::subjects;
+use regua_contract::subjects::{STREAM_EVENTS, STREAM_INBOUND};
 use regua_platform::lane::Lane;
-use regua_platform::outbox::{Outbox, Relay};
-use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, fence, nats, telemetry};
+use regua_platform::outbox::Outbox;
+use regua_platform::service::{self, Schema};
+use regua_platform::{Config, Core, PlatformError, SharedClock, Shutdown, fence, nats};
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use tracing::Instrument;
 
 /// Reconciliation's schema in Postgres.
 pub const SCHEMA: &str = "reconcile";
@@ -62,17 +62,20 @@ pub struct Pause {
 
 /// The reconciliation service.
 pub struct Reconcile {
-    pub config: Config,
-    pub pool: PgPool,
-    pub js: jetstream::Context,
-    pub clock: SharedClock,
-    pub outbox_wake: Arc<Notify>,
+    pub core: Core,
     /// The connection settlement signals leave on ([`Reconcile::signal`]), apart from
     /// the shared one, so that they do not queue behind its traffic. Made by
     /// [`Reconcile::start`]; until then signals use the shared connection.
-    signals: OnceLock<(async_nats::Client, Lane)>,
+    pub(crate) signals: OnceLock<(async_nats::Client, Lane)>,
     /// Tests only: hold every payment transaction open before its commit, forever.
     pub pause_before_commit: Option<Arc<Pause>>,
+}
+
+impl std::ops::Deref for Reconcile {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 impl Reconcile {
@@ -94,25 +97,30 @@ impl Reconcile {
         clock: SharedClock,
         pause_before_commit: Option<Arc<Pause>>,
     ) -> Reconcile {
+        let core = Core::new(config, pool, client, clock, OUTBOX);
+        let signals = OnceLock::new();
         Reconcile {
-            config,
-            pool,
-            js: nats::jetstream(client),
-            clock,
-            outbox_wake: Arc::new(Notify::new()),
-            signals: OnceLock::new(),
+            core,
+            signals,
             pause_before_commit,
         }
     }
 
     /// Runs reconciliation's migrations and the settlement fence's.
     pub async fn migrate(pool: &PgPool) -> Result<(), ReconcileError> {
-        db::migrate(pool, sqlx::migrate!("./migrations"), SCHEMA).await?;
+        let migrations = sqlx::migrate!("./migrations");
+        let schema = Schema {
+            name: SCHEMA,
+            migrations,
+            outbox: OUTBOX,
+        };
+        service::migrate(pool, schema).await?;
         fence::migrate(pool).await?;
         Ok(())
     }
 
-    /// Starts the consumers (payments, domain events) and the outbox relay.
+    /// Migrates, then starts the streams and the outbox relay, the settlement signals'
+    /// connection, and the consumers of payments and of domain events.
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), ReconcileError> {
         Reconcile::migrate(&self.pool).await?;
         // The signals' connection lives on a lane: its socket is written at once, not
@@ -124,80 +132,20 @@ impl Reconcile {
             .await??;
         // Started once: a second start keeps the first connection.
         let _ = self.signals.set((signals, lane));
-        nats::ensure_streams(&self.js, nats::Streams::of(&self.config)).await?;
-        let events =
-            nats::ensure_pull_consumer(&self.js, subjects::STREAM_EVENTS, state::consumer_config())
-                .await?;
+        self.core.start(shutdown).await?;
+        let events = self
+            .consumer(STREAM_EVENTS, state::consumer_config())
+            .await?;
         shutdown.spawn(state::run(Arc::clone(self), events, shutdown.token()));
-        let payments = nats::ensure_pull_consumer(
-            &self.js,
-            subjects::STREAM_INBOUND,
-            consumer::consumer_config(&self.config),
-        )
-        .await?;
+        let payments = consumer::consumer_config(&self.config);
+        let payments = self.consumer(STREAM_INBOUND, payments).await?;
         shutdown.spawn(consumer::run(Arc::clone(self), payments, shutdown.token()));
-        Relay::new(
-            OUTBOX,
-            self.pool.clone(),
-            self.js.clone(),
-            Arc::clone(&self.outbox_wake),
-        )
-        .spawn(shutdown);
         Ok(())
     }
 
-    /// The tenant routes (behind the API-key layer) and the PIX webhook.
-    pub fn router(self: &Arc<Self>) -> (axum::Router, axum::Router) {
-        (
-            http::tenant_router(Arc::clone(self)),
-            http::webhook_router(Arc::clone(self)),
-        )
-    }
-
-    /// Commits a payment's transaction (after a test's pause, if any).
-    pub(crate) async fn commit(
-        &self,
-        tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    ) -> Result<(), sqlx::Error> {
-        if let Some(p) = &self.pause_before_commit {
-            p.reached.notify_waiters();
-            std::future::pending::<()>().await;
-        }
-        tx.commit().await
-    }
-
-    /// Signals each invoice `settled` settled (`regua.v1.sig.<tenant>.invoice.settled`,
-    /// core NATS), right after the commit: the scheduler halts its dunning without
-    /// waiting for `invoice.paid` to leave through the outbox. At most once: a signal
-    /// that cannot be sent is only a lost shortcut, and `invoice.paid` follows anyway.
-    pub(crate) async fn signal(&self, settled: &ledger::Settled) {
-        if settled.is_empty() {
-            return;
-        }
-        let client = match self.signals.get() {
-            Some((client, _)) => client.clone(),
-            None => self.js.client(),
-        };
-        for (tenant, signal, traceparent) in settled.iter() {
-            let payload = match serde_json::to_vec(signal) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "encoding a settlement signal");
-                    continue;
-                }
-            };
-            let subject = subjects::settled(tenant);
-            let span =
-                nats::publish_span_continuing(&subject, &signal.event_id.to_string(), traceparent);
-            let mut headers = async_nats::HeaderMap::new();
-            telemetry::inject(&span, &mut headers);
-            if let Err(e) = client
-                .publish_with_headers(subject, headers, payload.into())
-                .instrument(span)
-                .await
-            {
-                tracing::warn!(error = %e, "sending a settlement signal");
-            }
-        }
+    /// The tenant routes (behind the tenant's API key) and the PIX webhook.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        let tenant_routes = self.tenant_routes(http::tenant_router(Arc::clone(self)));
+        tenant_routes.merge(http::webhook_router(Arc::clone(self)))
     }
 }

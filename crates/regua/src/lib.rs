@@ -8,7 +8,9 @@ use std::sync::Arc;
 use regua_contract::inbound::Channel;
 use regua_dispatch::{DispatchError, Dispatcher};
 use regua_intake::{Intake, IntakeError};
-use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, http, metrics, nats};
+use regua_platform::{
+    Config, PlatformError, SharedClock, Shutdown, db, http, metrics, nats, sampler,
+};
 use regua_reconcile::{Reconcile, ReconcileError};
 use regua_scheduler::{Scheduler, SchedulerError};
 use tokio::task::JoinHandle;
@@ -119,24 +121,19 @@ impl Platform {
         let client = nats::connect_as(config, "regua").await?;
         let js = nats::jetstream(client.clone());
         let shutdown = Shutdown::new();
-
-        // Intake owns tenants and API keys; every tenant route checks keys through it,
-        // also in a process that runs only the scheduler.
-        let intake = Intake::from_parts(
-            config.clone(),
-            pool.clone(),
-            client.clone(),
-            Arc::clone(&clock),
-        );
-        Intake::migrate(&pool).await?;
-        let mut router = axum::Router::new();
-        let key_layer = || {
-            axum::middleware::from_fn_with_state(
-                Arc::clone(&intake),
-                regua_intake::http::require_tenant_key,
+        let parts = || {
+            (
+                config.clone(),
+                pool.clone(),
+                client.clone(),
+                Arc::clone(&clock),
             )
         };
+
+        let mut router = axum::Router::new();
         if services.intake {
+            let (config, pool, client, clock) = parts();
+            let intake = Intake::from_parts(config, pool, client, clock);
             intake.start(&shutdown).await?;
             // With reconciliation here, it answers `GET …/invoices/{id}` (the same
             // fields plus what the invoice owes today).
@@ -147,31 +144,20 @@ impl Platform {
             });
         }
         if services.reconcile {
-            let reconcile = Reconcile::from_parts(
-                config.clone(),
-                pool.clone(),
-                client.clone(),
-                Arc::clone(&clock),
-            );
+            let (config, pool, client, clock) = parts();
+            let reconcile = Reconcile::from_parts(config, pool, client, clock);
             reconcile.start(&shutdown).await?;
-            let (tenant_routes, webhooks) = reconcile.router();
-            router = router
-                .merge(tenant_routes.layer(key_layer()))
-                .merge(webhooks);
+            router = router.merge(reconcile.router());
         }
         if services.scheduler {
-            let scheduler = Scheduler::from_parts(
-                config.clone(),
-                pool.clone(),
-                client.clone(),
-                Arc::clone(&clock),
-            );
+            let (config, pool, client, clock) = parts();
+            let scheduler = Scheduler::from_parts(config, pool, client, clock);
             scheduler.start(&shutdown).await?;
-            router = router.merge(scheduler.router().layer(key_layer()));
+            router = router.merge(scheduler.router());
         }
         if !services.dispatch.is_empty() {
-            let dispatcher =
-                Dispatcher::from_parts(config.clone(), pool.clone(), client.clone(), clock);
+            let (config, pool, client, clock) = parts();
+            let dispatcher = Dispatcher::from_parts(config, pool, client, clock);
             dispatcher.start(services.dispatch, &shutdown).await?;
             router = router.merge(dispatcher.router());
         }
@@ -186,12 +172,13 @@ impl Platform {
             addr: config.http_addr,
             source,
         })?;
-        shutdown.spawn(metrics::watch(
+        let sampling = sampler::run(
             js.clone(),
             pool.clone(),
-            metrics::WATCH_INTERVAL,
+            sampler::INTERVAL,
             shutdown.token(),
-        ));
+        );
+        shutdown.spawn(sampling);
         let health = http::Health { pool, client, js };
         let http = shutdown.spawn(http::serve_on(listener, router, health, shutdown.token()));
         Ok(Platform {

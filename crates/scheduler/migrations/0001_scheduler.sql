@@ -1,7 +1,7 @@
 -- The scheduler owns the schema `scheduler`: its copy of tenants, customers and
 -- invoices (built from domain events), versioned policies, the durable schedule (each
 -- open invoice's *next* step only), the step history, the contact ledger for caps,
--- processed event ids, and its outbox.
+-- processed event ids.
 
 CREATE TABLE scheduler.tenants (
     id            TEXT PRIMARY KEY,
@@ -97,11 +97,5 @@ CREATE TABLE scheduler.processed (
     processed_at  TIMESTAMPTZ NOT NULL
 );
 
-CREATE TABLE scheduler.outbox (
-    seq          BIGSERIAL PRIMARY KEY,
-    id           UUID NOT NULL,
-    subject      TEXT NOT NULL,
-    payload      BYTEA NOT NULL,
-    traceparent  TEXT,
-    created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
-);
+-- Reissued: the outbox table this migration also made is the platform's now
+-- (regua_platform::outbox::migrate); databases that applied the earlier text keep it.

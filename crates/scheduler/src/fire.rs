@@ -129,7 +129,7 @@ pub async fn run(s: Arc<Scheduler>, part: Part, cancel: CancellationToken) {
 /// Samples `regua_scheduler_due_backlog` (real-time tenants' invoices whose next step
 /// is due) until `cancel`.
 pub async fn sample_backlog(s: Arc<Scheduler>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(regua_platform::metrics::WATCH_INTERVAL);
+    let mut tick = tokio::time::interval(regua_platform::sampler::INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

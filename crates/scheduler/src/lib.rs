@@ -32,10 +32,12 @@ pub mod timeline;
 
 use std::sync::{Arc, OnceLock};
 
-use async_nats::jetstream;
+use regua_contract::subjects::STREAM_EVENTS;
+use regua_platform::db;
 use regua_platform::lane::Lane;
-use regua_platform::outbox::{Outbox, Relay};
-use regua_platform::{Config, PlatformError, SharedClock, Shutdown, db, nats};
+use regua_platform::outbox::Outbox;
+use regua_platform::service::{self, Schema};
+use regua_platform::{Config, Core, PlatformError, SharedClock, Shutdown};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
@@ -64,14 +66,10 @@ pub enum SchedulerError {
     },
 }
 
-/// The scheduler service: its connections and shared state.
+/// The scheduler service: its core, and what its loops share.
 pub struct Scheduler {
-    pub config: Config,
-    pub pool: PgPool,
-    pub js: jetstream::Context,
-    pub clock: SharedClock,
+    pub core: Core,
     pub policies: policies::Cache,
-    pub outbox_wake: Arc<Notify>,
     /// Woken when there may be due work (an advance, a new plan).
     pub fire_wake: Arc<Notify>,
     /// The halt's connections ([`halt`]): same database, commits without waiting for
@@ -80,6 +78,13 @@ pub struct Scheduler {
     /// The halt's thread ([`halt`], [`regua_platform::lane`]), made by
     /// [`Scheduler::start`].
     halt_lane: OnceLock<Lane>,
+}
+
+impl std::ops::Deref for Scheduler {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 impl Scheduler {
@@ -92,13 +97,9 @@ impl Scheduler {
     ) -> Arc<Scheduler> {
         let halt_pool = db::without_flush_wait(&pool, u32::try_from(halt::IN_FLIGHT).unwrap_or(4));
         Arc::new(Scheduler {
-            config,
+            core: Core::new(config, pool, client, clock, OUTBOX),
             halt_pool,
-            pool,
-            js: nats::jetstream(client),
-            clock,
             policies: policies::Cache::default(),
-            outbox_wake: Arc::new(Notify::new()),
             fire_wake: Arc::new(Notify::new()),
             halt_lane: OnceLock::new(),
         })
@@ -106,69 +107,54 @@ impl Scheduler {
 
     /// Runs the scheduler's migrations.
     pub async fn migrate(pool: &PgPool) -> Result<(), SchedulerError> {
-        db::migrate(pool, sqlx::migrate!("./migrations"), SCHEMA).await?;
+        let migrations = sqlx::migrate!("./migrations");
+        let schema = Schema {
+            name: SCHEMA,
+            migrations,
+            outbox: OUTBOX,
+        };
+        service::migrate(pool, schema).await?;
         Ok(())
     }
 
-    /// Makes sure its schema, the streams and its consumer exist, then starts the event
-    /// consumer, the due-step poller, the test-clock driver, the due-backlog gauge, the
-    /// journey timeline's projection and the halt on payment (work), and the outbox
-    /// relay (a flusher, stopped after them).
+    /// Migrates, then starts the streams and the outbox relay, the event consumer, the
+    /// firing workers, the test-clock driver, the due-backlog gauge, the journey
+    /// timeline and the halt on payment (on a lane of its own).
     pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) -> Result<(), SchedulerError> {
         Scheduler::migrate(&self.pool).await?;
         let lane = Lane::start("regua-halt")?;
-        nats::ensure_streams(&self.js, nats::Streams::of(&self.config)).await?;
-        let consumer = nats::ensure_pull_consumer(
-            &self.js,
-            regua_contract::subjects::STREAM_EVENTS,
-            events::consumer_config(self.config.scheduler_batch_size),
-        )
-        .await?;
-        shutdown.spawn(events::run(
-            Arc::clone(self),
-            consumer.clone(),
-            shutdown.token(),
-        ));
+        self.core.start(shutdown).await?;
+        let batch = self.config.scheduler_batch_size;
+        let events = self
+            .consumer(STREAM_EVENTS, events::consumer_config(batch))
+            .await?;
+        let (s, token) = (|| Arc::clone(self), || shutdown.token());
+        shutdown.spawn(events::run(s(), events.clone(), token()));
         for part in fire::Part::all(self.config.scheduler_workers) {
-            shutdown.spawn(fire::run(Arc::clone(self), part, shutdown.token()));
+            shutdown.spawn(fire::run(s(), part, token()));
         }
-        shutdown.spawn(clock::run(Arc::clone(self), consumer, shutdown.token()));
-        shutdown.spawn(fire::sample_backlog(Arc::clone(self), shutdown.token()));
-        let timeline = nats::ensure_pull_consumer(
-            &self.js,
-            regua_contract::subjects::STREAM_EVENTS,
-            timeline::consumer_config(),
-        )
-        .await?;
-        shutdown.spawn(timeline::run(Arc::clone(self), timeline, shutdown.token()));
-        let halt = nats::ensure_pull_consumer(
-            &self.js,
-            regua_contract::subjects::STREAM_EVENTS,
-            halt::consumer_config(),
-        )
-        .await?;
+        shutdown.spawn(clock::run(s(), events, token()));
+        shutdown.spawn(fire::sample_backlog(s(), token()));
+        let timeline = self
+            .consumer(STREAM_EVENTS, timeline::consumer_config())
+            .await?;
+        shutdown.spawn(timeline::run(s(), timeline, token()));
+        let halt = self
+            .consumer(STREAM_EVENTS, halt::consumer_config())
+            .await?;
         // The halt runs on a lane: a busy firing does not hold up the stop.
         let lane = self.halt_lane.get_or_init(|| lane);
-        let (pull, signals) = (
-            lane.spawn(halt::run(Arc::clone(self), halt, shutdown.token())),
-            lane.spawn(halt::run_signals(Arc::clone(self), shutdown.token())),
-        );
+        let pull = lane.spawn(halt::run(s(), halt, token()));
+        let signals = lane.spawn(halt::run_signals(s(), token()));
         shutdown.spawn(async move {
             let _ = tokio::join!(pull, signals);
         });
-        Relay::new(
-            OUTBOX,
-            self.pool.clone(),
-            self.js.clone(),
-            Arc::clone(&self.outbox_wake),
-        )
-        .spawn(shutdown);
         Ok(())
     }
 
-    /// The scheduler's HTTP routes (tenant routes expect an API-key layer around them).
+    /// The scheduler's HTTP routes, behind the tenant's API key.
     pub fn router(self: &Arc<Self>) -> axum::Router {
-        http::router(Arc::clone(self))
+        self.tenant_routes(http::router(Arc::clone(self)))
     }
 
     /// Sleeps for the poll interval or until woken, whichever comes first.
