@@ -14,7 +14,7 @@ export REGUA_DATABASE_URL="${REGUA_DATABASE_URL:-postgres://postgres:postgres@12
 export REGUA_ADMIN_TOKEN="${REGUA_ADMIN_TOKEN:-demo-admin-token-change-me}"
 export REGUA_HTTP_ADDR="${REGUA_HTTP_ADDR:-127.0.0.1:8080}"
 export REGUA_PUBLIC_URL="http://$REGUA_HTTP_ADDR"
-# The fake providers' addresses and (fake) credentials: see `regua fakes --help`.
+# The fake providers' addresses and (fake) credentials: see `regua-fakes --help`.
 export REGUA_SMTP_URL="smtp://127.0.0.1:2525"
 export REGUA_TWILIO_API_BASE="http://127.0.0.1:8025"
 export REGUA_TWILIO_ACCOUNT_SID="ACfake00000000000000000000000000"
@@ -29,7 +29,8 @@ export REGUA_SMS_RATE_PER_SEC="${REGUA_SMS_RATE_PER_SEC:-300}"
 export REGUA_WHATSAPP_RATE_PER_SEC="${REGUA_WHATSAPP_RATE_PER_SEC:-300}"
 export REGUA_EMAIL_RATE_PER_SEC="${REGUA_EMAIL_RATE_PER_SEC:-300}"
 mkdir -p .regua-demo
-cargo build --locked -p regua --bin regua
+# The shipped binary, and the development tools (demo, fakes), which it does not carry.
+cargo build --locked -p regua --bin regua -p regua-devtools --bin regua-demo --bin regua-fakes
 # The demo has a broker of its own (JetStream store in .regua-demo/nats), so it never
 # touches the machine's. Every run starts from a fresh database and a fresh store
 # (DEMO_KEEP=1 continues the last run, whose test clock is already two months on).
@@ -41,7 +42,7 @@ fi
 nats-server -js -a 127.0.0.1 -p "${DEMO_NATS_PORT:-4233}" -sd .regua-demo/nats > .regua-demo/nats.log 2>&1 &
 nats_pid=$!
 target/debug/regua migrate
-target/debug/regua fakes --public-url "$REGUA_PUBLIC_URL" > .regua-demo/providers.log 2>&1 &
+target/debug/regua-fakes --public-url "$REGUA_PUBLIC_URL" > .regua-demo/providers.log 2>&1 &
 fakes_pid=$!
 target/debug/regua all > .regua-demo/regua.log 2>&1 &
 regua_pid=$!
@@ -52,7 +53,7 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 echo "regua all is up on http://$REGUA_HTTP_ADDR (log: .regua-demo/regua.log)"
-target/debug/regua demo --tenant demo --invoices "${DEMO_INVOICES:-1000}"
+target/debug/regua-demo --tenant demo --invoices "${DEMO_INVOICES:-1000}"
 echo "the last messages each fake provider received (all of them: .regua-demo/providers.log, http://127.0.0.1:8029/):"
 for channel in whatsapp sms email; do grep "^$channel " .regua-demo/providers.log | tail -n 3; done
 if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi

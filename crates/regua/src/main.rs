@@ -1,8 +1,5 @@
-//! The `regua` command line: thin wiring over the service libraries.
-
-mod demo;
-mod fakes;
-mod payers;
+//! The `regua` command line: thin wiring over the service libraries. Development tools
+//! (the demo, the provider fakes, the benchmarks) are binaries of `regua-devtools`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,10 +51,6 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Load a demo portfolio through the public NATS subjects and report what happened.
-    Demo(demo::DemoArgs),
-    /// Run the provider fakes (SMTP, Twilio-shaped, Meta-shaped) for the demo.
-    Fakes(fakes::FakesArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -152,11 +145,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Tenant { command } => {
             let _telemetry = telemetry::init("regua-admin", &config)?;
             tenant(config, command).await
-        }
-        Command::Fakes(args) => fakes::run(args).await,
-        Command::Demo(args) => {
-            let _telemetry = telemetry::init("regua-demo", &config)?;
-            demo::run(&config, args).await
         }
     }
 }

@@ -27,7 +27,6 @@ mod floor;
 mod reconcile;
 mod scheduler;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -37,6 +36,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::RetentionPolicy;
 use clap::{Parser, Subcommand};
 use regua_contract::{InboundKind, TenantId, subjects};
+use regua_devtools::say;
 use regua_domain::document::example_cpf;
 use regua_platform::{Clock, SystemClock, db, nats};
 use serde_json::json;
@@ -131,13 +131,6 @@ enum Bench {
         #[arg(long, default_value_t = 8)]
         workers: usize,
     },
-}
-
-fn say(line: &str) {
-    let mut out = std::io::stdout();
-    out.write_all(line.as_bytes()).ok();
-    out.write_all(b"\n").ok();
-    out.flush().ok();
 }
 
 fn payload(i: usize) -> Vec<u8> {

@@ -1,4 +1,4 @@
-//! `regua demo`: creates a demo tenant on a test clock and loads a realistic portfolio
+//! `regua-demo`: creates a demo tenant on a test clock and loads a realistic portfolio
 //! through the public NATS subjects, exactly as an integrator would, reports intake's
 //! outcomes, then advances the tenant's clock day by day over two months and prints
 //! what the régua decided and sent per day and channel.
@@ -11,7 +11,6 @@
 //! thank-yous, and a check that no dunning message went out after a payment.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,6 +25,8 @@ use regua_intake::Intake;
 use regua_intake::tenants::{self, CreateTenantError};
 use regua_platform::{Clock, Config, SystemClock, db, nats};
 use serde_json::{Value, json};
+
+use crate::say;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -178,12 +179,6 @@ fn bad_invoices(today: NaiveDate, rng: &mut StdRng) -> Vec<Value> {
     fine["customer"]["customer_id"] = json!("CLI-FINE");
     fine["late_fee"]["fine_bps"] = json!(1000);
     vec![negative, bad_cpf, fine]
-}
-
-fn say(line: &str) {
-    let mut out = std::io::stdout();
-    out.write_all(line.as_bytes()).ok();
-    out.write_all(b"\n").ok();
 }
 
 pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! `regua fakes`: the provider fakes (SMTP, Twilio-shaped, Meta-shaped) on fixed local
+//! `regua-fakes`: the provider fakes (SMTP, Twilio-shaped, Meta-shaped) on fixed local
 //! ports, for the demo. Every message they receive is printed as it arrives, and
 //! `http://<inbox>/` lists them (newest first).
 
@@ -9,6 +9,8 @@ use anyhow::Context;
 use axum::extract::State;
 use axum::response::Html;
 use regua_testkit::fakes::{self, FakeProviders};
+
+use crate::say;
 
 /// Where the fakes listen.
 #[derive(clap::Args)]
@@ -25,14 +27,6 @@ pub struct FakesArgs {
     /// regua's public URL, where Meta's status notifications go.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub public_url: String,
-}
-
-fn say(line: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout();
-    out.write_all(line.as_bytes()).ok();
-    out.write_all(b"\n").ok();
-    out.flush().ok();
 }
 
 fn escape(s: &str) -> String {
