@@ -1,8 +1,10 @@
 //! Test helpers (dev-only): a real `nats-server` child process per test that can be
-//! killed and restarted, payload builders with valid Brazilian documents, and polling
-//! helpers. Nothing here is a mock: tests talk to real NATS and Postgres.
+//! killed and restarted, one service started alone ([`service`]), the provider fakes
+//! ([`fakes`]), payload builders with valid Brazilian documents, and polling helpers.
+//! Nothing here is a mock: tests talk to real NATS and Postgres.
 
 pub mod fakes;
+pub mod service;
 #[cfg(feature = "trace")]
 pub mod trace;
 

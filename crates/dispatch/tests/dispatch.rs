@@ -1,7 +1,8 @@
-//! The dispatchers end to end, on real NATS and Postgres, against provider fakes that
-//! speak the real wire formats (an SMTP server, a Twilio-shaped and a Meta-shaped HTTP
-//! server). Commands are published on the contract subject
-//! `regua.v1.cmd.<tenant>.dispatch.<channel>`, as the scheduler publishes them.
+//! The dispatchers, started alone, on real NATS and Postgres, against provider fakes
+//! that speak the real wire formats (an SMTP server, a Twilio-shaped and a Meta-shaped
+//! HTTP server). Commands are published on the contract subject
+//! `regua.v1.cmd.<tenant>.dispatch.<channel>`, as the scheduler publishes them; the
+//! domain events the guard reads are published as their services would.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,27 +15,28 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use chrono::{TimeDelta, Utc};
-use regua::Services;
 use regua_contract::commands::DispatchCommand;
 use regua_contract::inbound::Channel;
 use regua_contract::{EventType, subjects};
+use regua_dispatch::{DispatchError, Dispatcher};
 use regua_platform::{Config, nats};
 use regua_testkit::fakes::{self, FakeProviders};
+use regua_testkit::service::Running;
 use regua_testkit::{NatsServer, eventually, read_stream};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-mod common;
-use common::Running;
-
 const TENANT: &str = "loja";
 
-const DISPATCH_ONLY: Services = Services {
-    intake: false,
-    scheduler: false,
-    reconcile: false,
-    dispatch: &Channel::ALL,
-};
+/// The dispatchers of `channels`, alone, as `regua dispatch <channel>` runs them.
+async fn dispatchers(config: &Config, channels: &'static [Channel]) -> Running {
+    Running::start(config, move |p, shutdown| async move {
+        let d = Dispatcher::from_parts(p.config, p.pool, p.client, p.clock);
+        d.start(channels, &shutdown).await?;
+        Ok::<_, DispatchError>(d.router())
+    })
+    .await
+}
 
 struct World {
     _server: NatsServer,
@@ -50,7 +52,7 @@ impl World {
     async fn new(pool: &PgPool, tweak: impl FnOnce(&mut Config)) -> World {
         let server = NatsServer::start().await;
         let fakes = FakeProviders::start().await.unwrap();
-        let mut config = common::config(&server.url(), pool);
+        let mut config = regua_testkit::service::config(&server.url(), pool);
         let port = regua_testkit::free_port();
         config.http_addr = format!("127.0.0.1:{port}").parse().unwrap();
         config.public_url = format!("http://127.0.0.1:{port}");
@@ -81,7 +83,7 @@ impl World {
     }
 
     async fn start(&self) -> Running {
-        Running::start(&self.config, DISPATCH_ONLY).await
+        dispatchers(&self.config, &Channel::ALL).await
     }
 
     async fn publish(&self, cmd: &DispatchCommand) {
@@ -163,7 +165,7 @@ fn command(n: u32, channel: Channel, fallback: &[Channel]) -> DispatchCommand {
     regua_testkit::dispatch_command(TENANT, n, channel, fallback, Utc::now())
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn one_message_per_channel_with_content_headers_segments_and_status_events(pool: PgPool) {
     let w = World::new(&pool, |_| {}).await;
     let _running = w.start().await;
@@ -310,7 +312,7 @@ async fn one_message_per_channel_with_content_headers_segments_and_status_events
     assert_eq!(w.events(EventType::MessageDelivered).await.len(), 3);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn permanent_failures_fall_back_to_the_next_channel(pool: PgPool) {
     let w = World::new(&pool, |_| {}).await;
     let _running = w.start().await;
@@ -397,7 +399,7 @@ async fn permanent_failures_fall_back_to_the_next_channel(pool: PgPool) {
     assert_eq!(mails.len(), 3, "{mails:?}");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_429_is_retried_after_retry_after_and_exhausted_retries_are_dead_lettered(pool: PgPool) {
     let w = World::new(&pool, |_| {}).await;
     let _running = w.start().await;
@@ -445,7 +447,7 @@ async fn a_429_is_retried_after_retry_after_and_exhausted_retries_are_dead_lette
     assert!(w.fakes.smtp.mails().is_empty());
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn opt_out_by_each_route_stops_later_sends_until_opt_in(pool: PgPool) {
     let w = World::new(&pool, |_| {}).await;
     let _running = w.start().await;
@@ -567,7 +569,7 @@ async fn opt_out_by_each_route_stops_later_sends_until_opt_in(pool: PgPool) {
     .await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn webhooks_refuse_bad_signatures_and_change_nothing(pool: PgPool) {
     let w = World::new(&pool, |_| {}).await;
     w.fakes.twilio.callbacks(false);
@@ -696,7 +698,7 @@ async fn webhooks_refuse_bad_signatures_and_change_nothing(pool: PgPool) {
     w.wait_events(EventType::MessageDelivered, 1).await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn the_guard_skips_closed_invoices_missing_opt_in_and_closed_windows(pool: PgPool) {
     let w = World::new(&pool, |_| {}).await;
     let _running = w.start().await;
@@ -771,7 +773,7 @@ async fn the_guard_skips_closed_invoices_missing_opt_in_and_closed_windows(pool:
 
 /// A worker killed mid-batch and restarted: no (step, channel) gets two provider calls,
 /// and the ones cut between the call and its record are reported unknown.
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_worker_killed_mid_batch_never_calls_a_provider_twice(pool: PgPool) {
     let w = World::new(&pool, |c| c.dispatch.batch_size = 10).await;
     w.fakes.twilio.latency(Duration::from_millis(400));
@@ -826,7 +828,7 @@ async fn a_worker_killed_mid_batch_never_calls_a_provider_twice(pool: PgPool) {
 /// Four replicas of the SMS dispatcher against one Twilio account limited to R msgs/s:
 /// the combined rate holds R, nothing is sent twice, and two replicas terminated
 /// mid-run (drained as on SIGTERM) lose nothing.
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn four_replicas_share_one_rate_limit_and_drain_without_loss(pool: PgPool) {
     const R: u32 = 20;
     const N: u32 = 240;
@@ -843,7 +845,7 @@ async fn four_replicas_share_one_rate_limit_and_drain_without_loss(pool: PgPool)
     for _ in 0..4 {
         let mut c = w.config.clone();
         c.http_addr = "127.0.0.1:0".parse().unwrap();
-        replicas.push(Running::start(&c, Services::dispatch(Channel::Sms)).await);
+        replicas.push(dispatchers(&c, &[Channel::Sms]).await);
     }
     eventually("a third sent", Duration::from_secs(60), || async {
         (w.fakes.twilio.sent().len() >= (N / 3) as usize).then_some(())

@@ -1,0 +1,289 @@
+//! The scheduler started alone, on a real nats-server child and Postgres: fed the
+//! domain events intake and reconciliation would emit, it plans an invoice, fires its
+//! steps on the tenant's test clock as dispatch commands, and on `invoice.paid` stops
+//! the dunning and thanks the customer once. No other service runs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use regua_contract::commands::{CommandKind, DispatchCommand};
+use regua_contract::events::{
+    CustomerState, CustomerUpserted, DocumentKind, InvoiceChanged, InvoicePaid, InvoiceState,
+    TenantCreated,
+};
+use regua_contract::inbound::{Channel, LateFee};
+use regua_contract::{DomainEvent, Envelope, subjects};
+use regua_platform::{Config, nats, tenancy};
+use regua_scheduler::{Scheduler, SchedulerError};
+use regua_testkit::service::Running;
+use regua_testkit::{NatsServer, advance_clock, eventually, read_work_queue};
+use serde_json::Value;
+use sqlx::PgPool;
+
+const TENANT: &str = "solo";
+const KEY: &str = "rk_solo_test-key-0123456789";
+const START: &str = "2026-12-01T03:00:00Z";
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+struct World {
+    _server: NatsServer,
+    js: jetstream::Context,
+    http: reqwest::Client,
+    running: Running,
+}
+
+impl World {
+    /// The scheduler alone, and the tenant it will hear of registered with the platform
+    /// (as intake registers the tenants it creates), so its key opens the routes.
+    async fn new(pool: &PgPool) -> World {
+        let server = NatsServer::start().await;
+        let config = Config {
+            scheduler_batch_size: 50,
+            ..regua_testkit::service::config(&server.url(), pool)
+        };
+        let running = Running::start(&config, |p, shutdown| async move {
+            let s = Scheduler::from_parts(p.config, p.pool, p.client, p.clock);
+            s.start(&shutdown).await?;
+            Ok::<_, SchedulerError>(s.router())
+        })
+        .await;
+        let tenant = tenancy::Tenant {
+            id: TENANT.into(),
+            legal_name: "Solo Serviços Ltda".into(),
+            cnpj: "11222333000181".into(),
+            address: "Rua Augusta, 100, São Paulo - SP".into(),
+            contact: "0800 123 4567".into(),
+            timezone: "America/Sao_Paulo".into(),
+            test_clock: true,
+            clock_start: Some(at(START)),
+        };
+        let mut conn = pool.acquire().await.unwrap();
+        assert!(
+            tenancy::register(&mut conn, &tenant, KEY, at(START))
+                .await
+                .unwrap()
+        );
+        let client = nats::connect(&server.url(), "test").await.unwrap();
+        World {
+            _server: server,
+            js: nats::jetstream(client),
+            http: reqwest::Client::new(),
+            running,
+        }
+    }
+
+    /// Publishes `event` on the events stream, as its service's outbox relay would.
+    async fn publish(&self, event: DomainEvent, occurred_at: &str) {
+        let kind = event.event_type();
+        let envelope = Envelope {
+            id: uuid::Uuid::now_v7(),
+            event_type: kind,
+            version: kind.version(),
+            occurred_at: at(occurred_at),
+            tenant: TENANT.into(),
+            correlation_id: "test".into(),
+            causation_id: "test".into(),
+            data: event,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+        self.js
+            .publish_with_headers(
+                subjects::event(TENANT, kind),
+                headers,
+                serde_json::to_vec(&envelope).unwrap().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!(
+                "{}/v1/tenants/{TENANT}/{path}",
+                self.running.base()
+            ))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn advance(&self, to: &str) {
+        advance_clock(&self.http, &self.running.base(), TENANT, KEY, to).await;
+    }
+
+    /// The dispatch commands waiting in the commands stream (no dispatcher runs).
+    async fn commands(&self) -> Vec<DispatchCommand> {
+        read_work_queue(&self.js, subjects::STREAM_COMMANDS)
+            .await
+            .into_iter()
+            .map(|(_, _, body)| serde_json::from_value(body).unwrap())
+            .collect()
+    }
+}
+
+fn customer() -> CustomerState {
+    CustomerState {
+        customer_id: "C-1".into(),
+        name: "Maria da Silva".into(),
+        document: Some("52998224725".into()),
+        document_kind: Some(DocumentKind::Cpf),
+        email: Some("maria@example.com".into()),
+        phone: Some("+5511987654321".into()),
+        whatsapp_opt_in: true,
+        preferred_channel: None,
+        timezone: "America/Sao_Paulo".into(),
+        locale: "pt-BR".into(),
+        segment: None,
+    }
+}
+
+fn invoice() -> InvoiceState {
+    InvoiceState {
+        invoice_id: "NF-1".into(),
+        revision: None,
+        customer_id: "C-1".into(),
+        debtor_kind: Some(DocumentKind::Cpf),
+        amount_cents: 15_990,
+        currency: "BRL".into(),
+        issued_on: "2026-11-01".parse().unwrap(),
+        // A Thursday: D-3 is Monday 7th at 10:00 in São Paulo.
+        due_date: "2026-12-10".parse().unwrap(),
+        description: Some("Plano fibra".into()),
+        reference: None,
+        payment: None,
+        late_fee: Some(LateFee {
+            fine_bps: 200,
+            monthly_interest_bps: 100,
+        }),
+        tags: Vec::new(),
+        metadata: Default::default(),
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_scheduler_alone_plans_fires_and_stops_on_payment(pool: PgPool) {
+    let w = World::new(&pool).await;
+    w.publish(
+        DomainEvent::TenantCreated(TenantCreated {
+            id: TENANT.into(),
+            legal_name: "Solo Serviços Ltda".into(),
+            cnpj: "11222333000181".into(),
+            address: "Rua Augusta, 100, São Paulo - SP".into(),
+            contact: "0800 123 4567".into(),
+            timezone: "America/Sao_Paulo".into(),
+            test_clock: true,
+            now: Some(at(START)),
+        }),
+        START,
+    )
+    .await;
+    w.publish(
+        DomainEvent::CustomerUpserted(CustomerUpserted {
+            customer: customer(),
+        }),
+        START,
+    )
+    .await;
+    w.publish(
+        DomainEvent::InvoiceOpened(InvoiceChanged { invoice: invoice() }),
+        START,
+    )
+    .await;
+
+    // Planned from the events alone: the starter policy's six steps, all pending.
+    let plan = eventually("the plan", Duration::from_secs(30), || async {
+        let (status, plan) = w.get("invoices/NF-1/plan").await;
+        (status == 200).then_some(plan)
+    })
+    .await;
+    let steps: Vec<(&str, &str)> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("lembrete", "pending"),
+            ("vence_hoje", "pending"),
+            ("primeiro_aviso", "pending"),
+            ("segundo_aviso", "pending"),
+            ("aviso_negativacao", "pending"),
+            ("negativacao", "pending"),
+        ],
+        "{plan}"
+    );
+
+    // The reminder fires on the test clock, as a command for the first usable channel.
+    w.advance("2026-12-07T14:00:00Z").await;
+    let commands = eventually("the reminder", Duration::from_secs(30), || async {
+        let c = w.commands().await;
+        (!c.is_empty()).then_some(c)
+    })
+    .await;
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    let reminder = &commands[0];
+    assert_eq!(
+        (reminder.step.as_str(), reminder.kind, reminder.channel),
+        ("lembrete", CommandKind::Step, Channel::Whatsapp)
+    );
+    assert_eq!(reminder.fallback, vec![Channel::Sms, Channel::Email]);
+    assert_eq!(reminder.invoices[0].invoice_id, "NF-1");
+    assert_eq!(reminder.creditor.cnpj, "11222333000181");
+
+    // Paid: every pending step stops, and the thank-you goes out once; nothing else.
+    w.publish(
+        DomainEvent::InvoicePaid(InvoicePaid {
+            invoice_id: "NF-1".into(),
+            customer_id: "C-1".into(),
+            paid_at: at("2026-12-08T12:00:00Z"),
+            amount_paid_cents: 15_990,
+            currency: "BRL".into(),
+            days_late: 0,
+            overpaid_cents: 0,
+        }),
+        "2026-12-08T12:00:00Z",
+    )
+    .await;
+    eventually("the stop", Duration::from_secs(30), || async {
+        let (_, plan) = w.get("invoices/NF-1/plan").await;
+        let cancelled = plan["steps"]
+            .as_array()?
+            .iter()
+            .filter(|s| s["state"] == "cancelled")
+            .count();
+        (cancelled == 5).then_some(())
+    })
+    .await;
+    w.advance("2027-02-01T12:00:00Z").await;
+    let commands = eventually("the thank-you", Duration::from_secs(30), || async {
+        let c = w.commands().await;
+        (c.len() >= 2).then_some(c)
+    })
+    .await;
+    let after: Vec<(&str, CommandKind)> = commands[1..]
+        .iter()
+        .map(|c| (c.template.as_str(), c.kind))
+        .collect();
+    assert_eq!(after, vec![("agradecimento", CommandKind::Thanks)]);
+
+    // No other service ran: intake's tables were never made.
+    let intake: bool = sqlx::query_scalar("SELECT to_regclass('intake.invoices') IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(intake, "the scheduler started alone");
+}

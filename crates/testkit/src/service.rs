@@ -1,0 +1,177 @@
+//! One service started alone, in a runtime of its own as its own process would be,
+//! over the test's broker and database, serving its routes (and health) on the
+//! configured address: so a service crate's tests start that service and nothing
+//! else, and can kill it outright or drain it as SIGTERM does.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regua_platform::{Config, SharedClock, Shutdown, SystemClock, db, http, nats};
+use sqlx::PgPool;
+
+use crate::fail;
+
+/// What a service is built from: the test's settings, connections and clock.
+pub struct Parts {
+    pub config: Config,
+    pub pool: PgPool,
+    pub client: async_nats::Client,
+    pub clock: SharedClock,
+}
+
+/// A running service.
+pub struct Running {
+    rt: Option<tokio::runtime::Runtime>,
+    addr: SocketAddr,
+    drain: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+impl Running {
+    /// Connects as `config` says (on the system clock), hands the parts to `start`,
+    /// which starts the service with the shutdown it is given and returns its routes,
+    /// and serves them on `config.http_addr` (port 0: a free one, see [`Running::addr`]).
+    pub async fn start<F, Fut, E>(config: &Config, start: F) -> Running
+    where
+        F: FnOnce(Parts, Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<axum::Router, E>> + Send,
+        E: std::fmt::Display,
+    {
+        Running::start_with_clock(config, Arc::new(SystemClock), start).await
+    }
+
+    /// [`Running::start`] on `clock`.
+    pub async fn start_with_clock<F, Fut, E>(
+        config: &Config,
+        clock: SharedClock,
+        start: F,
+    ) -> Running
+    where
+        F: FnOnce(Parts, Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<axum::Router, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let config = config.clone();
+        rt.spawn(async move {
+            let url = config.database_url.expose();
+            let pool = db::connect(url, config.db_max_connections)
+                .await
+                .unwrap_or_else(|e| fail(&format!("postgres: {e}")));
+            let client = nats::connect_as(&config, "test-service")
+                .await
+                .unwrap_or_else(|e| fail(&format!("nats: {e}")));
+            let shutdown = Shutdown::new();
+            let parts = Parts {
+                config: config.clone(),
+                pool: pool.clone(),
+                client: client.clone(),
+                clock,
+            };
+            let router = start(parts, shutdown.clone())
+                .await
+                .unwrap_or_else(|e| fail(&format!("starting the service: {e}")));
+            let listener = tokio::net::TcpListener::bind(config.http_addr)
+                .await
+                .unwrap_or_else(|e| fail(&format!("binding {}: {e}", config.http_addr)));
+            let addr = listener
+                .local_addr()
+                .unwrap_or_else(|e| fail(&format!("local address: {e}")));
+            let js = nats::jetstream(client.clone());
+            let health = http::Health { pool, client, js };
+            shutdown.spawn(http::serve_on(listener, router, health, shutdown.token()));
+            ready_tx.send(addr).ok();
+            drain_rx.await.ok();
+            // What a service process does on SIGTERM.
+            done_tx
+                .send(shutdown.drain(config.drain_timeout).await)
+                .ok();
+        });
+        let addr = match tokio::time::timeout(Duration::from_secs(60), ready_rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => fail("the service did not start within 60 s"),
+        };
+        Running {
+            rt: Some(rt),
+            addr,
+            drain: Some(drain_tx),
+            done: Some(done_rx),
+        }
+    }
+
+    /// Where its routes are served.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// No drain: tasks stop mid-work, transactions are cut, acks never sent.
+    pub fn kill(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Stops fetching, finishes in-flight work, flushes; true when it finished in time.
+    pub async fn terminate(mut self) -> bool {
+        if let Some(drain) = self.drain.take() {
+            drain.send(()).ok();
+        }
+        let clean = match self.done.take() {
+            Some(done) => done.await.unwrap_or(false),
+            None => false,
+        };
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        clean
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The platform's settings on `nats_url` and the database `#[sqlx::test]` made for
+/// `pool` (on the server `DATABASE_URL` names), serving on a free port, with short
+/// waits so tests run quickly.
+pub fn config(nats_url: &str, pool: &PgPool) -> Config {
+    // Tests read the database server from the environment, as sqlx::test does.
+    #[allow(clippy::disallowed_methods)]
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| fail("DATABASE_URL is not set (see .cargo/config.toml)"));
+    let base = base.rsplit_once('/').map_or(base.as_str(), |(b, _)| b);
+    let db = pool
+        .connect_options()
+        .get_database()
+        .unwrap_or("postgres")
+        .to_owned();
+    Config {
+        nats_url: nats_url.to_owned(),
+        database_url: regua_platform::Secret::new(format!("{base}/{db}")),
+        http_addr: ([127, 0, 0, 1], 0).into(),
+        intake_batch_size: 100,
+        intake_ack_wait: Duration::from_secs(5),
+        reconcile_ack_wait: Duration::from_secs(5),
+        scheduler_poll: Duration::from_millis(50),
+        db_max_connections: 8,
+        ..Config::default()
+    }
+}
