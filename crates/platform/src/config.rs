@@ -2,53 +2,9 @@
 //! variables. Every key is validated at startup; a bad value stops startup with a
 //! message that names both the file key and the variable.
 //!
-//! | file key | env var | default |
-//! |---|---|---|
-//! | `nats_url` | `REGUA_NATS_URL` | `nats://127.0.0.1:4222` |
-//! | `nats_user` | `REGUA_NATS_USER` | unset (no authentication); the service's own NATS user (deploy/nats) |
-//! | `nats_password` | `REGUA_NATS_PASSWORD` | unset |
-//! | `nats_provision` | `REGUA_NATS_PROVISION` | `true`: create or update the streams at startup; `false` under a least-privilege user, which only checks they exist (`regua migrate` provisions them) |
-//! | `nats_stream_replicas` | `REGUA_NATS_STREAM_REPLICAS` | `1` (3 on a 3-node JetStream cluster; applied when provisioning) |
-//! | `database_url` | `REGUA_DATABASE_URL` | `postgres://postgres:postgres@127.0.0.1:5432/regua` |
-//! | `http_addr` | `REGUA_HTTP_ADDR` | `127.0.0.1:8080` |
-//! | `admin_token` | `REGUA_ADMIN_TOKEN` | unset: tenant administration over HTTP is off |
-//! | `log` | `REGUA_LOG` | `info,sqlx=warn` (a tracing `EnvFilter` directive) |
-//! | `log_format` | `REGUA_LOG_FORMAT` | `text` (or `json`) |
-//! | `db_max_connections` | `REGUA_DB_MAX_CONNECTIONS` | `10` |
-//! | `intake_batch_size` | `REGUA_INTAKE_BATCH_SIZE` | `500` |
-//! | `intake_max_deliver` | `REGUA_INTAKE_MAX_DELIVER` | `5` |
-//! | `intake_workers` | `REGUA_INTAKE_WORKERS` | `2` (concurrent batches per process) |
-//! | `intake_ack_wait_secs` | `REGUA_INTAKE_ACK_WAIT_SECS` | `60` (redelivery after a crashed worker) |
-//! | `scheduler_batch_size` | `REGUA_SCHEDULER_BATCH_SIZE` | `500` (events per batch, steps per claim) |
-//! | `scheduler_workers` | `REGUA_SCHEDULER_WORKERS` | `2` (concurrent claims per process) |
-//! | `reconcile_batch_size` | `REGUA_RECONCILE_BATCH_SIZE` | `200` (payments fetched per batch) |
-//! | `reconcile_ack_wait_secs` | `REGUA_RECONCILE_ACK_WAIT_SECS` | `30` (a crashed replica's payments come back after this) |
-//! | `reconcile_workers` | `REGUA_RECONCILE_WORKERS` | `8` (payment transactions in flight per process) |
-//! | `scheduler_poll_ms` | `REGUA_SCHEDULER_POLL_MS` | `250` (how often due steps are claimed when idle) |
-//! | `http_outcome_wait_ms` | `REGUA_HTTP_OUTCOME_WAIT_MS` | `5000` |
-//! | `drain_timeout_secs` | `REGUA_DRAIN_TIMEOUT_SECS` | `20` |
-//! | `public_url` | `REGUA_PUBLIC_URL` | `http://127.0.0.1:8080` (how providers and debtors reach regua's webhooks and links) |
-//! | `link_secret` | `REGUA_LINK_SECRET` | a development value: set your own (signs unsubscribe links) |
-//! | `smtp_url` | `REGUA_SMTP_URL` | `smtp://127.0.0.1:2525` (`smtps://` for TLS, `?tls=starttls` for STARTTLS; user:password@ for AUTH) |
-//! | `email_from` | `REGUA_EMAIL_FROM` | `Regua <cobranca@regua.local>` |
-//! | `twilio_api_base` | `REGUA_TWILIO_API_BASE` | `https://api.twilio.com` |
-//! | `twilio_account_sid` | `REGUA_TWILIO_ACCOUNT_SID` | unset |
-//! | `twilio_auth_token` | `REGUA_TWILIO_AUTH_TOKEN` | unset |
-//! | `twilio_from` | `REGUA_TWILIO_FROM` | unset (E.164 or a messaging service sid) |
-//! | `whatsapp_api_base` | `REGUA_WHATSAPP_API_BASE` | `https://graph.facebook.com/v21.0` |
-//! | `whatsapp_token` | `REGUA_WHATSAPP_TOKEN` | unset |
-//! | `whatsapp_phone_number_id` | `REGUA_WHATSAPP_PHONE_NUMBER_ID` | unset |
-//! | `whatsapp_app_secret` | `REGUA_WHATSAPP_APP_SECRET` | unset |
-//! | `whatsapp_verify_token` | `REGUA_WHATSAPP_VERIFY_TOKEN` | unset |
-//! | `email_rate_per_sec` | `REGUA_EMAIL_RATE_PER_SEC` | `50` (per provider account, across all replicas; 0 = unlimited) |
-//! | `sms_rate_per_sec` | `REGUA_SMS_RATE_PER_SEC` | `30` |
-//! | `whatsapp_rate_per_sec` | `REGUA_WHATSAPP_RATE_PER_SEC` | `80` |
-//! | `dispatch_batch_size` | `REGUA_DISPATCH_BATCH_SIZE` | `64` (commands fetched and sent concurrently per batch) |
-//! | `dispatch_workers` | `REGUA_DISPATCH_WORKERS` | `2` (concurrent batches per process) |
-//! | `dispatch_max_attempts` | `REGUA_DISPATCH_MAX_ATTEMPTS` | `5` (provider calls on transient failures before dead-lettering) |
-//! | `dispatch_retry_base_ms` | `REGUA_DISPATCH_RETRY_BASE_MS` | `1000` (first backoff; doubles, jittered, capped at 5 min) |
-//! | `dispatch_ack_wait_secs` | `REGUA_DISPATCH_ACK_WAIT_SECS` | `60` (a crashed worker's commands come back after this) |
-//! | `provider_timeout_ms` | `REGUA_PROVIDER_TIMEOUT_MS` | `10000` |
+//! [`KEYS`] is the one list of settings, with their defaults and what each does; the
+//! reference in `docs/configuration.md` is generated from it ([`reference`]) and a test
+//! fails when it is stale, so the two cannot drift.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -166,59 +122,277 @@ pub enum ConfigError {
     },
 }
 
-const KEYS: &[(&str, &str)] = &[
-    ("nats_url", "nats://127.0.0.1:4222"),
-    ("nats_user", ""),
-    ("nats_password", ""),
-    ("nats_provision", "true"),
-    ("nats_stream_replicas", "1"),
-    (
-        "database_url",
-        "postgres://postgres:postgres@127.0.0.1:5432/regua",
-    ),
-    ("http_addr", "127.0.0.1:8080"),
-    ("admin_token", ""),
-    ("log", "info,sqlx=warn"),
-    ("log_format", "text"),
-    ("db_max_connections", "10"),
-    ("intake_batch_size", "500"),
-    ("intake_max_deliver", "5"),
-    ("intake_workers", "2"),
-    ("intake_ack_wait_secs", "60"),
-    ("scheduler_batch_size", "500"),
-    ("scheduler_poll_ms", "250"),
-    ("scheduler_workers", "2"),
-    ("reconcile_batch_size", "200"),
-    ("reconcile_workers", "8"),
-    ("reconcile_ack_wait_secs", "30"),
-    ("http_outcome_wait_ms", "5000"),
-    ("drain_timeout_secs", "20"),
-    ("public_url", "http://127.0.0.1:8080"),
-    ("link_secret", DEV_LINK_SECRET),
-    ("smtp_url", "smtp://127.0.0.1:2525"),
-    ("email_from", "Regua <cobranca@regua.local>"),
-    ("twilio_api_base", "https://api.twilio.com"),
-    ("twilio_account_sid", ""),
-    ("twilio_auth_token", ""),
-    ("twilio_from", ""),
-    ("whatsapp_api_base", "https://graph.facebook.com/v21.0"),
-    ("whatsapp_token", ""),
-    ("whatsapp_phone_number_id", ""),
-    ("whatsapp_app_secret", ""),
-    ("whatsapp_verify_token", ""),
-    ("email_rate_per_sec", "50"),
-    ("sms_rate_per_sec", "30"),
-    ("whatsapp_rate_per_sec", "80"),
-    ("dispatch_batch_size", "64"),
-    ("dispatch_workers", "2"),
-    ("dispatch_max_attempts", "5"),
-    ("dispatch_retry_base_ms", "1000"),
-    ("dispatch_ack_wait_secs", "60"),
-    ("provider_timeout_ms", "10000"),
+/// One setting: its file key (the environment variable is `REGUA_` and the key in upper
+/// case), its default (empty: unset) and what it does.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+/// Every setting, in the order the reference lists them.
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "nats_url",
+        default: "nats://127.0.0.1:4222",
+        doc: "The NATS server (JetStream enabled).",
+    },
+    Key {
+        name: "nats_user",
+        default: "",
+        doc: "The service's own NATS user ([deploy/nats/accounts.conf](../deploy/nats/accounts.conf)); replies then arrive on its private inbox `_INBOX_<user>`. Unset: no authentication.",
+    },
+    Key {
+        name: "nats_password",
+        default: "",
+        doc: "Its password; only with `nats_user`.",
+    },
+    Key {
+        name: "nats_provision",
+        default: "true",
+        doc: "`true`: create or update the streams at startup; `false` under a least-privilege user, which only checks they exist (`regua migrate` provisions them).",
+    },
+    Key {
+        name: "nats_stream_replicas",
+        default: "1",
+        doc: "Copies of each stream when provisioning, 1 to 5 (3 on a 3-node JetStream cluster).",
+    },
+    Key {
+        name: "database_url",
+        default: "postgres://postgres:postgres@127.0.0.1:5432/regua",
+        doc: "The PostgreSQL database, created if missing.",
+    },
+    Key {
+        name: "http_addr",
+        default: "127.0.0.1:8080",
+        doc: "Where the HTTP API, `/healthz`, `/readyz` and `/metrics` listen.",
+    },
+    Key {
+        name: "admin_token",
+        default: "",
+        doc: "Bearer token of `POST /v1/tenants`, at least 16 characters. Unset: tenant administration over HTTP is off.",
+    },
+    Key {
+        name: "log",
+        default: "info,sqlx=warn",
+        doc: "A tracing `EnvFilter` directive.",
+    },
+    Key {
+        name: "log_format",
+        default: "text",
+        doc: "`text`, or `json` for machines.",
+    },
+    Key {
+        name: "db_max_connections",
+        default: "10",
+        doc: "Connections per pool, 1 to 1000. Each in-order consumer (the scheduler has two, dispatch and reconciliation one each) holds one more of its own for its lease, standing by or not.",
+    },
+    Key {
+        name: "intake_batch_size",
+        default: "500",
+        doc: "Inbound messages per transaction, 1 to 1000.",
+    },
+    Key {
+        name: "intake_max_deliver",
+        default: "5",
+        doc: "Deliveries of an inbound message before it is dead-lettered, 1 to 100.",
+    },
+    Key {
+        name: "intake_workers",
+        default: "2",
+        doc: "Concurrent intake batches per process, 1 to 16.",
+    },
+    Key {
+        name: "intake_ack_wait_secs",
+        default: "60",
+        doc: "How soon a crashed intake worker's messages are redelivered.",
+    },
+    Key {
+        name: "scheduler_batch_size",
+        default: "500",
+        doc: "Events per scheduler transaction; due steps per claim (1 to 5000).",
+    },
+    Key {
+        name: "scheduler_poll_ms",
+        default: "250",
+        doc: "How often due steps are claimed when nothing wakes the scheduler (10 to 60000).",
+    },
+    Key {
+        name: "scheduler_workers",
+        default: "2",
+        doc: "Concurrent claims per process, each over its own share of the customers (1 to 16).",
+    },
+    Key {
+        name: "reconcile_batch_size",
+        default: "200",
+        doc: "Payments fetched per batch (1 to 5000).",
+    },
+    Key {
+        name: "reconcile_workers",
+        default: "8",
+        doc: "Payment groups (one transaction each) in flight per process (1 to 64).",
+    },
+    Key {
+        name: "reconcile_ack_wait_secs",
+        default: "30",
+        doc: "How soon a crashed replica's payments come back.",
+    },
+    Key {
+        name: "http_outcome_wait_ms",
+        default: "5000",
+        doc: "How long an HTTP submission waits for its committed outcome before answering 202 `pending`.",
+    },
+    Key {
+        name: "drain_timeout_secs",
+        default: "20",
+        doc: "Graceful stop: finish the batches in hand and flush the outbox within this.",
+    },
+    Key {
+        name: "public_url",
+        default: "http://127.0.0.1:8080",
+        doc: "How providers and debtors reach regua: Twilio's `StatusCallback`, the unsubscribe links.",
+    },
+    Key {
+        name: "link_secret",
+        default: DEV_LINK_SECRET,
+        doc: "Signs the links regua gives out (unsubscribe), at least 16 characters. The default is for a laptop: set your own.",
+    },
+    Key {
+        name: "smtp_url",
+        default: "smtp://127.0.0.1:2525",
+        doc: "The SMTP relay: `smtps://` for TLS, `?tls=required` (or `opportunistic`) for STARTTLS, `user:password@` for AUTH.",
+    },
+    Key {
+        name: "email_from",
+        default: "Regua <cobranca@regua.local>",
+        doc: "The sender; its display name is replaced by the creditor's.",
+    },
+    Key {
+        name: "twilio_api_base",
+        default: "https://api.twilio.com",
+        doc: "Twilio's API (the fakes in development).",
+    },
+    Key {
+        name: "twilio_account_sid",
+        default: "",
+        doc: "Required by `regua dispatch sms`.",
+    },
+    Key {
+        name: "twilio_auth_token",
+        default: "",
+        doc: "Required by `regua dispatch sms`; also verifies Twilio's callbacks.",
+    },
+    Key {
+        name: "twilio_from",
+        default: "",
+        doc: "Required by `regua dispatch sms`: an E.164 number or a Messaging Service `MG…`.",
+    },
+    Key {
+        name: "whatsapp_api_base",
+        default: "https://graph.facebook.com/v21.0",
+        doc: "The WhatsApp Cloud API (the fakes in development).",
+    },
+    Key {
+        name: "whatsapp_token",
+        default: "",
+        doc: "Required by `regua dispatch whatsapp`.",
+    },
+    Key {
+        name: "whatsapp_phone_number_id",
+        default: "",
+        doc: "Required by `regua dispatch whatsapp`.",
+    },
+    Key {
+        name: "whatsapp_app_secret",
+        default: "",
+        doc: "Verifies the WhatsApp webhook's `X-Hub-Signature-256`.",
+    },
+    Key {
+        name: "whatsapp_verify_token",
+        default: "",
+        doc: "Answers the WhatsApp webhook's verification handshake.",
+    },
+    Key {
+        name: "email_rate_per_sec",
+        default: "50",
+        doc: "E-mails per second per provider account, across all replicas (0 = unlimited).",
+    },
+    Key {
+        name: "sms_rate_per_sec",
+        default: "30",
+        doc: "SMS per second per provider account, across all replicas (0 = unlimited).",
+    },
+    Key {
+        name: "whatsapp_rate_per_sec",
+        default: "80",
+        doc: "WhatsApp messages per second per provider account, across all replicas (0 = unlimited).",
+    },
+    Key {
+        name: "dispatch_batch_size",
+        default: "64",
+        doc: "Commands fetched and sent concurrently per batch (1 to 1000).",
+    },
+    Key {
+        name: "dispatch_workers",
+        default: "2",
+        doc: "Concurrent dispatch batches per process (1 to 16).",
+    },
+    Key {
+        name: "dispatch_max_attempts",
+        default: "5",
+        doc: "Provider calls on transient failures before dead-lettering (1 to 50).",
+    },
+    Key {
+        name: "dispatch_retry_base_ms",
+        default: "1000",
+        doc: "First retry backoff; it doubles, jittered, at least `Retry-After`, at most 5 min.",
+    },
+    Key {
+        name: "dispatch_ack_wait_secs",
+        default: "60",
+        doc: "How soon a crashed dispatcher's commands come back.",
+    },
+    Key {
+        name: "provider_timeout_ms",
+        default: "10000",
+        doc: "Timeout of a provider call (100 to 120000).",
+    },
 ];
 
-fn env_name(key: &str) -> String {
+/// The environment variable of file key `key`.
+pub fn env_name(key: &str) -> String {
     format!("REGUA_{}", key.to_ascii_uppercase())
+}
+
+/// The configuration reference, in Markdown, generated from [`KEYS`]
+/// (`docs/configuration.md` is exactly this).
+pub fn reference() -> String {
+    let mut out = String::from(
+        "# Configuration\n\n\
+         <!-- Generated from crates/platform/src/config.rs (KEYS); a test fails when this file is stale. \
+         Regenerate with: REGUA_BLESS_DOCS=1 cargo test -p regua-platform configuration_reference_is_fresh -->\n\n\
+         Every setting has a default, can be set in a TOML file (`regua --config regua.toml …`, \
+         the file keys below; see [deploy/regua.example.toml](../deploy/regua.example.toml)) and \
+         is overridden by its environment variable. A bad value stops startup with a message \
+         naming both. Trace export reads the standard `OTEL_*` variables \
+         (`OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/HTTP; unset: no export).\n\n\
+         | environment variable | file key | default | |\n|---|---|---|---|\n",
+    );
+    for k in KEYS {
+        let default = match k.default {
+            "" => "unset".to_owned(),
+            DEV_LINK_SECRET => "a development value".to_owned(),
+            d => format!("`{d}`"),
+        };
+        out.push_str(&format!(
+            "| `{}` | `{}` | {default} | {} |\n",
+            env_name(k.name),
+            k.name,
+            k.doc
+        ));
+    }
+    out
 }
 
 impl Default for Config {
@@ -248,8 +422,10 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         // Every process and test builds a configuration before any HTTPS client.
         crate::tls::init();
-        let mut raw: BTreeMap<&'static str, String> =
-            KEYS.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        let mut raw: BTreeMap<&'static str, String> = KEYS
+            .iter()
+            .map(|k| (k.name, k.default.to_owned()))
+            .collect();
         if let Some(path) = file {
             let display = path.display().to_string();
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
@@ -263,7 +439,7 @@ impl Config {
                         reason: e.to_string(),
                     })?;
             for (k, v) in table {
-                let Some((key, _)) = KEYS.iter().find(|(name, _)| *name == k) else {
+                let Some(key) = KEYS.iter().map(|k| k.name).find(|name| *name == k) else {
                     return Err(ConfigError::UnknownKey {
                         key: k,
                         path: display,
@@ -276,9 +452,9 @@ impl Config {
                 raw.insert(key, value);
             }
         }
-        for (key, _) in KEYS {
-            if let Some(v) = env(&env_name(key)) {
-                raw.insert(key, v);
+        for key in KEYS {
+            if let Some(v) = env(&env_name(key.name)) {
+                raw.insert(key.name, v);
             }
         }
         let mut config = Config::parse(&raw)?;
@@ -564,6 +740,48 @@ mod tests {
         std::fs::write(&path, "http_adr = \"0.0.0.0:9000\"\n").unwrap();
         let e = Config::from_sources(Some(&path), env(&[])).unwrap_err();
         assert!(e.to_string().contains("http_adr"), "{e}");
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn configuration_reference_is_fresh() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let generated = reference();
+        if std::env::var("REGUA_BLESS_DOCS").is_ok_and(|v| v == "1") {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "docs/configuration.md is stale; regenerate with REGUA_BLESS_DOCS=1 cargo test -p regua-platform configuration_reference_is_fresh"
+        );
+    }
+
+    #[test]
+    fn every_key_is_read_and_the_example_file_names_each() {
+        let example = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../deploy/regua.example.toml"),
+        )
+        .unwrap();
+        for k in KEYS {
+            assert!(
+                example.contains(&format!("{} =", k.name)),
+                "deploy/regua.example.toml does not mention {}",
+                k.name
+            );
+        }
+        let source = include_str!("config.rs");
+        let parse =
+            &source[source.find("fn parse(").unwrap()..source.find("#[cfg(test)]").unwrap()];
+        for k in KEYS {
+            assert!(
+                parse.contains(&format!("\"{}\"", k.name)),
+                "{} is listed but never read",
+                k.name
+            );
+        }
     }
 
     #[test]
