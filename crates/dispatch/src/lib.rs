@@ -84,12 +84,7 @@ impl Dispatcher {
     /// Runs the dispatchers' migrations, and the settlement fence's (the guard's last
     /// check reads it).
     pub async fn migrate(pool: &PgPool) -> Result<(), DispatchError> {
-        let migrations = sqlx::migrate!("./migrations");
-        let schema = Schema {
-            name: SCHEMA,
-            migrations,
-            outbox: OUTBOX,
-        };
+        let schema = Schema::new(SCHEMA, sqlx::migrate!("./migrations"), OUTBOX);
         service::migrate(pool, schema).await?;
         fence::migrate(pool).await?;
         Ok(())

@@ -71,12 +71,7 @@ impl Intake {
 
     /// Runs intake's migrations.
     pub async fn migrate(pool: &PgPool) -> Result<(), IntakeError> {
-        let migrations = sqlx::migrate!("./migrations");
-        let schema = Schema {
-            name: SCHEMA,
-            migrations,
-            outbox: OUTBOX,
-        };
+        let schema = Schema::new(SCHEMA, sqlx::migrate!("./migrations"), OUTBOX);
         service::migrate(pool, schema).await?;
         Ok(())
     }

@@ -8,25 +8,13 @@ use regua_contract::events::TenantCreated;
 use regua_contract::{DomainEvent, RejectCode, TenantId};
 use regua_domain::Document;
 use regua_platform::outbox::event_message;
-use regua_platform::{secrets, tenancy};
+use regua_platform::secrets;
+use regua_platform::tenancy::{self, Tenant};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::OUTBOX;
-
-/// A validated `POST /v1/tenants` body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewTenant {
-    pub id: TenantId,
-    pub legal_name: String,
-    pub cnpj: String,
-    pub address: String,
-    pub contact: String,
-    pub timezone: String,
-    pub test_clock: bool,
-    pub now: Option<DateTime<Utc>>,
-}
 
 /// The answer to creating a tenant: the tenant as `tenant.created` describes it, plus
 /// its `api_key`, shown only here.
@@ -51,8 +39,8 @@ pub enum CreateTenantError {
     Json(#[from] serde_json::Error),
 }
 
-/// Validates a tenant body, reporting every problem.
-pub fn validate_new_tenant(body: &Value) -> Result<NewTenant, Issues> {
+/// Validates a `POST /v1/tenants` body, reporting every problem.
+pub fn validate_new_tenant(body: &Value) -> Result<Tenant, Issues> {
     let mut issues = Issues::default();
     let Some(map) = body.as_object() else {
         issues.error("", RejectCode::NotAnObject, "body must be a JSON object");
@@ -169,7 +157,7 @@ pub fn validate_new_tenant(body: &Value) -> Result<NewTenant, Issues> {
     }
     match (id, legal_name, cnpj, address, contact, timezone) {
         (Some(id), Some(legal_name), Some(cnpj), Some(address), Some(contact), Some(timezone)) => {
-            Ok(NewTenant {
+            Ok(Tenant {
                 id,
                 legal_name,
                 cnpj,
@@ -177,7 +165,7 @@ pub fn validate_new_tenant(body: &Value) -> Result<NewTenant, Issues> {
                 contact,
                 timezone,
                 test_clock,
-                now,
+                clock_start: now,
             })
         }
         _ => Err(issues),
@@ -188,33 +176,23 @@ pub fn validate_new_tenant(body: &Value) -> Result<NewTenant, Issues> {
 pub async fn create_tenant(
     pool: &PgPool,
     now: DateTime<Utc>,
-    new: NewTenant,
+    new: Tenant,
     traceparent: Option<String>,
 ) -> Result<CreatedTenant, CreateTenantError> {
     let api_key = secrets::new_api_key(new.id.as_str());
     let mut tx = pool.begin().await?;
-    let registered = tenancy::Tenant {
-        id: new.id.to_string(),
-        legal_name: new.legal_name.clone(),
-        cnpj: new.cnpj.clone(),
-        address: new.address.clone(),
-        contact: new.contact.clone(),
-        timezone: new.timezone.clone(),
-        test_clock: new.test_clock,
-        clock_start: new.now,
-    };
-    if !tenancy::register(&mut tx, &registered, &api_key, now).await? {
+    if !tenancy::register(&mut tx, &new, &api_key, now).await? {
         return Err(CreateTenantError::Exists(new.id.to_string()));
     }
     let tenant = TenantCreated {
-        id: registered.id,
-        legal_name: registered.legal_name,
-        cnpj: registered.cnpj,
-        address: registered.address,
-        contact: registered.contact,
-        timezone: registered.timezone,
-        test_clock: registered.test_clock,
-        now: registered.clock_start,
+        id: new.id.to_string(),
+        legal_name: new.legal_name,
+        cnpj: new.cnpj,
+        address: new.address,
+        contact: new.contact,
+        timezone: new.timezone,
+        test_clock: new.test_clock,
+        now: new.clock_start,
     };
     let correlation = format!("tenant-create:{}", new.id);
     let msg = event_message(

@@ -34,6 +34,16 @@ pub struct Schema {
     pub outbox: Outbox,
 }
 
+impl Schema {
+    pub fn new(name: &'static str, migrations: Migrator, outbox: Outbox) -> Schema {
+        Schema {
+            name,
+            migrations,
+            outbox,
+        }
+    }
+}
+
 /// Migrates a service: the tenancy schema every tenant route checks, the service's own
 /// migrations, then its outbox table.
 pub async fn migrate(pool: &PgPool, schema: Schema) -> Result<(), PlatformError> {

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use regua_contract::TenantId;
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::http::Problem;
@@ -28,10 +29,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), PlatformError> {
     db::migrate(pool, sqlx::migrate!("./migrations/tenancy"), SCHEMA, &[]).await
 }
 
-/// A tenant as registered: the creditor's identity and its clock.
+/// A tenant: the creditor's identity (CDC art. 42-A) and its clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
-    pub id: String,
+    pub id: TenantId,
     pub legal_name: String,
     pub cnpj: String,
     pub address: String,
@@ -53,7 +54,7 @@ pub async fn register(
         "INSERT INTO tenancy.tenants (id, legal_name, cnpj, address, contact, timezone, test_clock, clock_start, api_key_hash, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
     )
-    .bind(&tenant.id)
+    .bind(tenant.id.as_str())
     .bind(&tenant.legal_name)
     .bind(&tenant.cnpj)
     .bind(&tenant.address)

@@ -108,12 +108,7 @@ impl Reconcile {
 
     /// Runs reconciliation's migrations and the settlement fence's.
     pub async fn migrate(pool: &PgPool) -> Result<(), ReconcileError> {
-        let migrations = sqlx::migrate!("./migrations");
-        let schema = Schema {
-            name: SCHEMA,
-            migrations,
-            outbox: OUTBOX,
-        };
+        let schema = Schema::new(SCHEMA, sqlx::migrate!("./migrations"), OUTBOX);
         service::migrate(pool, schema).await?;
         fence::migrate(pool).await?;
         Ok(())

@@ -11,14 +11,14 @@ use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use regua_contract::events::{
-    CustomerState, CustomerUpserted, DocumentKind, InvoiceChanged, InvoiceState, TenantCreated,
+    CustomerState, CustomerUpserted, DocumentKind, InvoiceChanged, InvoiceState,
 };
 use regua_contract::inbound::LateFee;
 use regua_contract::signals::InvoiceSettled;
-use regua_contract::{DomainEvent, Envelope, InboundKind, TenantId, subjects};
-use regua_platform::{Config, nats, tenancy};
+use regua_contract::{DomainEvent, InboundKind, TenantId, subjects};
+use regua_platform::{Config, nats};
 use regua_reconcile::{Reconcile, ReconcileError};
-use regua_testkit::service::Running;
+use regua_testkit::service::{self, Running};
 use regua_testkit::{NatsServer, eventually, read_stream};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -40,8 +40,9 @@ struct World {
 }
 
 impl World {
-    /// Reconciliation alone, and the tenant registered with the platform (as intake
-    /// registers the tenants it creates), so its key opens the routes.
+    /// Reconciliation alone, the tenant registered with the platform (as intake registers
+    /// the tenants it creates, so its key opens the routes), and `tenant.created`
+    /// published as intake's relay would.
     async fn new(pool: &PgPool) -> World {
         let server = NatsServer::start().await;
         let config: Config = regua_testkit::service::config(&server.url(), pool);
@@ -51,51 +52,22 @@ impl World {
             Ok::<_, ReconcileError>(r.router())
         })
         .await;
-        let tenant = tenancy::Tenant {
-            id: TENANT.into(),
-            legal_name: "Caixa Comércio Ltda".into(),
-            cnpj: "11222333000181".into(),
-            address: "Rua Augusta, 100, São Paulo - SP".into(),
-            contact: "0800 123 4567".into(),
-            timezone: "America/Sao_Paulo".into(),
-            test_clock: true,
-            clock_start: Some(at(START)),
-        };
-        let mut conn = pool.acquire().await.unwrap();
-        assert!(
-            tenancy::register(&mut conn, &tenant, KEY, at(START))
-                .await
-                .unwrap()
-        );
         let client = nats::connect(&server.url(), "test").await.unwrap();
-        World {
+        let w = World {
             _server: server,
             js: nats::jetstream(client.clone()),
             client,
             http: reqwest::Client::new(),
             running,
-        }
+        };
+        let created = service::register_tenant(pool, TENANT, KEY, at(START)).await;
+        w.event(DomainEvent::TenantCreated(created)).await;
+        w
     }
 
     /// Publishes `event` on the events stream, as intake's outbox relay would.
     async fn event(&self, event: DomainEvent) {
-        let kind = event.event_type();
-        let envelope = Envelope {
-            id: uuid::Uuid::now_v7(),
-            event_type: kind,
-            version: kind.version(),
-            occurred_at: at(START),
-            tenant: TENANT.into(),
-            correlation_id: "test".into(),
-            causation_id: "test".into(),
-            data: event,
-        };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
-        let subject = subjects::event(TENANT, kind);
-        let body = serde_json::to_vec(&envelope).unwrap();
-        let ack = self.js.publish_with_headers(subject, headers, body.into());
-        ack.await.unwrap().await.unwrap();
+        service::publish_event(&self.js, TENANT, event, at(START)).await;
     }
 
     /// Publishes a `payment.received` body, as an integrator would.
@@ -107,18 +79,7 @@ impl World {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!(
-                "{}/v1/tenants/{TENANT}/{path}",
-                self.running.base()
-            ))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        service::get_tenant(&self.http, &self.running.base(), TENANT, KEY, path).await
     }
 
     /// The events of `kind` (`invoice.paid`, …) reconciliation published so far.
@@ -135,17 +96,6 @@ impl World {
 #[sqlx::test(migrations = false)]
 async fn reconciliation_alone_settles_parks_and_rejects_payments(pool: PgPool) {
     let w = World::new(&pool).await;
-    w.event(DomainEvent::TenantCreated(TenantCreated {
-        id: TENANT.into(),
-        legal_name: "Caixa Comércio Ltda".into(),
-        cnpj: "11222333000181".into(),
-        address: "Rua Augusta, 100, São Paulo - SP".into(),
-        contact: "0800 123 4567".into(),
-        timezone: "America/Sao_Paulo".into(),
-        test_clock: true,
-        now: Some(at(START)),
-    }))
-    .await;
     w.event(DomainEvent::CustomerUpserted(CustomerUpserted {
         customer: CustomerState {
             customer_id: "C-1".into(),

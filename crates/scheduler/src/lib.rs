@@ -107,12 +107,7 @@ impl Scheduler {
 
     /// Runs the scheduler's migrations.
     pub async fn migrate(pool: &PgPool) -> Result<(), SchedulerError> {
-        let migrations = sqlx::migrate!("./migrations");
-        let schema = Schema {
-            name: SCHEMA,
-            migrations,
-            outbox: OUTBOX,
-        };
+        let schema = Schema::new(SCHEMA, sqlx::migrate!("./migrations"), OUTBOX);
         service::migrate(pool, schema).await?;
         Ok(())
     }

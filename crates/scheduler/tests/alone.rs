@@ -11,13 +11,12 @@ use chrono::{DateTime, Utc};
 use regua_contract::commands::{CommandKind, DispatchCommand};
 use regua_contract::events::{
     CustomerState, CustomerUpserted, DocumentKind, InvoiceChanged, InvoicePaid, InvoiceState,
-    TenantCreated,
 };
 use regua_contract::inbound::{Channel, LateFee};
-use regua_contract::{DomainEvent, Envelope, subjects};
-use regua_platform::{Config, nats, tenancy};
+use regua_contract::{DomainEvent, subjects};
+use regua_platform::{Config, nats};
 use regua_scheduler::{Scheduler, SchedulerError};
-use regua_testkit::service::Running;
+use regua_testkit::service::{self, Running};
 use regua_testkit::{NatsServer, advance_clock, eventually, read_work_queue};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -38,8 +37,9 @@ struct World {
 }
 
 impl World {
-    /// The scheduler alone, and the tenant it will hear of registered with the platform
-    /// (as intake registers the tenants it creates), so its key opens the routes.
+    /// The scheduler alone, the tenant registered with the platform (as intake registers
+    /// the tenants it creates, so its key opens the routes), and `tenant.created`
+    /// published as intake's relay would.
     async fn new(pool: &PgPool) -> World {
         let server = NatsServer::start().await;
         let config = Config {
@@ -52,71 +52,25 @@ impl World {
             Ok::<_, SchedulerError>(s.router())
         })
         .await;
-        let tenant = tenancy::Tenant {
-            id: TENANT.into(),
-            legal_name: "Solo Serviços Ltda".into(),
-            cnpj: "11222333000181".into(),
-            address: "Rua Augusta, 100, São Paulo - SP".into(),
-            contact: "0800 123 4567".into(),
-            timezone: "America/Sao_Paulo".into(),
-            test_clock: true,
-            clock_start: Some(at(START)),
-        };
-        let mut conn = pool.acquire().await.unwrap();
-        assert!(
-            tenancy::register(&mut conn, &tenant, KEY, at(START))
-                .await
-                .unwrap()
-        );
         let client = nats::connect(&server.url(), "test").await.unwrap();
-        World {
+        let w = World {
             _server: server,
             js: nats::jetstream(client),
             http: reqwest::Client::new(),
             running,
-        }
+        };
+        let created = service::register_tenant(pool, TENANT, KEY, at(START)).await;
+        w.publish(DomainEvent::TenantCreated(created), START).await;
+        w
     }
 
     /// Publishes `event` on the events stream, as its service's outbox relay would.
     async fn publish(&self, event: DomainEvent, occurred_at: &str) {
-        let kind = event.event_type();
-        let envelope = Envelope {
-            id: uuid::Uuid::now_v7(),
-            event_type: kind,
-            version: kind.version(),
-            occurred_at: at(occurred_at),
-            tenant: TENANT.into(),
-            correlation_id: "test".into(),
-            causation_id: "test".into(),
-            data: event,
-        };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
-        self.js
-            .publish_with_headers(
-                subjects::event(TENANT, kind),
-                headers,
-                serde_json::to_vec(&envelope).unwrap().into(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        service::publish_event(&self.js, TENANT, event, at(occurred_at)).await;
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!(
-                "{}/v1/tenants/{TENANT}/{path}",
-                self.running.base()
-            ))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        service::get_tenant(&self.http, &self.running.base(), TENANT, KEY, path).await
     }
 
     async fn advance(&self, to: &str) {
@@ -175,20 +129,6 @@ fn invoice() -> InvoiceState {
 #[sqlx::test(migrations = false)]
 async fn the_scheduler_alone_plans_fires_and_stops_on_payment(pool: PgPool) {
     let w = World::new(&pool).await;
-    w.publish(
-        DomainEvent::TenantCreated(TenantCreated {
-            id: TENANT.into(),
-            legal_name: "Solo Serviços Ltda".into(),
-            cnpj: "11222333000181".into(),
-            address: "Rua Augusta, 100, São Paulo - SP".into(),
-            contact: "0800 123 4567".into(),
-            timezone: "America/Sao_Paulo".into(),
-            test_clock: true,
-            now: Some(at(START)),
-        }),
-        START,
-    )
-    .await;
     w.publish(
         DomainEvent::CustomerUpserted(CustomerUpserted {
             customer: customer(),

@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use regua_platform::{Config, SharedClock, Shutdown, SystemClock, db, http, nats};
+use chrono::{DateTime, Utc};
+use regua_contract::events::TenantCreated;
+use regua_contract::{DomainEvent, Envelope, TenantId, subjects};
+use regua_platform::{Config, SharedClock, Shutdown, SystemClock, db, http, nats, tenancy};
 use sqlx::PgPool;
 
 use crate::fail;
@@ -174,4 +177,96 @@ pub fn config(nats_url: &str, pool: &PgPool) -> Config {
         db_max_connections: 8,
         ..Config::default()
     }
+}
+
+/// Registers tenant `id` with the platform, as intake does when it creates one: on a
+/// test clock that starts at `start`, its routes opened by `key`. Returns what
+/// `tenant.created` would say of it, for the test to publish.
+pub async fn register_tenant(
+    pool: &PgPool,
+    id: &str,
+    key: &str,
+    start: DateTime<Utc>,
+) -> TenantCreated {
+    let tenant = tenancy::Tenant {
+        id: TenantId::parse(id).unwrap_or_else(|e| fail(&format!("tenant id {id}: {e}"))),
+        legal_name: "ACME Telecom Ltda".into(),
+        cnpj: "11222333000181".into(),
+        address: "Av. Paulista, 1000, São Paulo - SP".into(),
+        contact: "0800 123 4567".into(),
+        timezone: "America/Sao_Paulo".into(),
+        test_clock: true,
+        clock_start: Some(start),
+    };
+    let mut conn = pool
+        .acquire()
+        .await
+        .unwrap_or_else(|e| fail(&format!("postgres: {e}")));
+    if !tenancy::register(&mut conn, &tenant, key, start)
+        .await
+        .unwrap_or_else(|e| fail(&format!("registering {id}: {e}")))
+    {
+        fail(&format!("tenant {id} exists already"));
+    }
+    TenantCreated {
+        id: tenant.id.to_string(),
+        legal_name: tenant.legal_name,
+        cnpj: tenant.cnpj,
+        address: tenant.address,
+        contact: tenant.contact,
+        timezone: tenant.timezone,
+        test_clock: tenant.test_clock,
+        now: tenant.clock_start,
+    }
+}
+
+/// Publishes `event` of `tenant`, stamped `occurred_at`, on the events stream, as its
+/// service's outbox relay would (its envelope id as `Nats-Msg-Id`).
+pub async fn publish_event(
+    js: &async_nats::jetstream::Context,
+    tenant: &str,
+    event: DomainEvent,
+    occurred_at: DateTime<Utc>,
+) {
+    let kind = event.event_type();
+    let envelope = Envelope {
+        id: uuid::Uuid::now_v7(),
+        event_type: kind,
+        version: kind.version(),
+        occurred_at,
+        tenant: tenant.to_owned(),
+        correlation_id: "test".into(),
+        causation_id: "test".into(),
+        data: event,
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+    let body = serde_json::to_vec(&envelope).unwrap_or_else(|e| fail(&format!("{e}")));
+    let subject = subjects::event(tenant, kind);
+    match js.publish_with_headers(subject, headers, body.into()).await {
+        Ok(ack) => {
+            ack.await
+                .unwrap_or_else(|e| fail(&format!("publishing {}: {e}", kind.as_str())));
+        }
+        Err(e) => fail(&format!("publishing {}: {e}", kind.as_str())),
+    }
+}
+
+/// `GET {base}/v1/tenants/{tenant}/{path}` with `key`: the status and the JSON body
+/// (`null` when there is none).
+pub async fn get_tenant(
+    http: &reqwest::Client,
+    base: &str,
+    tenant: &str,
+    key: &str,
+    path: &str,
+) -> (u16, serde_json::Value) {
+    let r = http
+        .get(format!("{base}/v1/tenants/{tenant}/{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| fail(&format!("GET {path}: {e}")));
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }

@@ -3,7 +3,7 @@
 //! otherwise reach for, fires on this machine class with 100k jobs due at once"; this
 //! measures that BullMQ figure in the same run instead of taking it as a constant.
 //!
-//! `DIR` holds `fire.mjs` and its pinned `package.json` (`crates/regua/bench/bullmq`);
+//! `DIR` holds `fire.mjs` and its pinned `package.json` (`crates/devtools/bench/bullmq`);
 //! its `node_modules` is installed with `npm ci` when missing. A private `redis-server`
 //! child (no persistence) on a free port serves it, and the script runs once per worker
 //! concurrency in [`CONCURRENCY`]; the best run is the reference.

@@ -93,7 +93,7 @@ enum Bench {
         #[arg(long, default_value_t = 60)]
         lateness_secs: u64,
         /// Also measure BullMQ firing 100,000 delayed jobs due at once, the reference
-        /// of the firing target, from this folder (crates/regua/bench/bullmq; needs
+        /// of the firing target, from this folder (crates/devtools/bench/bullmq; needs
         /// node, npm and redis-server).
         #[arg(long)]
         bullmq: Option<PathBuf>,
