@@ -360,7 +360,7 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
             Err(e) => return Err(e),
         }
     }
-    w.d.outbox_wake.notify_one();
+    w.d.wake_relay();
     for (item, settle) in items.iter().zip(settles) {
         match settle {
             Settle::Ack => nats::settle(&item.msg, AckKind::Ack).await,

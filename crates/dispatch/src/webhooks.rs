@@ -125,7 +125,7 @@ async fn apply_reply(
         changed += usize::from(did);
     }
     tx.commit().await?;
-    d.outbox_wake.notify_one();
+    d.wake_relay();
     tracing::info!(channel = channel.as_str(), intent = ?intent, customers = customers.len(), changed, "reply applied");
     Ok(changed)
 }
@@ -173,7 +173,7 @@ async fn apply_status(d: &Dispatcher, s: StatusReport<'_>) -> Result<(), Dispatc
         );
     }
     tx.commit().await?;
-    d.outbox_wake.notify_one();
+    d.wake_relay();
     Ok(())
 }
 
@@ -305,7 +305,7 @@ pub async fn run_early_statuses(d: Arc<Dispatcher>, cancel: CancellationToken) {
             Ok(0) => {}
             Ok(n) => {
                 tracing::debug!(applied = n, "early statuses applied");
-                d.outbox_wake.notify_one();
+                d.wake_relay();
             }
             Err(e) => tracing::warn!(error = %e, "applying early statuses failed; retrying"),
         }
@@ -657,7 +657,7 @@ async fn unsubscribe(State(d): State<Arc<Dispatcher>>, Path(token): Path<String>
     .await;
     match result {
         Ok(()) => {
-            d.outbox_wake.notify_one();
+            d.wake_relay();
             Html(
                 "<!doctype html><html><body style=\"font-family:sans-serif\">\
                  <p>Pronto: você não receberá mais e-mails de cobrança deste credor. / Done: you will not receive these e-mails any more.</p>\

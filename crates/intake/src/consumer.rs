@@ -205,7 +205,7 @@ async fn one_by_one(intake: &Intake, pending: Vec<Pending>, items: Vec<Inbound>)
 /// Acks committed messages, records outcomes on spans, answers HTTP waiters and wakes
 /// the outbox relay.
 async fn settle(intake: &Intake, pending: &[Pending], items: &[Inbound], applied: Vec<Applied>) {
-    intake.outbox_wake.notify_one();
+    intake.wake_relay();
     let acks = pending.iter().map(|p| ack(&p.msg, AckKind::Ack));
     join_all(acks).await;
     for ((p, item), a) in pending.iter().zip(items).zip(&applied) {

@@ -137,7 +137,7 @@ async fn create_tenant(
     .await
     {
         Ok(created) => {
-            intake.outbox_wake.notify_one();
+            intake.wake_relay();
             Ok((StatusCode::CREATED, axum::Json(created)).into_response())
         }
         Err(CreateTenantError::Exists(id)) => Err(Problem::new(
@@ -220,7 +220,7 @@ async fn submit(
         let applied = store::apply_batch(&intake.pool, &intake.tenants, intake.clock.now(), &items)
             .await
             .map_err(Problem::internal)?;
-        intake.outbox_wake.notify_one();
+        intake.wake_relay();
         for ((i, item), a) in rejected.iter().zip(applied) {
             a.count();
             results[*i] = Some(ItemResult {

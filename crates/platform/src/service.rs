@@ -15,12 +15,11 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer};
 use axum::Router;
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
 
-use crate::outbox::{Outbox, OutboxMessage, Relay};
+use crate::outbox::{Outbox, Relay};
 use crate::{Config, PlatformError, SharedClock, Shutdown, db, nats, outbox, tenancy};
 
 /// A service's place in Postgres.
@@ -109,23 +108,9 @@ impl Core {
         nats::ensure_pull_consumer(&self.js, stream, config).await
     }
 
-    /// Writes `messages` to the outbox inside the caller's transaction.
-    pub async fn enqueue(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        messages: &[OutboxMessage],
-    ) -> Result<(), sqlx::Error> {
-        self.outbox.enqueue(conn, messages).await
-    }
-
     /// Tells the relay that committed messages wait.
     pub fn wake_relay(&self) {
         self.outbox_wake.notify_one();
-    }
-
-    /// The platform clock's now (a test clock's in tests and simulations).
-    pub fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
     }
 
     /// `router` with its `/v1/tenants/{tenant}/…` routes behind that tenant's API key.

@@ -140,7 +140,7 @@ impl Item {
 async fn handle(r: &Reconcile, items: Vec<Item>) {
     match apply(r, &items).await {
         Ok(outcomes) => {
-            r.outbox_wake.notify_one();
+            r.wake_relay();
             for (item, outcome) in items.iter().zip(outcomes) {
                 item.span.record("regua.outcome", outcome);
                 nats::settle(&item.msg, AckKind::Ack).await;

@@ -101,7 +101,7 @@ async fn ingest(
     let settled = settlements.settle(&mut tx).await?;
     r.commit(tx).await?;
     r.signal(&settled).await;
-    r.outbox_wake.notify_one();
+    r.wake_relay();
     ledger::count(applied.result());
     Ok(applied)
 }
@@ -227,7 +227,7 @@ async fn post_match(
         Some(Ok(applied)) => {
             r.commit(tx).await.map_err(internal)?;
             r.signal(&settled).await;
-            r.outbox_wake.notify_one();
+            r.wake_relay();
             Ok(axum::Json(applied).into_response())
         }
     }

@@ -52,7 +52,7 @@ pub async fn run(r: Arc<Reconcile>, consumer: consumer::PullConsumer, cancel: Ca
         max_deliver: MAX_DELIVER,
     };
     let poison = |e: &ReconcileError| matches!(e, ReconcileError::Json(_));
-    let wake = || r.outbox_wake.notify_one();
+    let wake = || r.wake_relay();
     nats::consume_batches(
         c,
         &cancel,

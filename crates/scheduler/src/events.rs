@@ -60,7 +60,7 @@ pub async fn run(s: Arc<Scheduler>, consumer: consumer::PullConsumer, cancel: Ca
         |e| matches!(e, EventError::Malformed(_)),
         || {
             s.fire_wake.notify_one();
-            s.outbox_wake.notify_one();
+            s.wake_relay();
         },
     )
     .await;

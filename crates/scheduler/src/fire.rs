@@ -165,7 +165,7 @@ pub async fn fire_once(
     let out = fire_batch(s, &mut tx, scope, part, after, now).await?;
     tx.commit().await?;
     if out.0 > 0 {
-        s.outbox_wake.notify_one();
+        s.wake_relay();
     }
     Ok(out)
 }
