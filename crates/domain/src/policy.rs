@@ -98,6 +98,25 @@ pub struct Notify {
     pub prior_notice_of: Option<String>,
 }
 
+impl Notify {
+    /// The channels to try for a debtor, in order: the debtor's `preferred` channel first
+    /// when the step lists it, then the step's own order; only those `usable` for the
+    /// debtor (reachable, not opted out). A preference the step does not list is not
+    /// used: the policy decides which channels a step may take.
+    pub fn channels_for(
+        &self,
+        preferred: Option<Channel>,
+        usable: impl Fn(Channel) -> bool,
+    ) -> Vec<Channel> {
+        let first = preferred.filter(|p| self.channels.contains(p));
+        first
+            .into_iter()
+            .chain(self.channels.iter().copied().filter(|c| Some(*c) != first))
+            .filter(|c| usable(*c))
+            .collect()
+    }
+}
+
 /// Emit `invoice.escalated` with `level`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -716,6 +735,38 @@ pub fn padrao() -> Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_debtors_preferred_channel_goes_first_when_the_step_lists_it() {
+        let n = Notify {
+            channels: vec![Channel::Whatsapp, Channel::Sms, Channel::Email],
+            template: "t".into(),
+            prior_notice_of: None,
+        };
+        let all = |_: Channel| true;
+        assert_eq!(
+            n.channels_for(Some(Channel::Email), all),
+            vec![Channel::Email, Channel::Whatsapp, Channel::Sms]
+        );
+        assert_eq!(
+            n.channels_for(None, all),
+            vec![Channel::Whatsapp, Channel::Sms, Channel::Email]
+        );
+        // Unusable for the debtor: the step's order, without it.
+        assert_eq!(
+            n.channels_for(Some(Channel::Email), |c| c != Channel::Email),
+            vec![Channel::Whatsapp, Channel::Sms]
+        );
+        let email_only = Notify {
+            channels: vec![Channel::Email],
+            ..n
+        };
+        assert_eq!(
+            email_only.channels_for(Some(Channel::Whatsapp), all),
+            vec![Channel::Email],
+            "a preference the step does not list is not used"
+        );
+    }
 
     #[test]
     fn offsets_parse_and_print() {

@@ -101,13 +101,10 @@ impl Customer {
         }
     }
 
-    /// The usable channels of a notify step, in the step's order.
+    /// The usable channels of a notify step, the customer's preferred one first.
     pub fn channels_for(&self, n: &Notify) -> Vec<Channel> {
-        n.channels
-            .iter()
-            .copied()
-            .filter(|c| self.usable(*c))
-            .collect()
+        let preferred = self.state.preferred_channel.map(Into::into);
+        n.channels_for(preferred, |c| self.usable(c))
     }
 }
 

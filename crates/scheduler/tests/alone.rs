@@ -227,3 +227,38 @@ async fn the_scheduler_alone_plans_fires_and_stops_on_payment(pool: PgPool) {
         .unwrap();
     assert!(intake, "the scheduler started alone");
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_debtors_preferred_channel_goes_first(pool: PgPool) {
+    let w = World::new(&pool).await;
+    let prefers_email = CustomerState {
+        preferred_channel: Some(Channel::Email),
+        ..customer()
+    };
+    w.publish(
+        DomainEvent::CustomerUpserted(CustomerUpserted {
+            customer: prefers_email,
+        }),
+        START,
+    )
+    .await;
+    w.publish(
+        DomainEvent::InvoiceOpened(InvoiceChanged { invoice: invoice() }),
+        START,
+    )
+    .await;
+    eventually("the plan", Duration::from_secs(30), || async {
+        (w.get("invoices/NF-1/plan").await.0 == 200).then_some(())
+    })
+    .await;
+    w.advance("2026-12-07T14:00:00Z").await;
+    let commands = eventually("the reminder", Duration::from_secs(30), || async {
+        let c = w.commands().await;
+        (!c.is_empty()).then_some(c)
+    })
+    .await;
+    // The starter policy's reminder lists WhatsApp, SMS, e-mail; the debtor prefers
+    // e-mail, which the step lists: it goes first, the step's order follows.
+    assert_eq!(commands[0].channel, Channel::Email);
+    assert_eq!(commands[0].fallback, vec![Channel::Whatsapp, Channel::Sms]);
+}
