@@ -25,6 +25,9 @@ export REGUA_WHATSAPP_TOKEN="fake-whatsapp-token"
 export REGUA_WHATSAPP_PHONE_NUMBER_ID="1098765432"
 export REGUA_WHATSAPP_APP_SECRET="fake-whatsapp-app-secret"
 export REGUA_WHATSAPP_VERIFY_TOKEN="fake-verify-token"
+# The demo tenant lives on a test clock; its messages may go out only because the
+# providers here are the fakes.
+export REGUA_TEST_CLOCK_SENDS=true
 export REGUA_SMS_RATE_PER_SEC="${REGUA_SMS_RATE_PER_SEC:-300}"
 export REGUA_WHATSAPP_RATE_PER_SEC="${REGUA_WHATSAPP_RATE_PER_SEC:-300}"
 export REGUA_EMAIL_RATE_PER_SEC="${REGUA_EMAIL_RATE_PER_SEC:-300}"

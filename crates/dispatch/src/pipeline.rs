@@ -435,7 +435,10 @@ fn guard(w: &Worker, item: &Item, facts: &store::GuardFacts) -> Plan {
         reason: reason.to_owned(),
         fallback,
     };
-    if cmd.invoices.iter().all(|i| closed(&i.invoice_id)) {
+    if cmd.test_clock && !w.d.config.dispatch.test_clock_sends {
+        // A simulation never reaches a real debtor: only sandboxes take these.
+        skip("test_clock", false)
+    } else if cmd.invoices.iter().all(|i| closed(&i.invoice_id)) {
         skip("invoice_closed", false)
     } else if facts.opted_out.contains(&customer) {
         skip("opted_out", true)

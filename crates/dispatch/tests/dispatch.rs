@@ -894,3 +894,31 @@ async fn four_replicas_share_one_rate_limit_and_drain_without_loss(pool: PgPool)
     }
     assert!(worst <= R as usize + 1, "{worst} sends in one second");
 }
+
+#[sqlx::test(migrations = false)]
+async fn test_clock_messages_reach_only_sandboxes(pool: PgPool) {
+    // Real provider accounts (as far as the dispatcher knows): no test-clock sends.
+    let w = World::new(&pool, |c| c.dispatch.test_clock_sends = false).await;
+    let _running = w.start().await;
+    let mut simulated = command(1, Channel::Sms, &[Channel::Email]);
+    simulated.test_clock = true;
+    let real = command(2, Channel::Sms, &[]);
+    w.publish(&simulated).await;
+    w.publish(&real).await;
+    let skipped = w.wait_events(EventType::MessageSkipped, 1).await;
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0]["customer_id"], "C-1");
+    assert_eq!(skipped[0]["reason"], "test_clock");
+    assert!(
+        skipped[0]["fallback_to"].is_null(),
+        "no other channel either"
+    );
+    w.wait_events(EventType::MessageSent, 1).await;
+    let to: Vec<String> = w.fakes.twilio.sent().iter().map(|m| m.to.clone()).collect();
+    assert_eq!(
+        to,
+        vec!["+5511900000002".to_owned()],
+        "only the real tenant's message"
+    );
+    assert!(w.fakes.smtp.mails().is_empty());
+}

@@ -89,6 +89,10 @@ pub struct DispatchSettings {
     pub max_attempts: u32,
     pub retry_base: Duration,
     pub ack_wait: Duration,
+    /// Whether commands of test-clock tenants may reach the configured providers: only
+    /// where those are sandboxes (the fakes, a provider's test account). Otherwise the
+    /// dispatcher skips them (`test_clock`).
+    pub test_clock_sends: bool,
 }
 
 impl DispatchSettings {
@@ -354,6 +358,11 @@ pub const KEYS: &[Key] = &[
         doc: "How soon a crashed dispatcher's commands come back.",
     },
     Key {
+        name: "test_clock_sends",
+        default: "false",
+        doc: "Whether messages of test-clock tenants may go to the configured providers. Set `true` only where those are sandboxes (the fakes, a provider's test account); with `false` the dispatcher skips them (`message.skipped`, reason `test_clock`), so a simulation never reaches a real debtor.",
+    },
+    Key {
         name: "provider_timeout_ms",
         default: "10000",
         doc: "Timeout of a provider call (100 to 120000).",
@@ -506,16 +515,14 @@ impl Config {
                 ));
             }
         };
-        let nats_provision = match get("nats_provision") {
-            "true" => true,
-            "false" => false,
-            other => {
-                return Err(invalid(
-                    "nats_provision",
-                    format!("`{other}` is not one of true, false"),
-                ));
+        let boolean = |key: &'static str| -> Result<bool, ConfigError> {
+            match get(key) {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                other => Err(invalid(key, format!("`{other}` is not one of true, false"))),
             }
         };
+        let nats_provision = boolean("nats_provision")?;
         let database_url = get("database_url").to_owned();
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(invalid(
@@ -610,6 +617,7 @@ impl Config {
             max_attempts: u32::try_from(number("dispatch_max_attempts", 1, 50)?).unwrap_or(5),
             retry_base: Duration::from_millis(number("dispatch_retry_base_ms", 1, 600_000)?),
             ack_wait: Duration::from_secs(number("dispatch_ack_wait_secs", 1, 3600)?),
+            test_clock_sends: boolean("test_clock_sends")?,
         };
         Ok(Config {
             public_url: url("public_url", &["http", "https"])?,

@@ -154,7 +154,8 @@ impl Drop for Running {
 
 /// The platform's settings on `nats_url` and the database `#[sqlx::test]` made for
 /// `pool` (on the server `DATABASE_URL` names), serving on a free port, with short
-/// waits so tests run quickly.
+/// waits so tests run quickly. Test-clock tenants' messages may be sent: the tests'
+/// providers are the fakes.
 pub fn config(nats_url: &str, pool: &PgPool) -> Config {
     // Tests read the database server from the environment, as sqlx::test does.
     #[allow(clippy::disallowed_methods)]
@@ -166,7 +167,7 @@ pub fn config(nats_url: &str, pool: &PgPool) -> Config {
         .get_database()
         .unwrap_or("postgres")
         .to_owned();
-    Config {
+    let mut config = Config {
         nats_url: nats_url.to_owned(),
         database_url: regua_platform::Secret::new(format!("{base}/{db}")),
         http_addr: ([127, 0, 0, 1], 0).into(),
@@ -176,7 +177,9 @@ pub fn config(nats_url: &str, pool: &PgPool) -> Config {
         scheduler_poll: Duration::from_millis(50),
         db_max_connections: 8,
         ..Config::default()
-    }
+    };
+    config.dispatch.test_clock_sends = true;
+    config
 }
 
 /// Registers tenant `id` with the platform, as intake does when it creates one: on a

@@ -54,7 +54,8 @@ pub struct MessageEvent {
     /// When this status was observed, on the same clock.
     pub at: DateTime<Utc>,
     /// Why it failed or was skipped: `invoice_closed`, `opted_out`, `no_whatsapp_opt_in`,
-    /// `window_closed`, `permanent: ...`, `retries_exhausted: ...`, `outcome_unknown`.
+    /// `window_closed`, `test_clock` (a simulation, and the providers are not
+    /// sandboxes), `permanent: ...`, `retries_exhausted: ...`, `outcome_unknown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// For `failed`: the next channel the message moved to, if any.

@@ -10,6 +10,7 @@ pub fn regua(args: &[&str], nats: &str, db: &str) -> tokio::process::Command {
         .env("REGUA_NATS_URL", nats)
         .env("REGUA_DATABASE_URL", db)
         .env("REGUA_LOG", "warn")
+        .env("REGUA_TEST_CLOCK_SENDS", "true")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(Stdio::null())
         .kill_on_drop(true);
