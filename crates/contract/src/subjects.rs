@@ -58,6 +58,23 @@ pub const HEADER_DLQ_STREAM_SEQ: &str = "Regua-Dlq-Stream-Seq";
 /// once it is committed. Intake's HTTP API uses it to answer with the real outcome.
 pub const HEADER_REPLY_TO: &str = "Regua-Reply-To";
 
+/// Header on an inbound message naming the id intake records it under (its outcome is
+/// read at `GET /v1/tenants/{tenant}/messages/{id}`). Without it, the `Nats-Msg-Id`.
+/// The HTTP API sets it to the caller's `Idempotency-Key`, and the `Nats-Msg-Id` to
+/// [`scoped_message_id`], so that JetStream's duplicate window, which spans every
+/// tenant's messages, never drops one tenant's message for another's.
+pub const HEADER_MESSAGE_ID: &str = "Regua-Message-Id";
+
+/// Longest message id an integrator may give (an `Idempotency-Key`, a
+/// `Regua-Message-Id`), in bytes.
+pub const MAX_MESSAGE_ID_BYTES: usize = 200;
+
+/// The `Nats-Msg-Id` of `tenant`'s message `id`: unique across tenants, for a duplicate
+/// window that spans the whole inbound stream.
+pub fn scoped_message_id(tenant: &TenantId, id: &str) -> String {
+    format!("{}:{id}", tenant.as_str())
+}
+
 /// `regua.v1.in.>`
 pub fn inbound_all() -> String {
     format!("{ROOT}.v1.in.>")

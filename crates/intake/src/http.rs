@@ -176,13 +176,30 @@ struct Submission {
     decoded: Decoded,
 }
 
-fn idempotency_key(headers: &HttpHeaders) -> Option<String> {
-    headers
-        .get("Idempotency-Key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 200)
-        .map(str::to_owned)
+/// The caller's `Idempotency-Key`: at most [`subjects::MAX_MESSAGE_ID_BYTES`] of
+/// visible ASCII. One that is not is refused (422), never silently ignored: a retry
+/// would otherwise be taken for a new message.
+fn idempotency_key(headers: &HttpHeaders) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let key = v.to_str().map(str::trim).unwrap_or("");
+    let ok = !key.is_empty()
+        && key.len() <= subjects::MAX_MESSAGE_ID_BYTES
+        && key.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        return Ok(Some(key.to_owned()));
+    }
+    let mut issues = Issues::default();
+    issues.error(
+        "Idempotency-Key",
+        RejectCode::InvalidValue,
+        format!(
+            "Idempotency-Key must be 1 to {} visible ASCII characters",
+            subjects::MAX_MESSAGE_ID_BYTES
+        ),
+    );
+    Err(invalid(issues, None))
 }
 
 /// Validates at the edge, records stateless rejections, publishes the rest durably and
@@ -251,8 +268,11 @@ async fn submit(
         span.record("regua.tenant", tenant.as_str());
         let mut headers = HeaderMap::new();
         headers.insert(subjects::HEADER_REPLY_TO, inbox.as_str());
+        // Recorded under the caller's id; deduplicated by JetStream under the tenant's.
+        headers.insert(subjects::HEADER_MESSAGE_ID, s.message_id.as_str());
+        let nats_id = subjects::scoped_message_id(tenant, &s.message_id);
         let payload = serde_json::to_vec(&s.value).map_err(Problem::internal)?;
-        let publish = nats::traced_publish(&span, headers, &s.message_id, payload.into());
+        let publish = nats::traced_publish(&span, headers, &nats_id, payload.into());
         let ack = intake
             .js
             .send_publish(subject.clone(), publish)
@@ -388,7 +408,7 @@ async fn post_single(
         Span::current().record("regua.invoice_id", id.as_str());
     }
     let message_id =
-        idempotency_key(headers).unwrap_or_else(|| new_id(intake.clock.now()).to_string());
+        idempotency_key(headers)?.unwrap_or_else(|| new_id(intake.clock.now()).to_string());
     let mut results = submit(
         intake,
         &tenant,
@@ -451,7 +471,7 @@ async fn post_invoice_batch(
         );
         return Err(invalid(issues, None));
     }
-    let key = idempotency_key(&headers);
+    let key = idempotency_key(&headers)?;
     let now = intake.clock.now();
     let submissions: Vec<Submission> = items
         .iter()

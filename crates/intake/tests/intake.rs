@@ -811,3 +811,46 @@ async fn an_upsert_and_a_cancel_in_one_batch_keep_the_invoice_data(pool: PgPool)
     assert_eq!(stored.customer_id.as_deref(), Some("C-5"));
     assert_eq!(stored.invoice.unwrap()["amount_cents"], 15990);
 }
+
+/// An `Idempotency-Key` is the caller's within its tenant: JetStream's duplicate window
+/// spans every tenant's messages, and one tenant's key must not drop another's message.
+#[sqlx::test(migrations = false)]
+async fn idempotency_keys_are_scoped_by_tenant(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let keys = [
+        ("alfa", h.tenant("alfa").await),
+        ("beta", h.tenant("beta").await),
+    ];
+    let post = |tenant: &str, key: &str, idempotency: &str| {
+        h.http
+            .post(format!("{}/v1/tenants/{tenant}/invoices", h.base))
+            .bearer_auth(key)
+            .header("Idempotency-Key", idempotency)
+            .json(&invoice("NF-1", 1))
+            .send()
+    };
+    for (tenant, key) in &keys {
+        let r = post(tenant, key, "erp-1").await.unwrap();
+        assert_eq!(r.status(), 202, "{tenant}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["outcome"], "accepted", "{tenant}: {body}");
+        assert_eq!(body["message_id"], "erp-1");
+    }
+    // Within a tenant, a retry is still a duplicate, and the outcome is read by the key.
+    let (tenant, key) = (&keys[0].0, &keys[0].1);
+    let r = post(tenant, key, "erp-1").await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["outcome"], "duplicate");
+    let r = h
+        .http
+        .get(format!("{}/v1/tenants/beta/messages/erp-1", h.base))
+        .bearer_auth(&keys[1].1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["outcome"], "accepted");
+    // A key that cannot be one is refused, never silently ignored.
+    let r = post(tenant, key, &"k".repeat(201)).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["errors"][0]["field"], "Idempotency-Key", "{p}");
+}

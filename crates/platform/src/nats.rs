@@ -667,14 +667,18 @@ pub async fn consume<F, Fut, E>(
 /// drain waits for the fetch under way).
 pub const FETCH_EXPIRES: Duration = Duration::from_millis(500);
 
-/// A consumed message's id: its `Nats-Msg-Id`, or `seq-<stream sequence>` when the
-/// publisher set none.
+/// A consumed message's id: its `Regua-Message-Id` ([`subjects::HEADER_MESSAGE_ID`]), else
+/// its `Nats-Msg-Id`, or `seq-<stream sequence>` when the publisher set neither.
 pub fn message_id(msg: &jetstream::Message) -> String {
-    msg.headers
-        .as_ref()
-        .and_then(|h| h.get("Nats-Msg-Id"))
-        .map(|v| v.as_str().to_owned())
-        .filter(|v| !v.is_empty())
+    let header = |name: &str| {
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    header(subjects::HEADER_MESSAGE_ID)
+        .or_else(|| header("Nats-Msg-Id"))
         .unwrap_or_else(|| {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
             format!("seq-{seq}")
