@@ -11,12 +11,12 @@
 //!   dead-letter subject with the reason and terminated, so it cannot block the stream.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::future::join_all;
 use regua_contract::decode::{Decoded, decode};
 use regua_contract::{InboundKind, RejectCode, subjects};
+use regua_platform::nats::Held;
 use regua_platform::{Config, db, nats, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
@@ -149,36 +149,19 @@ async fn process(intake: &Intake, msgs: Vec<jetstream::Message>, cancel: &Cancel
         return;
     }
 
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match store::apply_batch(&intake.pool, &intake.tenants, intake.clock.now(), &items)
-            .instrument(tracing::info_span!(
-                "intake.apply_batch",
-                batch.size = items.len()
-            ))
-            .await
-        {
-            Ok(applied) => {
-                settle(intake, &pending, &items, applied).await;
-                return;
-            }
-            Err(e) if is_connection_error(&e) && !cancel.is_cancelled() => {
-                tracing::warn!(error = %e, "postgres unreachable; holding the batch");
-                join_all(pending.iter().map(|p| ack(&p.msg, AckKind::Progress))).await;
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(e) if is_connection_error(&e) => {
-                // Shutting down: hand the batch back for another replica or restart.
-                join_all(pending.iter().map(|p| ack(&p.msg, AckKind::Nak(None)))).await;
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, batch = items.len(), "batch failed; retrying message by message");
-                one_by_one(intake, pending, items).await;
-                return;
-            }
+    let msgs: Vec<&jetstream::Message> = pending.iter().map(|p| &p.msg).collect();
+    let apply = || {
+        let span = tracing::info_span!("intake.apply_batch", batch.size = items.len());
+        store::apply_batch(&intake.pool, &intake.tenants, intake.clock.now(), &items)
+            .instrument(span)
+    };
+    match nats::hold_through_outage(&msgs, cancel, apply, is_connection_error).await {
+        Held::Done(applied) => settle(intake, &pending, &items, applied).await,
+        Held::Failed(e) => {
+            tracing::warn!(error = %e, batch = items.len(), "batch failed; retrying message by message");
+            one_by_one(intake, pending, items).await;
         }
+        Held::HandedBack => {}
     }
 }
 

@@ -618,6 +618,87 @@ pub async fn settle_failure(
     }
 }
 
+/// How [`hold_through_outage`] ended.
+#[derive(Debug)]
+pub enum Held<T, E> {
+    /// `attempt` succeeded.
+    Done(T),
+    /// `attempt` failed for a reason of its own (not an outage): the caller judges it.
+    Failed(E),
+    /// The process is stopping during an outage: the messages were handed back.
+    HandedBack,
+}
+
+/// Runs `attempt` until it succeeds or fails for a reason that is not an outage
+/// (`is_outage`, e.g. [`crate::db::is_connection_error`]). While it fails for an
+/// outage, `attempt` is retried after a growing pause (at most 5 s), and all along,
+/// attempts and pauses alike, `msgs` are kept from redelivery by a progress ack every
+/// [`PROGRESS_EVERY`]: an outage is never the messages' fault, and spends none of their
+/// deliveries, however long it lasts. If `cancel` fires during an outage, the messages
+/// are handed back at once (NAK) for another replica or a restart.
+pub async fn hold_through_outage<T, E, F, Fut>(
+    msgs: &[&jetstream::Message],
+    cancel: &tokio_util::sync::CancellationToken,
+    mut attempt: F,
+    is_outage: impl Fn(&E) -> bool,
+) -> Held<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match in_progress(msgs, attempt()).await {
+            Ok(done) => return Held::Done(done),
+            Err(e) if !is_outage(&e) => return Held::Failed(e),
+            Err(e) if cancel.is_cancelled() => {
+                tracing::warn!(error = %e, "outage while stopping; handing the batch back");
+                let naks = msgs
+                    .iter()
+                    .map(|m| settle(m, jetstream::AckKind::Nak(None)));
+                futures::future::join_all(naks).await;
+                return Held::HandedBack;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, n = msgs.len(), "postgres unreachable; holding the batch");
+                let pause = async {
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                };
+                in_progress(msgs, pause).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// How often a held batch tells JetStream it is still being worked on: well under the
+/// ack waits regua runs with (30 to 60 s by default, 5 s in tests).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs `work`, sending `msgs` a progress ack every [`PROGRESS_EVERY`] until it ends
+/// (nothing when it ends sooner, as a batch normally does).
+async fn in_progress<O>(
+    msgs: &[&jetstream::Message],
+    work: impl std::future::Future<Output = O>,
+) -> O {
+    tokio::pin!(work);
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                let progress = msgs.iter().map(|m| settle(m, jetstream::AckKind::Progress));
+                futures::future::join_all(progress).await;
+            }
+        }
+    }
+}
+
 /// The retry policy of every consumer: a message that failed on its `delivered`-th
 /// delivery comes back after 250 ms, doubled per delivery, at most 30 s.
 pub fn retry_delay(delivered: i64) -> Duration {

@@ -13,8 +13,9 @@ use futures::StreamExt;
 use regua_contract::decode::{Issues, PaymentDraft, decode_payment};
 use regua_contract::events::IntakeRejected;
 use regua_contract::{DomainEvent, InboundKind, subjects};
+use regua_platform::nats::Held;
 use regua_platform::outbox::event_message;
-use regua_platform::{Config, nats, telemetry};
+use regua_platform::{Config, db, nats, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -57,7 +58,7 @@ pub async fn run(r: Arc<Reconcile>, consumer: consumer::PullConsumer, cancel: Ca
         nats::FETCH_EXPIRES,
         &cancel,
         |msgs| {
-            let r = &r;
+            let (r, cancel) = (&r, &cancel);
             async move {
                 // Small groups: a settlement is committed (and its `invoice.paid` published)
                 // only when its whole group is, so a group's size bounds that delay.
@@ -70,7 +71,7 @@ pub async fn run(r: Arc<Reconcile>, consumer: consumer::PullConsumer, cancel: Ca
                     parts[slot].push(item);
                 }
                 futures::stream::iter(parts.into_iter().filter(|p| !p.is_empty()))
-                    .for_each_concurrent(workers, |part| handle(r, part))
+                    .for_each_concurrent(workers, |part| handle(r, part, cancel))
                     .await;
                 // Every failure is settled payment by payment in `handle`.
                 Ok::<(), std::convert::Infallible>(())
@@ -137,22 +138,27 @@ impl Item {
     }
 }
 
-async fn handle(r: &Reconcile, items: Vec<Item>) {
-    match apply(r, &items).await {
-        Ok(outcomes) => {
+/// Applies a group and settles its messages. A database outage holds the group (no
+/// delivery spent) until Postgres returns; a group that fails otherwise is retried
+/// payment by payment, and a payment that still fails is retried later, then
+/// dead-lettered.
+async fn handle(r: &Reconcile, items: Vec<Item>, cancel: &CancellationToken) {
+    let msgs: Vec<&jetstream::Message> = items.iter().map(|i| &i.msg).collect();
+    match nats::hold_through_outage(&msgs, cancel, || apply(r, &items), is_outage).await {
+        Held::Done(outcomes) => {
             r.wake_relay();
             for (item, outcome) in items.iter().zip(outcomes) {
                 item.span.record("regua.outcome", outcome);
                 nats::settle(&item.msg, AckKind::Ack).await;
             }
         }
-        Err(e) if items.len() > 1 => {
+        Held::Failed(e) if items.len() > 1 => {
             tracing::warn!(error = %e, n = items.len(), "a payment group failed; retrying one by one");
             for item in items {
-                Box::pin(handle(r, vec![item])).await;
+                Box::pin(handle(r, vec![item], cancel)).await;
             }
         }
-        Err(e) => {
+        Held::Failed(e) => {
             for item in &items {
                 tracing::warn!(parent: &item.span, error = %e, "applying a payment failed");
                 nats::settle_failure(
@@ -166,7 +172,13 @@ async fn handle(r: &Reconcile, items: Vec<Item>) {
                 .await;
             }
         }
+        Held::HandedBack => {}
     }
+}
+
+/// Whether `e` is Postgres being unreachable, which no payment is to blame for.
+fn is_outage(e: &ReconcileError) -> bool {
+    matches!(e, ReconcileError::Db(e) if db::is_connection_error(e))
 }
 
 /// Applies `items` in one transaction; returns each one's outcome.

@@ -18,6 +18,7 @@ use regua_contract::signals::InvoiceSettled;
 use regua_contract::{DomainEvent, InboundKind, TenantId, subjects};
 use regua_platform::{Config, nats};
 use regua_reconcile::{Reconcile, ReconcileError};
+use regua_testkit::proxy::TcpProxy;
 use regua_testkit::service::{self, Running};
 use regua_testkit::{NatsServer, eventually, read_stream};
 use serde_json::{Value, json};
@@ -44,8 +45,16 @@ impl World {
     /// the tenants it creates, so its key opens the routes), and `tenant.created`
     /// published as intake's relay would.
     async fn new(pool: &PgPool) -> World {
+        World::through(pool, None).await
+    }
+
+    /// [`World::new`], reaching Postgres through `proxy` when one is given.
+    async fn through(pool: &PgPool, proxy: Option<&TcpProxy>) -> World {
         let server = NatsServer::start().await;
-        let config: Config = regua_testkit::service::config(&server.url(), pool);
+        let mut config: Config = service::config(&server.url(), pool);
+        if let Some(proxy) = proxy {
+            service::database_through(&mut config, proxy.addr());
+        }
         let running = Running::start(&config, |p, shutdown| async move {
             let r = Reconcile::from_parts(p.config, p.pool, p.client, p.clock);
             r.start(&shutdown).await?;
@@ -93,45 +102,53 @@ impl World {
     }
 }
 
+fn customer() -> CustomerState {
+    CustomerState {
+        customer_id: "C-1".into(),
+        name: "Maria da Silva".into(),
+        document: Some("52998224725".into()),
+        document_kind: Some(DocumentKind::Cpf),
+        email: None,
+        phone: None,
+        whatsapp_opt_in: false,
+        preferred_channel: None,
+        timezone: "America/Sao_Paulo".into(),
+        locale: "pt-BR".into(),
+        segment: None,
+    }
+}
+
+fn invoice() -> InvoiceState {
+    InvoiceState {
+        invoice_id: "NF-1".into(),
+        revision: None,
+        customer_id: "C-1".into(),
+        debtor_kind: Some(DocumentKind::Cpf),
+        amount_cents: 15_990,
+        currency: "BRL".into(),
+        issued_on: "2026-11-01".parse().unwrap(),
+        due_date: "2026-12-10".parse().unwrap(),
+        description: None,
+        reference: Some("NN-0001".into()),
+        payment: None,
+        late_fee: Some(LateFee {
+            fine_bps: 200,
+            monthly_interest_bps: 100,
+        }),
+        tags: Vec::new(),
+        metadata: Default::default(),
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn reconciliation_alone_settles_parks_and_rejects_payments(pool: PgPool) {
     let w = World::new(&pool).await;
     w.event(DomainEvent::CustomerUpserted(CustomerUpserted {
-        customer: CustomerState {
-            customer_id: "C-1".into(),
-            name: "Maria da Silva".into(),
-            document: Some("52998224725".into()),
-            document_kind: Some(DocumentKind::Cpf),
-            email: None,
-            phone: None,
-            whatsapp_opt_in: false,
-            preferred_channel: None,
-            timezone: "America/Sao_Paulo".into(),
-            locale: "pt-BR".into(),
-            segment: None,
-        },
+        customer: customer(),
     }))
     .await;
     w.event(DomainEvent::InvoiceOpened(InvoiceChanged {
-        invoice: InvoiceState {
-            invoice_id: "NF-1".into(),
-            revision: None,
-            customer_id: "C-1".into(),
-            debtor_kind: Some(DocumentKind::Cpf),
-            amount_cents: 15_990,
-            currency: "BRL".into(),
-            issued_on: "2026-11-01".parse().unwrap(),
-            due_date: "2026-12-10".parse().unwrap(),
-            description: None,
-            reference: Some("NN-0001".into()),
-            payment: None,
-            late_fee: Some(LateFee {
-                fine_bps: 200,
-                monthly_interest_bps: 100,
-            }),
-            tags: Vec::new(),
-            metadata: Default::default(),
-        },
+        invoice: invoice(),
     }))
     .await;
     // Known from the events alone: what it owes on the tenant's (test clock) today.
@@ -233,4 +250,65 @@ async fn reconciliation_alone_settles_parks_and_rejects_payments(pool: PgPool) {
         .await
         .unwrap();
     assert!(intake, "reconciliation started alone");
+}
+
+/// A Postgres outage is nobody's payment's fault: the payment waits it out, held
+/// without spending a delivery, and is applied once Postgres returns; nothing is
+/// dead-lettered and the invoice is paid once.
+#[sqlx::test(migrations = false)]
+async fn a_postgres_outage_holds_payments_without_spending_deliveries(pool: PgPool) {
+    let proxy = TcpProxy::start(service::database_addr(&pool)).await;
+    let w = World::through(&pool, Some(&proxy)).await;
+    w.event(DomainEvent::CustomerUpserted(CustomerUpserted {
+        customer: customer(),
+    }))
+    .await;
+    w.event(DomainEvent::InvoiceOpened(InvoiceChanged {
+        invoice: invoice(),
+    }))
+    .await;
+    eventually("the invoice", Duration::from_secs(30), || async {
+        (w.get("invoices/NF-1").await.0 == 200).then_some(())
+    })
+    .await;
+
+    proxy.cut();
+    w.payment(json!({
+        "payment_id": "PAY-1",
+        "invoice_id": "NF-1",
+        "amount_cents": 15_990,
+        "paid_at": "2026-12-01T10:00:00-03:00",
+        "method": "pix",
+    }))
+    .await;
+    // Longer than the payments' ack wait (5 s here) several times over, and than a
+    // failed attempt to reach Postgres (the pool's 10 s).
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let info =
+        w.js.get_stream(subjects::STREAM_INBOUND)
+            .await
+            .unwrap()
+            .consumer_info(subjects::CONSUMER_RECONCILE)
+            .await
+            .unwrap();
+    assert_eq!(
+        info.num_redelivered, 0,
+        "the outage spent a delivery: {info:?}"
+    );
+    assert_eq!(info.num_ack_pending, 1, "the payment is held");
+    proxy.restore();
+
+    let paid = eventually("invoice.paid", Duration::from_secs(60), || async {
+        let e = w.events("invoice.paid").await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(paid.len(), 1);
+    let dead = read_stream(
+        &w.js,
+        subjects::STREAM_DEAD_LETTER,
+        &subjects::dead_letter_all(),
+    )
+    .await;
+    assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
 }

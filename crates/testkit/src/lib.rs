@@ -4,6 +4,7 @@
 //! Nothing here is a mock: tests talk to real NATS and Postgres.
 
 pub mod fakes;
+pub mod proxy;
 pub mod service;
 #[cfg(feature = "trace")]
 pub mod trace;

@@ -273,3 +273,24 @@ pub async fn get_tenant(
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
+
+/// `config`'s database reached through `addr` (a [`crate::proxy::TcpProxy`]) instead of
+/// its own host and port.
+pub fn database_through(config: &mut Config, addr: std::net::SocketAddr) {
+    let url = config.database_url.expose();
+    let (scheme_auth, rest) = url.split_once('@').unwrap_or(("postgres://", url));
+    let db = rest.split_once('/').map_or("", |(_, db)| db);
+    config.database_url = regua_platform::Secret::new(format!("{scheme_auth}@{addr}/{db}"));
+}
+
+/// The address of the Postgres server `pool` is on.
+pub fn database_addr(pool: &PgPool) -> std::net::SocketAddr {
+    let options = pool.connect_options();
+    let host = match options.get_host() {
+        "localhost" => "127.0.0.1",
+        h => h,
+    };
+    format!("{host}:{}", options.get_port())
+        .parse()
+        .unwrap_or_else(|e| fail(&format!("database address {host}: {e}")))
+}
