@@ -28,6 +28,8 @@ export REGUA_WHATSAPP_VERIFY_TOKEN="fake-verify-token"
 # The demo tenant lives on a test clock; its messages may go out only because the
 # providers here are the fakes.
 export REGUA_TEST_CLOCK_SENDS=true
+# A laptop: the development link secret and a placeholder admin token are fine here.
+export REGUA_ALLOW_DEVELOPMENT_SECRETS=true
 export REGUA_SMS_RATE_PER_SEC="${REGUA_SMS_RATE_PER_SEC:-300}"
 export REGUA_WHATSAPP_RATE_PER_SEC="${REGUA_WHATSAPP_RATE_PER_SEC:-300}"
 export REGUA_EMAIL_RATE_PER_SEC="${REGUA_EMAIL_RATE_PER_SEC:-300}"

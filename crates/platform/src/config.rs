@@ -54,6 +54,9 @@ pub struct Config {
     pub link_secret: Secret,
     pub providers: Providers,
     pub dispatch: DispatchSettings,
+    /// Whether a process may start with development or placeholder secrets
+    /// ([`crate::secrets::is_placeholder`]): a laptop or the demo only.
+    pub allow_development_secrets: bool,
     /// Whether `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set: the
     /// exporter itself reads the standard `OTEL_*` variables.
     pub otlp_export: bool,
@@ -261,6 +264,11 @@ pub const KEYS: &[Key] = &[
         name: "link_secret",
         default: DEV_LINK_SECRET,
         doc: "Signs the links regua gives out (unsubscribe), at least 16 characters. The default is for a laptop: set your own.",
+    },
+    Key {
+        name: "allow_development_secrets",
+        default: "false",
+        doc: "`true` lets a service start with the development link secret or a placeholder (`change-me…`) in a secret it uses; only for a laptop or the demo. With `false` it refuses to start, naming the settings to set.",
     },
     Key {
         name: "smtp_url",
@@ -622,6 +630,7 @@ impl Config {
         Ok(Config {
             public_url: url("public_url", &["http", "https"])?,
             link_secret: Secret::new(link_secret),
+            allow_development_secrets: boolean("allow_development_secrets")?,
             providers,
             dispatch,
             nats_url,

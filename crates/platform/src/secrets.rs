@@ -33,6 +33,13 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Whether `value` is a development or placeholder secret: the development link secret,
+/// or anything with `change-me` in it (the examples in deploy/ use it). A process that
+/// would use one refuses to start unless told it runs on a laptop or the demo.
+pub fn is_placeholder(value: &str) -> bool {
+    value == crate::config::DEV_LINK_SECRET || value.to_ascii_lowercase().contains("change-me")
+}
+
 /// Whether `a` and `b` are equal, compared without an early exit, so that timing does
 /// not reveal how much of a guess was right.
 pub fn same(a: &[u8], b: &[u8]) -> bool {
@@ -122,6 +129,14 @@ mod tests {
     #[test]
     fn secrets_do_not_print() {
         assert_eq!(format!("{:?}", Secret::new("s3cret")), "Secret(***)");
+    }
+
+    #[test]
+    fn placeholders_are_told_apart() {
+        assert!(is_placeholder(crate::config::DEV_LINK_SECRET));
+        assert!(is_placeholder("Change-Me-to-a-long-random-secret"));
+        assert!(is_placeholder("postgres://regua:change-me@db:5432/regua"));
+        assert!(!is_placeholder("k3Jq9-long-and-random-0123456789"));
     }
 
     #[test]

@@ -192,6 +192,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// Runs every service until SIGINT/SIGTERM, then drains: stop taking messages, finish
 /// batches in hand, flush outboxes.
 async fn run_services(config: Config, services: regua::Services) -> anyhow::Result<()> {
+    refuse_development_secrets(&config, services)?;
     let _telemetry = telemetry::init("regua", &config)?;
     let mut platform = regua::Platform::start(&config, Arc::new(SystemClock), services).await?;
     tracing::info!(addr = %platform.addr, "regua running");
@@ -205,6 +206,65 @@ async fn run_services(config: Config, services: regua::Services) -> anyhow::Resu
         tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; unacked messages will be redelivered");
     }
     Ok(())
+}
+
+/// Refuses to run `services` with a development or placeholder secret among those they
+/// use, unless `REGUA_ALLOW_DEVELOPMENT_SECRETS` says this is a laptop or the demo.
+fn refuse_development_secrets(config: &Config, services: regua::Services) -> anyhow::Result<()> {
+    use regua_contract::inbound::Channel;
+    if config.allow_development_secrets {
+        return Ok(());
+    }
+    let p = &config.providers;
+    let mut used: Vec<(&str, Option<&str>)> = vec![
+        ("REGUA_DATABASE_URL", Some(config.database_url.expose())),
+        (
+            "REGUA_NATS_PASSWORD",
+            config.nats_password.as_ref().map(|s| s.expose()),
+        ),
+    ];
+    if services.intake {
+        used.push((
+            "REGUA_ADMIN_TOKEN",
+            config.admin_token.as_ref().map(|s| s.expose()),
+        ));
+    }
+    if !services.dispatch.is_empty() {
+        used.push(("REGUA_LINK_SECRET", Some(config.link_secret.expose())));
+    }
+    for channel in services.dispatch {
+        match channel {
+            Channel::Email => used.push(("REGUA_SMTP_URL", Some(p.smtp_url.expose()))),
+            Channel::Sms => used.push((
+                "REGUA_TWILIO_AUTH_TOKEN",
+                Some(p.twilio_auth_token.expose()),
+            )),
+            Channel::Whatsapp => used.extend([
+                ("REGUA_WHATSAPP_TOKEN", Some(p.whatsapp_token.expose())),
+                (
+                    "REGUA_WHATSAPP_APP_SECRET",
+                    Some(p.whatsapp_app_secret.expose()),
+                ),
+                (
+                    "REGUA_WHATSAPP_VERIFY_TOKEN",
+                    Some(p.whatsapp_verify_token.expose()),
+                ),
+            ]),
+        }
+    }
+    let bad: Vec<&str> = used
+        .into_iter()
+        .filter(|(_, v)| v.is_some_and(regua_platform::secrets::is_placeholder))
+        .map(|(name, _)| name)
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to start with development or placeholder secrets in {}: set real ones \
+         (REGUA_ALLOW_DEVELOPMENT_SECRETS=true is for a laptop or the demo only)",
+        bad.join(", ")
+    )
 }
 
 async fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ pub fn regua(args: &[&str], nats: &str, db: &str) -> tokio::process::Command {
         .env("REGUA_DATABASE_URL", db)
         .env("REGUA_LOG", "warn")
         .env("REGUA_TEST_CLOCK_SENDS", "true")
+        .env("REGUA_ALLOW_DEVELOPMENT_SECRETS", "true")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(Stdio::null())
         .kill_on_drop(true);
