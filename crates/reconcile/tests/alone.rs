@@ -10,10 +10,6 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use regua_contract::events::{
-    CustomerState, CustomerUpserted, DocumentKind, InvoiceChanged, InvoiceState,
-};
-use regua_contract::inbound::LateFee;
 use regua_contract::signals::InvoiceSettled;
 use regua_contract::{DomainEvent, InboundKind, TenantId, subjects};
 use regua_platform::{Config, nats};
@@ -102,55 +98,10 @@ impl World {
     }
 }
 
-fn customer() -> CustomerState {
-    CustomerState {
-        customer_id: "C-1".into(),
-        name: "Maria da Silva".into(),
-        document: Some("52998224725".into()),
-        document_kind: Some(DocumentKind::Cpf),
-        email: None,
-        phone: None,
-        whatsapp_opt_in: false,
-        preferred_channel: None,
-        timezone: "America/Sao_Paulo".into(),
-        locale: "pt-BR".into(),
-        segment: None,
-    }
-}
-
-fn invoice() -> InvoiceState {
-    InvoiceState {
-        invoice_id: "NF-1".into(),
-        revision: None,
-        customer_id: "C-1".into(),
-        debtor_kind: Some(DocumentKind::Cpf),
-        amount_cents: 15_990,
-        currency: "BRL".into(),
-        issued_on: "2026-11-01".parse().unwrap(),
-        due_date: "2026-12-10".parse().unwrap(),
-        description: None,
-        reference: Some("NN-0001".into()),
-        payment: None,
-        late_fee: Some(LateFee {
-            fine_bps: 200,
-            monthly_interest_bps: 100,
-        }),
-        tags: Vec::new(),
-        metadata: Default::default(),
-    }
-}
-
 #[sqlx::test(migrations = false)]
 async fn reconciliation_alone_settles_parks_and_rejects_payments(pool: PgPool) {
     let w = World::new(&pool).await;
-    w.event(DomainEvent::CustomerUpserted(CustomerUpserted {
-        customer: customer(),
-    }))
-    .await;
-    w.event(DomainEvent::InvoiceOpened(InvoiceChanged {
-        invoice: invoice(),
-    }))
-    .await;
+    service::open_invoice(&w.js, TENANT, service::customer_state(), at(START)).await;
     // Known from the events alone: what it owes on the tenant's (test clock) today.
     let owed = eventually("the invoice", Duration::from_secs(30), || async {
         let (status, body) = w.get("invoices/NF-1").await;
@@ -259,14 +210,7 @@ async fn reconciliation_alone_settles_parks_and_rejects_payments(pool: PgPool) {
 async fn a_postgres_outage_holds_payments_without_spending_deliveries(pool: PgPool) {
     let proxy = TcpProxy::start(service::database_addr(&pool)).await;
     let w = World::through(&pool, Some(&proxy)).await;
-    w.event(DomainEvent::CustomerUpserted(CustomerUpserted {
-        customer: customer(),
-    }))
-    .await;
-    w.event(DomainEvent::InvoiceOpened(InvoiceChanged {
-        invoice: invoice(),
-    }))
-    .await;
+    service::open_invoice(&w.js, TENANT, service::customer_state(), at(START)).await;
     eventually("the invoice", Duration::from_secs(30), || async {
         (w.get("invoices/NF-1").await.0 == 200).then_some(())
     })

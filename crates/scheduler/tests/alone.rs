@@ -9,10 +9,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use regua_contract::commands::{CommandKind, DispatchCommand};
-use regua_contract::events::{
-    CustomerState, CustomerUpserted, DocumentKind, InvoiceChanged, InvoicePaid, InvoiceState,
-};
-use regua_contract::inbound::{Channel, LateFee};
+use regua_contract::events::{CustomerState, InvoicePaid};
+use regua_contract::inbound::Channel;
 use regua_contract::{DomainEvent, subjects};
 use regua_platform::{Config, nats};
 use regua_scheduler::{Scheduler, SchedulerError};
@@ -69,6 +67,11 @@ impl World {
         service::publish_event(&self.js, TENANT, event, at(occurred_at)).await;
     }
 
+    /// The debtor and its invoice `NF-1`, as intake would publish them.
+    async fn open_invoice(&self, customer: CustomerState) {
+        service::open_invoice(&self.js, TENANT, customer, at(START)).await;
+    }
+
     async fn get(&self, path: &str) -> (u16, Value) {
         service::get_tenant(&self.http, &self.running.base(), TENANT, KEY, path).await
     }
@@ -87,60 +90,10 @@ impl World {
     }
 }
 
-fn customer() -> CustomerState {
-    CustomerState {
-        customer_id: "C-1".into(),
-        name: "Maria da Silva".into(),
-        document: Some("52998224725".into()),
-        document_kind: Some(DocumentKind::Cpf),
-        email: Some("maria@example.com".into()),
-        phone: Some("+5511987654321".into()),
-        whatsapp_opt_in: true,
-        preferred_channel: None,
-        timezone: "America/Sao_Paulo".into(),
-        locale: "pt-BR".into(),
-        segment: None,
-    }
-}
-
-fn invoice() -> InvoiceState {
-    InvoiceState {
-        invoice_id: "NF-1".into(),
-        revision: None,
-        customer_id: "C-1".into(),
-        debtor_kind: Some(DocumentKind::Cpf),
-        amount_cents: 15_990,
-        currency: "BRL".into(),
-        issued_on: "2026-11-01".parse().unwrap(),
-        // A Thursday: D-3 is Monday 7th at 10:00 in São Paulo.
-        due_date: "2026-12-10".parse().unwrap(),
-        description: Some("Plano fibra".into()),
-        reference: None,
-        payment: None,
-        late_fee: Some(LateFee {
-            fine_bps: 200,
-            monthly_interest_bps: 100,
-        }),
-        tags: Vec::new(),
-        metadata: Default::default(),
-    }
-}
-
 #[sqlx::test(migrations = false)]
 async fn the_scheduler_alone_plans_fires_and_stops_on_payment(pool: PgPool) {
     let w = World::new(&pool).await;
-    w.publish(
-        DomainEvent::CustomerUpserted(CustomerUpserted {
-            customer: customer(),
-        }),
-        START,
-    )
-    .await;
-    w.publish(
-        DomainEvent::InvoiceOpened(InvoiceChanged { invoice: invoice() }),
-        START,
-    )
-    .await;
+    w.open_invoice(service::customer_state()).await;
 
     // Planned from the events alone: the starter policy's six steps, all pending.
     let plan = eventually("the plan", Duration::from_secs(30), || async {
@@ -231,21 +184,10 @@ async fn the_scheduler_alone_plans_fires_and_stops_on_payment(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn the_debtors_preferred_channel_goes_first(pool: PgPool) {
     let w = World::new(&pool).await;
-    let prefers_email = CustomerState {
+    w.open_invoice(CustomerState {
         preferred_channel: Some(Channel::Email),
-        ..customer()
-    };
-    w.publish(
-        DomainEvent::CustomerUpserted(CustomerUpserted {
-            customer: prefers_email,
-        }),
-        START,
-    )
-    .await;
-    w.publish(
-        DomainEvent::InvoiceOpened(InvoiceChanged { invoice: invoice() }),
-        START,
-    )
+        ..service::customer_state()
+    })
     .await;
     eventually("the plan", Duration::from_secs(30), || async {
         (w.get("invoices/NF-1/plan").await.0 == 200).then_some(())

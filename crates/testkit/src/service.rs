@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use regua_contract::events::TenantCreated;
+use regua_contract::events::{
+    CustomerState, CustomerUpserted, DocumentKind, InvoiceChanged, InvoiceState, TenantCreated,
+};
+use regua_contract::inbound::LateFee;
 use regua_contract::{DomainEvent, Envelope, TenantId, subjects};
 use regua_platform::{Config, SharedClock, Shutdown, SystemClock, db, http, nats, tenancy};
 use sqlx::PgPool;
@@ -293,4 +296,67 @@ pub fn database_addr(pool: &PgPool) -> std::net::SocketAddr {
     format!("{host}:{}", options.get_port())
         .parse()
         .unwrap_or_else(|e| fail(&format!("database address {host}: {e}")))
+}
+
+/// Customer `C-1`, as `customer.upserted` carries it: a consumer (CPF) reachable on
+/// every channel, with no preferred one.
+pub fn customer_state() -> CustomerState {
+    CustomerState {
+        customer_id: "C-1".into(),
+        name: "Maria da Silva".into(),
+        document: Some("52998224725".into()),
+        document_kind: Some(DocumentKind::Cpf),
+        email: Some("maria@example.com".into()),
+        phone: Some("+5511987654321".into()),
+        whatsapp_opt_in: true,
+        preferred_channel: None,
+        timezone: "America/Sao_Paulo".into(),
+        locale: "pt-BR".into(),
+        segment: None,
+    }
+}
+
+/// Invoice `NF-1` of [`customer_state`], as `invoice.opened` carries it: R$ 159,90 due
+/// Thursday 2026-12-10 (D-3 is Monday the 7th), reference `NN-0001`, 2% fine and 1% a
+/// month of interest.
+pub fn invoice_state() -> InvoiceState {
+    let date = |s: &str| {
+        s.parse()
+            .unwrap_or_else(|e| fail(&format!("date {s}: {e}")))
+    };
+    InvoiceState {
+        invoice_id: "NF-1".into(),
+        revision: None,
+        customer_id: "C-1".into(),
+        debtor_kind: Some(DocumentKind::Cpf),
+        amount_cents: 15_990,
+        currency: "BRL".into(),
+        issued_on: date("2026-11-01"),
+        due_date: date("2026-12-10"),
+        description: Some("Plano fibra".into()),
+        reference: Some("NN-0001".into()),
+        payment: None,
+        late_fee: Some(LateFee {
+            fine_bps: 200,
+            monthly_interest_bps: 100,
+        }),
+        tags: Vec::new(),
+        metadata: Default::default(),
+    }
+}
+
+/// Publishes `customer` and then [`invoice_state`] as intake's relay would, stamped
+/// `occurred_at`: what a service alone needs to know of an open invoice.
+pub async fn open_invoice(
+    js: &async_nats::jetstream::Context,
+    tenant: &str,
+    customer: CustomerState,
+    occurred_at: DateTime<Utc>,
+) {
+    let upserted = DomainEvent::CustomerUpserted(CustomerUpserted { customer });
+    publish_event(js, tenant, upserted, occurred_at).await;
+    let opened = DomainEvent::InvoiceOpened(InvoiceChanged {
+        invoice: invoice_state(),
+    });
+    publish_event(js, tenant, opened, occurred_at).await;
 }
