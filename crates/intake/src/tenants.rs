@@ -184,16 +184,7 @@ pub async fn create_tenant(
     if !tenancy::register(&mut tx, &new, &api_key, now).await? {
         return Err(CreateTenantError::Exists(new.id.to_string()));
     }
-    let tenant = TenantCreated {
-        id: new.id.to_string(),
-        legal_name: new.legal_name,
-        cnpj: new.cnpj,
-        address: new.address,
-        contact: new.contact,
-        timezone: new.timezone,
-        test_clock: new.test_clock,
-        now: new.clock_start,
-    };
+    let tenant = new.created();
     let correlation = format!("tenant-create:{}", new.id);
     let msg = event_message(
         now,

@@ -16,6 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use regua_contract::TenantId;
+use regua_contract::events::TenantCreated;
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::http::Problem;
@@ -40,6 +41,22 @@ pub struct Tenant {
     pub timezone: String,
     pub test_clock: bool,
     pub clock_start: Option<DateTime<Utc>>,
+}
+
+impl Tenant {
+    /// What `tenant.created` says of it.
+    pub fn created(&self) -> TenantCreated {
+        TenantCreated {
+            id: self.id.to_string(),
+            legal_name: self.legal_name.clone(),
+            cnpj: self.cnpj.clone(),
+            address: self.address.clone(),
+            contact: self.contact.clone(),
+            timezone: self.timezone.clone(),
+            test_clock: self.test_clock,
+            now: self.clock_start,
+        }
+    }
 }
 
 /// Registers `tenant`, opened by `api_key` (stored hashed), in the caller's

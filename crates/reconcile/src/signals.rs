@@ -1,6 +1,7 @@
-//! The settlement signal: `regua.v1.sig.<tenant>.invoice.settled`, core NATS, sent
-//! right after the commit that settled an invoice, so that the scheduler halts its
-//! dunning without waiting for `invoice.paid` to leave through the outbox.
+//! The end of a payment's transaction: its commit (after a test's pause, if one is set)
+//! and then the settlement signal, `regua.v1.sig.<tenant>.invoice.settled`, core NATS,
+//! sent right after that commit so that the scheduler halts its dunning without
+//! waiting for `invoice.paid` to leave through the outbox.
 
 use tracing::Instrument;
 

@@ -214,16 +214,7 @@ pub async fn register_tenant(
     {
         fail(&format!("tenant {id} exists already"));
     }
-    TenantCreated {
-        id: tenant.id.to_string(),
-        legal_name: tenant.legal_name,
-        cnpj: tenant.cnpj,
-        address: tenant.address,
-        contact: tenant.contact,
-        timezone: tenant.timezone,
-        test_clock: tenant.test_clock,
-        now: tenant.clock_start,
-    }
+    tenant.created()
 }
 
 /// Publishes `event` of `tenant`, stamped `occurred_at`, on the events stream, as its
