@@ -1,10 +1,12 @@
 //! The one dispatch pipeline, whatever the channel:
 //!
 //! 1. consume a batch from the channel's durable pull consumer;
-//! 2. claim each command's attempt and guard it (one transaction): a command already
-//!    handled is acked again, one found mid-send becomes `unknown`, one the guard
-//!    refuses is `skipped` (and moves to the next channel when the refusal is about
-//!    this channel); the rest are rendered and marked `sending`;
+//! 2. guard and render each command (no transaction open: a policy's text renders on
+//!    fuel, into a capped output, and one over its limits fails alone, `permanent`),
+//!    then claim each command's attempt (one transaction): a command already handled
+//!    is acked again, one found mid-send becomes `unknown`, one the guard refuses is
+//!    `skipped` (and moves to the next channel when the refusal is about this
+//!    channel); the rest are marked `sending`;
 //! 3. take rate-limit slots for them;
 //! 4. send them concurrently through the channel's adapter;
 //! 5. record every result, its `message.*` event and any fallback command (one
@@ -468,17 +470,22 @@ fn guard(w: &Worker, item: &Item, facts: &store::GuardFacts) -> Plan {
     }
 }
 
-/// Transaction 1: applies the guard, renders what may go, and claims every command's
-/// attempt in its decided state — `sending` before any provider call. A command seen
-/// before (a redelivery) is locked and decided from its attempt instead: final ones are
-/// done, one still `sending` is unknown, one waiting for a retry goes again.
+/// Applies the guard and renders what may go, with no transaction open (a render runs
+/// on its fuel, but holds no lock or connection meanwhile); then transaction 1 claims
+/// every command's attempt in its decided state — `sending` before any provider call.
+/// A command seen before (a redelivery) is locked and decided from its attempt
+/// instead: final ones are done, one still `sending` is unknown, one waiting for a
+/// retry goes again.
 async fn claim_and_guard(w: &Worker, items: &[Item]) -> Result<Vec<Plan>, DispatchError> {
     let channel = w.channel();
     let provider = w.adapter.provider();
-    let mut tx = w.d.pool.begin().await?;
     let cmds: Vec<&DispatchCommand> = items.iter().map(|i| &i.cmd).collect();
-    let facts = store::guard_facts(&mut tx, channel, &cmds).await?;
+    let facts = {
+        let mut conn = w.d.pool.acquire().await?;
+        store::guard_facts(&mut conn, channel, &cmds).await?
+    };
     let first: Vec<Plan> = items.iter().map(|item| guard(w, item, &facts)).collect();
+    let mut tx = w.d.pool.begin().await?;
     let mut new = Vec::with_capacity(items.len());
     for (item, plan) in items.iter().zip(&first) {
         let (state, reason) = match plan {

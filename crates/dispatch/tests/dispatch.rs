@@ -232,7 +232,7 @@ async fn one_message_per_channel_with_content_headers_segments_and_status_events
     assert!(
         plain
             .body
-            .starts_with("Loja Exemplo Comércio Ltda: João, sua fatura de R$ 159,90 vence em"),
+            .starts_with("Loja Exemplo Comércio Ltda (CNPJ 11.222.333/0001-81): João, sua fatura de R$ 159,90 vence em"),
         "{}",
         plain.body
     );
@@ -921,4 +921,62 @@ async fn test_clock_messages_reach_only_sandboxes(pool: PgPool) {
         "only the real tenant's message"
     );
     assert!(w.fakes.smtp.mails().is_empty());
+}
+
+/// A text a policy could not have stored (a command carries its own) that loops past
+/// its fuel, or builds a huge string: that message alone fails, `permanent`, fast; the
+/// message beside it in the batch is sent.
+#[sqlx::test(migrations = false)]
+async fn a_template_over_its_limits_fails_its_message_alone(pool: PgPool) {
+    use regua_contract::commands::ChannelTemplates;
+    let w = World::new(&pool, |_| {}).await;
+    let _running = w.start().await;
+    let with_sms = |n: u32, sms: &str| {
+        let mut c = command(n, Channel::Sms, &[]);
+        c.templates = Some(ChannelTemplates {
+            sms: Some(sms.to_owned()),
+            ..Default::default()
+        });
+        c
+    };
+    let spins = "{% for a in name %}{% for b in name %}{% for c in name %}{% for d in name %}\
+                 {% endfor %}{% endfor %}{% endfor %}{% endfor %}{{ total }}";
+    let floods = "{% for a in name %}{% for b in name %}{{ creditor }}{% endfor %}{% endfor %}";
+    let builds = "{% for c in ('x' * 100000000)|list %}{{ c }}{% endfor %}";
+    let fine = "{{ creditor.legal_name }}: {{ first_name|upper }}, {{ total }} ({{ due_date }})";
+    for c in [
+        with_sms(1, spins),
+        with_sms(2, floods),
+        with_sms(3, builds),
+        with_sms(4, fine),
+    ] {
+        w.publish(&c).await;
+    }
+    let failed = w.wait_events(EventType::MessageFailed, 3).await;
+    let reasons: BTreeMap<&str, &str> = failed
+        .iter()
+        .map(|e| {
+            (
+                e["customer_id"].as_str().unwrap(),
+                e["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(reasons["C-1"].contains("out of fuel"), "{reasons:?}");
+    assert!(reasons["C-2"].contains("more than"), "{reasons:?}");
+    assert!(reasons["C-3"].contains("not available"), "{reasons:?}");
+    for r in reasons.values() {
+        assert!(r.starts_with("permanent"), "{r}");
+    }
+    w.wait_events(EventType::MessageSent, 1).await;
+    let sent: Vec<(String, String)> = w
+        .fakes
+        .twilio
+        .sent()
+        .iter()
+        .map(|m| (m.to.clone(), m.body.clone()))
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, "+5511900000004");
+    assert!(sent[0].1.contains("JOÃO"), "{sent:?}");
 }

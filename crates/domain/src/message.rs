@@ -58,6 +58,15 @@ pub struct MessageInvoice {
     pub due: Option<AmountDue>,
 }
 
+/// Invoices one message carries at most: the scheduler merges a customer's invoices due
+/// at one instant into one message up to this many (and up to
+/// [`MAX_MESSAGE_BYTES`]), and starts another message of the same contact past it.
+pub const MAX_INVOICES_PER_MESSAGE: usize = 50;
+
+/// Bytes one dispatch command may take on the wire, about: a quarter of NATS's default
+/// maximum payload (1 MiB), so a command never nears it.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
 /// One message to one debtor, about one or more invoices.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {

@@ -10,7 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::calendar::CalendarConfig;
-use crate::template::{self, ChannelTemplates, SmsOptions};
+use crate::message::MAX_INVOICES_PER_MESSAGE;
+use crate::template::{self, ChannelTemplates, SmsOptions, TemplateError};
 use crate::window::{SendWindow, hhmm};
 
 /// A channel a step may use (policies, schedules and opt-outs name channels alike).
@@ -664,12 +665,25 @@ impl Policy {
                         );
                         continue;
                     }
+                    // Rendered on write with as many invoices as one message carries,
+                    // so a text over its limits is refused here, not at send.
+                    let mut sample = template::sample_message(&n.template, locale, self.sms);
+                    sample.templates = own.cloned();
+                    let mut full = sample.clone();
+                    full.invoices = vec![sample.invoices[0].clone(); MAX_INVOICES_PER_MESSAGE];
+                    let links = template::Links::default();
+                    if let Err(e) = template::render(&full, channel, &links) {
+                        let code = match e {
+                            TemplateError::Limit { .. } => "template_limit",
+                            _ => "template_error",
+                        };
+                        issue(format!("{field}.template"), code, e.to_string());
+                        continue;
+                    }
                     if channel != Channel::Sms {
                         continue;
                     }
-                    let mut sample = template::sample_message(&n.template, locale, self.sms);
-                    sample.templates = own.cloned();
-                    match template::render(&sample, Channel::Sms, &template::Links::default()) {
+                    match template::render(&sample, Channel::Sms, &links) {
                         Ok(r) => {
                             let seg = r.segments.map_or(1, |s| s.count);
                             if seg > usize::from(self.sms.max_segments) {
@@ -965,12 +979,35 @@ steps:
 templates:
   meu_lembrete:
     pt-BR:
-      sms: "{{ creditor.legal_name }}: {{ first_name }}, pague {{ total }} ate {{ due_date }}"
+      sms: "{{ creditor.legal_name }} ({{ creditor.cnpj }}): {{ first_name }}, pague {{ total }} ate {{ due_date }}"
     en-US:
-      sms: "{{ creditor.legal_name }}: {{ first_name }}, pay {{ total }} by {{ due_date }}"
+      sms: "{{ creditor.legal_name }} ({{ creditor.cnpj }}): {{ first_name }}, pay {{ total }} by {{ due_date }}"
 "#;
         let p = Policy::parse(fixed).unwrap();
         assert!(p.texts("meu_lembrete", "pt-BR").is_some());
         assert!(p.texts("meu_lembrete", "pt").is_some());
+    }
+
+    #[test]
+    fn texts_outside_the_subset_or_over_their_limits_are_refused_on_write() {
+        let policy = |sms: &str| {
+            format!(
+                "steps:\n  - {{name: x, at: D+1, notify: {{channels: [sms], template: t}}}}\ntemplates:\n  t:\n    pt-BR: {{sms: \"{sms}\"}}\n    en-US: {{sms: \"{sms}\"}}\n"
+            )
+        };
+        let ok = "{{ creditor.legal_name }} {{ creditor.cnpj }}: {{ first_name }} {{ total }} {{ due_date }}";
+        Policy::parse(&policy(ok)).unwrap();
+        let got = issues(&policy(&format!("{ok}{{{{ name ~ name }}}}")));
+        assert!(
+            got.contains(&("templates.t.pt-BR.sms".into(), "template_forbidden")),
+            "{got:?}"
+        );
+        // In the subset, but 26^4 iterations over the sample's name: out of fuel.
+        let spins = "{% for a in name %}{% for b in name %}{% for c in name %}{% for d in name %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}";
+        let got = issues(&policy(&format!("{ok}{spins}")));
+        assert!(
+            got.contains(&("steps[0].notify.template".into(), "template_limit")),
+            "{got:?}"
+        );
     }
 }

@@ -21,6 +21,8 @@ use crate::currency::Currency;
 use crate::message::{Message, MessageInvoice, MessageKind};
 use crate::sms::{self, Segments};
 
+pub mod sandbox;
+
 /// How a policy wants its SMS priced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +101,13 @@ pub enum TemplateError {
     },
     #[error("template `{template}` ({channel}): {reason}")]
     Render {
+        template: String,
+        channel: &'static str,
+        reason: String,
+    },
+    /// The text leaves the policy subset, runs out of fuel or renders too much.
+    #[error("template `{template}` ({channel}): {reason}")]
+    Limit {
         template: String,
         channel: &'static str,
         reason: String,
@@ -193,6 +202,7 @@ fn shipped() -> Result<&'static Shipped, String> {
     SHIPPED_SET
         .get_or_init(|| {
             let mut env = Environment::new();
+            env.set_fuel(Some(sandbox::SHIPPED_FUEL));
             env.add_template_owned("layout/email.txt", EMAIL_TEXT_LAYOUT)
                 .map_err(|e| e.to_string())?;
             env.add_template_owned("layout/email.html", EMAIL_HTML_LAYOUT)
@@ -480,7 +490,23 @@ pub fn render(cmd: &Message, channel: Channel, links: &Links) -> Result<Rendered
         channel: channel.as_str(),
         reason,
     };
+    let stopped = |s: sandbox::Stopped| match s {
+        sandbox::Stopped::Error(reason) => err(reason),
+        limit => TemplateError::Limit {
+            template: cmd.template.clone(),
+            channel: channel.as_str(),
+            reason: limit.to_string(),
+        },
+    };
     let shipped = shipped().map_err(err)?;
+    // A shipped template, on the shipped fuel and output cap.
+    let shipped_part = |name: &str, ctx: &Value| -> Result<String, TemplateError> {
+        let t = shipped
+            .env
+            .get_template(name)
+            .map_err(|e| err(e.to_string()))?;
+        sandbox::render(&t, ctx, sandbox::MAX_SHIPPED_OUTPUT).map_err(stopped)
+    };
     let ctx = Value::from_serialize(context(cmd, locale, links));
     let overrides = cmd.templates.as_ref();
     let file = shipped.files.get(locale);
@@ -494,14 +520,10 @@ pub fn render(cmd: &Message, channel: Channel, links: &Links) -> Result<Rendered
     }
     // Renders part `key`: the override's source when given, else the shipped template.
     let part = |key: &str, source: Option<&str>| -> Result<String, TemplateError> {
-        let out = match source {
-            Some(src) => shipped.env.render_str(src, &ctx),
-            None => shipped
-                .env
-                .get_template(&format!("{locale}/{}/{key}", cmd.template))
-                .and_then(|t| t.render(&ctx)),
-        };
-        out.map_err(|e| err(e.to_string()))
+        match source {
+            Some(src) => sandbox::render_policy(src, &ctx).map_err(stopped),
+            None => shipped_part(&format!("{locale}/{}/{key}", cmd.template), &ctx),
+        }
     };
     match channel {
         Channel::Sms => {
@@ -527,11 +549,7 @@ pub fn render(cmd: &Message, channel: Channel, links: &Links) -> Result<Rendered
             let body = part("email.body", own.map(|e| e.body.as_str()))?
                 .trim()
                 .to_owned();
-            let greeting = shipped
-                .env
-                .get_template(&format!("{locale}/greeting"))
-                .and_then(|t| t.render(&ctx))
-                .map_err(|e| err(e.to_string()))?;
+            let greeting = shipped_part(&format!("{locale}/greeting"), &ctx)?;
             let labels = file.map(|f| &f.labels);
             let paragraphs: Vec<&str> = body
                 .split("\n\n")
@@ -545,16 +563,8 @@ pub fn render(cmd: &Message, channel: Channel, links: &Links) -> Result<Rendered
                 paragraphs => paragraphs,
                 ..ctx.clone()
             };
-            let text = shipped
-                .env
-                .get_template("layout/email.txt")
-                .and_then(|t| t.render(&layout_ctx))
-                .map_err(|e| err(e.to_string()))?;
-            let html = shipped
-                .env
-                .get_template("layout/email.html")
-                .and_then(|t| t.render(&layout_ctx))
-                .map_err(|e| err(e.to_string()))?;
+            let text = shipped_part("layout/email.txt", &layout_ctx)?;
+            let html = shipped_part("layout/email.html", &layout_ctx)?;
             Ok(Rendered {
                 subject: Some(subject),
                 text,
@@ -601,19 +611,25 @@ pub struct TemplateIssue {
 }
 
 /// What every collection message must mention, per channel: the debtor, the amount,
-/// the due date and, by CDC art. 42-A, the creditor. E-mail gets the greeting, the
-/// invoice list and the creditor from the layout, so its texts need only the amount.
+/// the due date and, by CDC art. 42-A, the creditor's legal name and CNPJ (its address
+/// and contact are on the e-mail, and behind the payment link). E-mail gets the
+/// greeting, the invoice list and the creditor from the layout, so its texts need only
+/// the amount.
 fn required(channel: Channel) -> &'static [(&'static [&'static str], &'static str)] {
     const NAME: (&[&str], &str) = (&["name", "first_name"], "the debtor's name");
     const AMOUNT: (&[&str], &str) = (&["total", "invoices"], "the amount (`total`)");
     const DUE: (&[&str], &str) = (&["due_date", "invoices"], "the due date (`due_date`)");
     const CREDITOR: (&[&str], &str) = (
-        &["creditor.legal_name", "creditor"],
-        "the creditor's identity (`creditor.legal_name`, CDC art. 42-A)",
+        &["creditor.legal_name"],
+        "the creditor's legal name (`creditor.legal_name`, CDC art. 42-A)",
+    );
+    const CNPJ: (&[&str], &str) = (
+        &["creditor.cnpj"],
+        "the creditor's CNPJ (`creditor.cnpj`, CDC art. 42-A)",
     );
     match channel {
         Channel::Email => &[AMOUNT],
-        Channel::Sms | Channel::Whatsapp => &[NAME, AMOUNT, DUE, CREDITOR],
+        Channel::Sms | Channel::Whatsapp => &[NAME, AMOUNT, DUE, CREDITOR, CNPJ],
     }
 }
 
@@ -625,6 +641,13 @@ pub fn lint(t: &ChannelTemplates) -> Vec<TemplateIssue> {
     let mut check = |channel: Channel, parts: Vec<(String, &str)>| {
         let mut used: HashSet<String> = HashSet::new();
         for (field, source) in parts {
+            for f in sandbox::check(source) {
+                issues.push(TemplateIssue {
+                    field: field.clone(),
+                    code: f.code,
+                    message: f.message,
+                });
+            }
             match env.template_from_str(source) {
                 Ok(tmpl) => {
                     for v in tmpl.undeclared_variables(true) {
@@ -639,7 +662,6 @@ pub fn lint(t: &ChannelTemplates) -> Vec<TemplateIssue> {
                                 ),
                             });
                         }
-                        used.insert(root);
                         used.insert(v);
                     }
                 }
@@ -654,7 +676,7 @@ pub fn lint(t: &ChannelTemplates) -> Vec<TemplateIssue> {
             if !names.iter().any(|n| used.contains(*n)) {
                 issues.push(TemplateIssue {
                     field: channel.as_str().to_owned(),
-                    code: if names.contains(&"creditor") {
+                    code: if names.iter().any(|n| n.starts_with("creditor")) {
                         "missing_creditor"
                     } else {
                         "missing_variable"

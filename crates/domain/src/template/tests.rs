@@ -121,7 +121,8 @@ fn whatsapp_fills_the_approved_template() {
             "Maria",
             "R$ 12.345,67",
             "10/12/2026",
-            "Companhia Exemplo de Serviços Ltda"
+            "Companhia Exemplo de Serviços Ltda",
+            "11.222.333/0001-81"
         ]
     );
 }
@@ -206,10 +207,48 @@ fn lint_reports_missing_creditor_missing_variables_unknown_variables_and_syntax(
         codes.contains(&("whatsapp", "missing_variable")),
         "{issues:?}"
     );
+    // The legal name alone is not the creditor's identity: the CNPJ is missing.
+    let whatsapp: Vec<&str> = issues
+        .iter()
+        .filter(|i| i.field == "whatsapp" && i.code == "missing_creditor")
+        .map(|i| i.message.as_str())
+        .collect();
+    assert_eq!(whatsapp.len(), 1, "{issues:?}");
+    assert!(whatsapp[0].contains("CNPJ"), "{issues:?}");
+}
+
+#[test]
+fn sms_and_whatsapp_carry_the_creditors_legal_name_and_cnpj() {
+    for locale in LOCALES {
+        for name in SHIPPED_NAMES {
+            let cmd = sample_message(name, locale, SmsOptions::default());
+            let sms = render(&cmd, Channel::Sms, &Links::default()).unwrap();
+            assert!(
+                sms.text.contains("Companhia Exemplo de Serviços Ltda")
+                    && sms.text.contains("11.222.333/0001-81"),
+                "{locale}/{name}: {}",
+                sms.text
+            );
+            let wa = render(&cmd, Channel::Whatsapp, &Links::default()).unwrap();
+            let params = wa.whatsapp.unwrap().params;
+            assert!(
+                params.contains(&"Companhia Exemplo de Serviços Ltda".to_owned())
+                    && params.contains(&"11.222.333/0001-81".to_owned()),
+                "{locale}/{name}: {params:?}"
+            );
+        }
+    }
+    // A policy's SMS without the CNPJ is refused; with it, accepted.
+    let without =
+        sms_only("{{ creditor.legal_name }}: {{ first_name }}, {{ total }}, {{ due_date }}");
     assert!(
-        !codes.contains(&("whatsapp", "missing_creditor")),
-        "{issues:?}"
+        lint(&without)
+            .iter()
+            .any(|i| i.code == "missing_creditor" && i.message.contains("creditor.cnpj")),
+        "{:?}",
+        lint(&without)
     );
+    assert_eq!(lint(&sms_only(REQUIRED)), Vec::new());
 }
 
 #[test]
@@ -271,4 +310,117 @@ fn the_thank_you_states_what_was_paid() {
         "{}",
         sms.text
     );
+}
+
+fn sms_only(text: &str) -> ChannelTemplates {
+    ChannelTemplates {
+        sms: Some(text.into()),
+        ..Default::default()
+    }
+}
+
+fn render_sms(text: &str) -> Result<Rendered, TemplateError> {
+    let mut cmd = sample_message("x", "pt-BR", SmsOptions::default());
+    cmd.templates = Some(sms_only(text));
+    render(&cmd, Channel::Sms, &Links::default())
+}
+
+const REQUIRED: &str = "{{ creditor.legal_name }} CNPJ {{ creditor.cnpj }}: {{ first_name }}, {{ total }}, {{ due_date }}";
+
+#[test]
+fn policy_texts_that_could_build_huge_values_are_refused_by_the_lint() {
+    for (bad, what) in [
+        (
+            "{% for c in ('x' * 100000000)|list %}{{ c }}{% endfor %}",
+            "`*`",
+        ),
+        ("{{ name ~ name }}", "`~`"),
+        ("{{ name + name }}", "`+`"),
+        ("{{ 2 ** 64 }}", "`**`"),
+        ("{{ [name, name]|first }}", "list literals"),
+        ("{{ {'a': name} }}", "map literals"),
+        ("{{ (name, name)|first }}", "tuples"),
+        ("{% set x = name %}{{ x }}", "`{% set %}`"),
+        ("{% macro m() %}{% endmacro %}", "`{% macro %}`"),
+        ("{{ range(10)|length }}", "functions"),
+        ("{{ name|replace('a', name) }}", "filter `replace`"),
+        (
+            "{{ invoices|map(attribute='id')|join(', ') }}",
+            "filter `map`",
+        ),
+        (
+            "{% if name is divisibleby(3) %}x{% endif %}",
+            "test `divisibleby`",
+        ),
+    ] {
+        let issues = lint(&sms_only(&format!("{REQUIRED} {bad}")));
+        let forbidden: Vec<&TemplateIssue> = issues
+            .iter()
+            .filter(|i| i.code == "template_forbidden")
+            .collect();
+        assert!(
+            forbidden
+                .iter()
+                .any(|i| i.field == "sms" && i.message.contains(what)),
+            "{bad}: {issues:?}"
+        );
+        // And at send, for a text stored before the rule: refused, not run.
+        assert!(
+            matches!(render_sms(bad), Err(TemplateError::Limit { .. })),
+            "{bad}"
+        );
+    }
+    let long = format!("{REQUIRED}{}", " ".repeat(sandbox::MAX_SOURCE));
+    assert_eq!(lint(&sms_only(&long))[0].code, "template_too_long");
+}
+
+#[test]
+fn policy_texts_keep_conditions_loops_filters_and_tests() {
+    let text = "{{ creditor.legal_name|upper }}: {{ first_name|title }}, {{ total }} \
+                ({{ due_date }}){% if days_late > 5 and payment.url is defined %} {{ payment.url|default('') }}{% endif %} \
+                {{ invoices|length }}: {% for i in invoices %}{{ i.id }}{% if not loop.last %}, {% endif %}{% endfor %} \
+                {{ invoices[0].id }} {{ name[0:5]|lower }} {{ creditor.cnpj }}";
+    assert_eq!(lint(&sms_only(text)), Vec::new());
+    let r = render_sms(text).unwrap();
+    assert!(
+        r.text
+            .starts_with("COMPANHIA EXEMPLO DE SERVIÇOS LTDA: Maria"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text.contains("1: NF-2026-000123 NF-2026-000123 maria"),
+        "{}",
+        r.text
+    );
+}
+
+#[test]
+fn renders_stop_at_their_fuel_and_output_cap() {
+    // Inside the subset, but 26^4 iterations: out of fuel.
+    let spins = "{% for a in name %}{% for b in name %}{% for c in name %}{% for d in name %}\
+                 {% endfor %}{% endfor %}{% endfor %}{% endfor %}";
+    match render_sms(spins) {
+        Err(TemplateError::Limit { reason, .. }) => assert!(reason.contains("fuel"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // 26^2 copies of the creditor: past the output cap.
+    let floods = "{% for a in name %}{% for b in name %}{{ creditor }}{% endfor %}{% endfor %}";
+    match render_sms(floods) {
+        Err(TemplateError::Limit { reason, .. }) => {
+            assert!(reason.contains("more than 16384 bytes"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The shipped texts, with as many invoices as one message carries, stay far inside.
+    for locale in LOCALES {
+        for name in SHIPPED_NAMES {
+            let mut cmd = sample_message(name, locale, SmsOptions::default());
+            cmd.invoices = vec![cmd.invoices[0].clone(); crate::message::MAX_INVOICES_PER_MESSAGE];
+            for channel in Channel::ALL {
+                render(&cmd, channel, &Links::default())
+                    .unwrap_or_else(|e| panic!("{locale}/{name}/{channel:?}: {e}"));
+            }
+        }
+    }
 }
