@@ -18,6 +18,7 @@ use regua_contract::commands::{CommandInvoice, CommandKind, DispatchCommand, Rec
 use regua_contract::events::{AmountDue, InvoiceEscalated};
 use regua_contract::{DomainEvent, subjects};
 use regua_domain::charges;
+use regua_domain::message::{MAX_INVOICES_PER_MESSAGE, MAX_MESSAGE_BYTES};
 use regua_domain::policy::{Action, Channel, Notify, Policy};
 use regua_domain::schedule::{self, Contact, Ledger, StepState, Subject};
 use regua_domain::window::local_to_utc;
@@ -182,6 +183,48 @@ struct Output {
     /// Decisions by (outcome, reason), for `regua_scheduler_steps_total`: counted
     /// once per claim rather than once per step.
     steps: HashMap<(&'static str, &'static str), u64>,
+    /// Bytes of the merged commands, by index in `commands`: measured at a command's
+    /// first merge, so a command that merges nothing is never serialized twice.
+    merged_bytes: HashMap<usize, usize>,
+}
+
+/// The bytes `v` takes as JSON, counted without building it.
+fn wire_len(v: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    match serde_json::to_writer(&mut n, v) {
+        Ok(()) => n.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+impl Output {
+    /// Whether `line` fits in command `k`: under [`MAX_INVOICES_PER_MESSAGE`] invoices
+    /// and [`MAX_MESSAGE_BYTES`] bytes once added (which it then counts).
+    fn fits(&mut self, k: usize, line: &CommandInvoice) -> bool {
+        let Some((cmd, _)) = self.commands.get(k) else {
+            return false;
+        };
+        if cmd.invoices.len() >= MAX_INVOICES_PER_MESSAGE {
+            return false;
+        }
+        let bytes = *self.merged_bytes.entry(k).or_insert_with(|| wire_len(cmd));
+        let grown = bytes.saturating_add(wire_len(line)).saturating_add(1);
+        if grown > MAX_MESSAGE_BYTES {
+            return false;
+        }
+        self.merged_bytes.insert(k, grown);
+        true
+    }
 }
 
 /// The name of the advisory lock (`hashtextextended(name, 11)`) on a customer: a claim
@@ -480,12 +523,16 @@ fn decide(
             &planned.plan,
             now.with_timezone(&planned.tz).date_naive(),
         );
-        if let Some(&k) = out.merge.get(&key) {
+        // The message this invoice joins, unless it is full: then the invoice starts
+        // another message of the same contact (counted once against the caps).
+        let joins = out.merge.get(&key).copied().filter(|&k| out.fits(k, &line));
+        if let Some(k) = joins {
             let (cmd, _) = &mut out.commands[k];
             cmd.invoices.push(line);
             command_id = Some(cmd.command_id.clone());
             channel = Some(cmd.channel.as_str());
-        } else if !ledger.same_message(now, &n.template) {
+        } else if out.merge.contains_key(&key) || !ledger.same_message(now, &n.template) {
+            let continues = out.merge.contains_key(&key);
             let usable = c.channels_for(n);
             if let Some((&first, rest)) = usable.split_first() {
                 let id = DispatchCommand::id_for(
@@ -517,17 +564,19 @@ fn decide(
                 command_id = Some(id.clone());
                 out.merge.insert(key, out.commands.len());
                 out.commands.push((cmd, telemetry::traceparent(&span)));
-                ledger.push(Contact {
-                    at: now,
-                    template: n.template.clone(),
-                });
-                out.contacts.push((
-                    inv.tenant.clone(),
-                    inv.customer_id.clone(),
-                    now,
-                    n.template.clone(),
-                    id,
-                ));
+                if !continues {
+                    ledger.push(Contact {
+                        at: now,
+                        template: n.template.clone(),
+                    });
+                    out.contacts.push((
+                        inv.tenant.clone(),
+                        inv.customer_id.clone(),
+                        now,
+                        n.template.clone(),
+                        id,
+                    ));
+                }
             }
         }
     }

@@ -204,3 +204,88 @@ async fn the_debtors_preferred_channel_goes_first(pool: PgPool) {
     assert_eq!(commands[0].channel, Channel::Email);
     assert_eq!(commands[0].fallback, vec![Channel::Whatsapp, Channel::Sms]);
 }
+
+/// Invoices of one customer due at one instant merge into one message, up to 50
+/// invoices and 256 KiB: past either, the rest go in further messages of the same
+/// contact, so no command nears NATS's maximum payload and none is lost.
+#[sqlx::test(migrations = false)]
+async fn a_merged_message_is_split_by_count_and_by_size(pool: PgPool) {
+    use regua_contract::events::{CustomerUpserted, InvoiceChanged};
+    use regua_domain::message::{MAX_INVOICES_PER_MESSAGE, MAX_MESSAGE_BYTES};
+    let w = World::new(&pool).await;
+    // C-1 owes 120 invoices with short descriptions (the count splits them); C-2 owes
+    // 30 whose descriptions are 20 KB each (past what intake accepts, but the scheduler
+    // must not trust that: the size splits them).
+    let mut all = Vec::new();
+    for (customer, n, description) in [
+        ("C-1", 120, "Plano fibra".to_owned()),
+        ("C-2", 30, "x".repeat(20_000)),
+    ] {
+        let state = CustomerState {
+            customer_id: customer.into(),
+            ..service::customer_state()
+        };
+        w.publish(
+            DomainEvent::CustomerUpserted(CustomerUpserted { customer: state }),
+            START,
+        )
+        .await;
+        for i in 1..=n {
+            let invoice_id = format!("{customer}-NF-{i:03}");
+            all.push(invoice_id.clone());
+            let invoice = regua_contract::events::InvoiceState {
+                invoice_id,
+                customer_id: customer.into(),
+                description: Some(description.clone()),
+                ..service::invoice_state()
+            };
+            w.publish(
+                DomainEvent::InvoiceOpened(InvoiceChanged { invoice }),
+                START,
+            )
+            .await;
+        }
+    }
+    eventually("the plans", Duration::from_secs(60), || async {
+        (w.get("invoices/C-2-NF-030/plan").await.0 == 200).then_some(())
+    })
+    .await;
+    w.advance("2026-12-07T14:00:00Z").await;
+    all.sort();
+    let commands = eventually(
+        "every invoice in a message",
+        Duration::from_secs(60),
+        || async {
+            let c = w.commands().await;
+            let mut ids: Vec<String> = c
+                .iter()
+                .flat_map(|c| c.invoices.iter().map(|i| i.invoice_id.clone()))
+                .collect();
+            ids.sort();
+            (ids == all).then_some(c)
+        },
+    )
+    .await;
+    let sizes = |customer: &str| -> Vec<usize> {
+        commands
+            .iter()
+            .filter(|c| c.recipient.customer_id == customer)
+            .map(|c| c.invoices.len())
+            .collect()
+    };
+    let mut c1 = sizes("C-1");
+    c1.sort_unstable();
+    assert_eq!(
+        c1,
+        vec![20, MAX_INVOICES_PER_MESSAGE, MAX_INVOICES_PER_MESSAGE]
+    );
+    let c2 = sizes("C-2");
+    assert!(c2.len() >= 3, "split by size: {c2:?}");
+    let instant = commands[0].scheduled_for;
+    for c in &commands {
+        let bytes = serde_json::to_vec(c).unwrap().len();
+        assert!(bytes <= MAX_MESSAGE_BYTES, "{bytes} bytes");
+        assert_eq!(c.scheduled_for, instant, "one contact, one instant");
+        assert_eq!(c.step, commands[0].step);
+    }
+}
