@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use regua_contract::{EventType, subjects};
+use regua_platform::clock::{SharedClock, SystemClock};
 use regua_platform::nats;
-use regua_platform::outbox::{Outbox, OutboxMessage, PACK, Relay};
+use regua_platform::outbox::{self, Outbox, OutboxMessage, PACK, Relay};
 use regua_testkit::{NatsServer, eventually, read_stream};
 use serde_json::json;
 use sqlx::PgPool;
@@ -31,6 +33,10 @@ fn message(n: usize) -> OutboxMessage {
         payload: serde_json::to_vec(&json!({ "n": n })).unwrap(),
         traceparent: None,
     }
+}
+
+fn clock() -> SharedClock {
+    Arc::new(SystemClock)
 }
 
 async fn left(pool: &PgPool) -> i64 {
@@ -62,18 +68,13 @@ async fn stored(js: &jetstream::Context) -> Vec<u64> {
 /// The relay's table (the shape every service's outbox has) and a nats-server with a
 /// stream over its subjects.
 async fn setup(pool: &PgPool) -> (NatsServer, jetstream::Context) {
-    sqlx::raw_sql(
-        "CREATE SCHEMA relaytest; CREATE TABLE relaytest.outbox (seq BIGSERIAL PRIMARY KEY, \
-         n INTEGER NOT NULL, ids UUID[] NOT NULL, subjects TEXT[] NOT NULL, payloads BYTEA[] NOT NULL, \
-         traceparents TEXT[] NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
-         CONSTRAINT outbox_pack CHECK (n > 0 AND cardinality(ids) = n AND cardinality(subjects) = n \
-         AND cardinality(payloads) = n AND cardinality(traceparents) = n))",
-    )
-    .execute(pool)
-    .await
-    .unwrap();
+    outbox::migrate(pool, OUTBOX).await.unwrap();
     let server = NatsServer::start().await;
     let js = nats::jetstream(nats::connect(&server.url(), "relaytest").await.unwrap());
+    // The platform's streams too: a parked message is reported as an event.
+    nats::ensure_streams(&js, nats::Streams::Provision { replicas: 1 })
+        .await
+        .unwrap();
     js.create_stream(jetstream::stream::Config {
         name: "RELAYTEST".into(),
         subjects: vec!["relaytest.>".into()],
@@ -99,7 +100,7 @@ async fn every_row_leaves_once_in_order_across_a_killed_leader_and_a_late_commit
         let wake = Arc::clone(&wake);
         async move {
             let js = nats::jetstream(nats::connect(&url, name).await.unwrap());
-            Relay::new(OUTBOX, pool, js, wake)
+            Relay::new(OUTBOX, pool, js, wake, clock())
         }
     };
     let first = tokio::spawn(replica("first").await.run(CancellationToken::new()));
@@ -175,7 +176,13 @@ async fn a_large_enqueue_is_packed_and_leaves_in_order_under_its_ids(pool: PgPoo
     );
     tx.commit().await.unwrap();
 
-    let relay = Relay::new(OUTBOX, pool.clone(), js.clone(), Arc::new(Notify::new()));
+    let relay = Relay::new(
+        OUTBOX,
+        pool.clone(),
+        js.clone(),
+        Arc::new(Notify::new()),
+        clock(),
+    );
     let stop = CancellationToken::new();
     let running = tokio::spawn(relay.run(stop.clone()));
     relayed("the packed rows relayed", &pool, &js, N).await;
@@ -195,4 +202,68 @@ async fn a_large_enqueue_is_packed_and_leaves_in_order_under_its_ids(pool: PgPoo
     let ids: Vec<String> = stored.into_iter().map(|(_, id, _)| id.unwrap()).collect();
     let expected: Vec<String> = msgs.iter().map(|m| m.id.to_string()).collect();
     assert_eq!(ids, expected, "each under its own Nats-Msg-Id");
+}
+
+/// A message larger than the server accepts can never be published: it is moved aside
+/// (to `relaytest.outbox_parked`, reported by `outbox.message_parked`) and every message
+/// after it, in its row and in later rows, is published in order. Before, the relay
+/// retried that row forever and nothing after it ever left.
+#[sqlx::test(migrations = false)]
+async fn a_message_too_large_to_publish_is_parked_and_the_rest_flow(pool: PgPool) {
+    let (_server, js) = setup(&pool).await;
+    let max = js.client().server_info().max_payload;
+    let big = OutboxMessage {
+        id: uuid::Uuid::now_v7(),
+        subject: "relaytest.big".to_owned(),
+        payload: vec![b'x'; max + 1],
+        traceparent: None,
+    };
+    let rows = [
+        vec![message(1)],
+        vec![message(2), big.clone(), message(3)],
+        vec![message(4)],
+    ];
+    for row in &rows {
+        let mut tx = pool.begin().await.unwrap();
+        OUTBOX.enqueue(&mut tx, row).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let relay = Relay::new(
+        OUTBOX,
+        pool.clone(),
+        js.clone(),
+        Arc::new(Notify::new()),
+        clock(),
+    );
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+    relayed("the rest relayed", &pool, &js, 4).await;
+    assert_eq!(stored(&js).await, vec![1, 2, 3, 4], "in order, none lost");
+    let parked: Vec<(uuid::Uuid, String, i32)> =
+        sqlx::query_as("SELECT id, subject, length(payload) FROM relaytest.outbox_parked")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        parked,
+        vec![(big.id, big.subject.clone(), (max + 1) as i32)]
+    );
+    let reported = eventually("the parked event", Duration::from_secs(30), || async {
+        let e = read_stream(
+            &js,
+            subjects::STREAM_EVENTS,
+            &subjects::event_any_tenant(EventType::OutboxMessageParked),
+        )
+        .await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(reported.len(), 1);
+    let data = &reported[0].2["data"];
+    assert_eq!(data["message_id"], big.id.to_string());
+    assert_eq!(data["subject"], "relaytest.big");
+    assert_eq!(data["outbox"], "relaytest.outbox");
+    assert_eq!(data["bytes"], max as u64 + 1);
+    stop.cancel();
+    running.await.unwrap();
 }

@@ -609,6 +609,15 @@ impl Examples {
                 policy: "padrao".into(),
                 policy_version: 1,
             }),
+            EventType::OutboxMessageParked => {
+                DomainEvent::OutboxMessageParked(crate::events::OutboxMessageParked {
+                    message_id: "0193a5b2-7c1e-7d3a-9f00-5b1c2d3e4f50".into(),
+                    subject: "regua.v1.cmd.loja.dispatch.email".into(),
+                    outbox: "scheduler.outbox".into(),
+                    bytes: 1_200_000,
+                    reason: "max payload size exceeded".into(),
+                })
+            }
             EventType::InvoicePaid => DomainEvent::InvoicePaid(InvoicePaid {
                 invoice_id: "NF-2026-000123".into(),
                 customer_id: "C-1001".into(),

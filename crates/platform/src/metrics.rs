@@ -58,6 +58,8 @@ pub const CONSUMER_ACK_PENDING: &str = "regua_jetstream_consumer_ack_pending";
 pub const LEASE_HELD: &str = "regua_lease_held";
 /// Every service: rows in its outbox not yet published, by `outbox`.
 pub const OUTBOX_DEPTH: &str = "regua_outbox_depth";
+/// Every service: messages its relay could never publish and moved aside, by `outbox`.
+pub const OUTBOX_PARKED: &str = "regua_outbox_parked_total";
 
 /// Latency buckets (seconds): 1 ms to 5 min.
 const SECONDS: [f64; 16] = [
@@ -157,6 +159,10 @@ fn describe() {
         "Durable consumer messages delivered, not yet acknowledged"
     );
     describe_gauge!(OUTBOX_DEPTH, "Outbox messages not yet published");
+    describe_counter!(
+        OUTBOX_PARKED,
+        "Outbox messages that can never be published (too large), moved aside"
+    );
     describe_gauge!(
         LEASE_HELD,
         "1 where this replica holds the lease (runs the in-order consumer), 0 standing by"

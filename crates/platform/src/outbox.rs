@@ -43,7 +43,9 @@ use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
 use futures::future::try_join_all;
 // Table names come from service constants, never from input.
+use async_nats::jetstream::context::PublishErrorKind;
 use chrono::{DateTime, Utc};
+use regua_contract::events::OutboxMessageParked;
 use regua_contract::{DomainEvent, Envelope, EventType, subjects};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::PgRow;
@@ -53,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::{NoContext, Timestamp, Uuid};
 
+use crate::clock::SharedClock;
 use crate::db::Reissued;
 use crate::shutdown::Backoff;
 use crate::{PlatformError, nats};
@@ -109,10 +112,11 @@ pub fn event_message(
 /// The outbox table's migrations, in order, over `{table}` (schema-qualified). A service
 /// whose own early migrations made the table (the four first services did, in this
 /// shape) finds the first one a no-op.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "outbox",
-    r#"CREATE TABLE IF NOT EXISTS {table} (
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "outbox",
+        r#"CREATE TABLE IF NOT EXISTS {table} (
     seq          BIGSERIAL PRIMARY KEY,
     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     n            INTEGER NOT NULL,
@@ -138,7 +142,22 @@ EXCEPTION WHEN feature_not_supported THEN
 END
 $$;
 "#,
-)];
+    ),
+    (
+        2,
+        "parked",
+        r#"-- Messages the relay could never publish (larger than the server accepts), moved
+-- aside so the rows after them flow; `outbox.message_parked` reports each one.
+CREATE TABLE IF NOT EXISTS {table}_parked (
+    id          UUID PRIMARY KEY,
+    parked_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    subject     TEXT NOT NULL,
+    payload     BYTEA NOT NULL,
+    traceparent TEXT,
+    reason      TEXT NOT NULL
+);"#,
+    ),
+];
 
 /// The first four services' migrations rewritten when the outbox table moved out of
 /// them into the platform, with the checksums databases recorded for their earlier
@@ -330,18 +349,27 @@ pub struct Relay {
     pool: PgPool,
     js: jetstream::Context,
     wake: Arc<Notify>,
+    /// Stamps the `outbox.message_parked` events.
+    clock: SharedClock,
     /// The next rows from sequence `$3` on, skipping the sequences in `$1`
     /// ([`Relay::next_rows`]).
     select_next: String,
 }
 
 impl Relay {
-    pub fn new(outbox: Outbox, pool: PgPool, js: jetstream::Context, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        outbox: Outbox,
+        pool: PgPool,
+        js: jetstream::Context,
+        wake: Arc<Notify>,
+        clock: SharedClock,
+    ) -> Self {
         Relay {
             outbox,
             pool,
             js,
             wake,
+            clock,
             // Up to `$2` rows, cut once the messages of the rows before reach `$4`.
             // The inner select passes the packed columns on as TOAST pointers: a row
             // the cut leaves out is not read past its header.
@@ -441,9 +469,12 @@ impl Relay {
                 floor.advance(&round.seqs, round.cut);
                 if !round.seqs.is_empty() {
                     let mut acks = Vec::with_capacity(round.messages);
+                    let mut parked = Vec::new();
                     for row in &round.rows {
-                        self.publish(row, &mut acks).await?;
+                        self.publish(row, &mut acks, &mut parked).await?;
                     }
+                    // Moved aside before the rows can be deleted.
+                    self.park(parked).await?;
                     lock(&in_flight).extend(round.seqs.iter().copied());
                     let seqs = round.seqs;
                     if sent.send(Sent { seqs, acks }).await.is_err() {
@@ -523,11 +554,13 @@ impl Relay {
     }
 
     /// Publishes one outbox row's messages in order, each with its id as
-    /// `Nats-Msg-Id` and its trace context, adding their acks to `acks`.
+    /// `Nats-Msg-Id` and its trace context, adding their acks to `acks`. A message the
+    /// server can never take (over its maximum payload) goes to `parked` instead.
     async fn publish(
         &self,
         row: &PgRow,
         acks: &mut Vec<PublishAckFuture>,
+        parked: &mut Vec<Parked>,
     ) -> Result<(), PlatformError> {
         let ids: Vec<Uuid> = row.try_get("ids")?;
         let subjects: Vec<String> = row.try_get("subjects")?;
@@ -541,22 +574,87 @@ impl Relay {
             .zip(payloads)
             .zip(traceparents);
         for (((id, subject), payload), tp) in messages {
-            let id = id.to_string();
-            let span = nats::publish_span_continuing(&subject, &id, tp.as_deref());
-            let publish = nats::traced_publish(
-                &span,
-                async_nats::HeaderMap::new(),
-                &id,
-                Bytes::from(payload),
-            );
-            let ack = self
+            let key = id.to_string();
+            let span = nats::publish_span_continuing(&subject, &key, tp.as_deref());
+            let payload = Bytes::from(payload);
+            let publish =
+                nats::traced_publish(&span, async_nats::HeaderMap::new(), &key, payload.clone());
+            match self
                 .js
-                .send_publish(subject, publish)
+                .send_publish(subject.clone(), publish)
                 .instrument(span)
                 .await
-                .map_err(PlatformError::nats)?;
-            acks.push(ack);
+            {
+                Ok(ack) => acks.push(ack),
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    parked.push(Parked {
+                        id,
+                        subject,
+                        payload,
+                        traceparent: tp,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(PlatformError::nats(e)),
+            }
         }
+        Ok(())
+    }
+
+    /// Moves `parked` aside, to `<table>_parked`, and reports each one newly parked:
+    /// an `outbox.message_parked` event (through this outbox), a metric and a log
+    /// line (ids, subject and size: no payload, so no personal data).
+    async fn park(&self, parked: Vec<Parked>) -> Result<(), PlatformError> {
+        if parked.is_empty() {
+            return Ok(());
+        }
+        let table = self.outbox.table;
+        let mut tx = self.pool.begin().await?;
+        let mut events = Vec::with_capacity(parked.len());
+        for p in parked {
+            let inserted = sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {table}_parked (id, subject, payload, traceparent, reason) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING"
+            )))
+            .bind(p.id)
+            .bind(&p.subject)
+            .bind(p.payload.as_ref())
+            .bind(&p.traceparent)
+            .bind(&p.reason)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                // Parked by an earlier leader that died before deleting the row.
+                continue;
+            }
+            let bytes = u64::try_from(p.payload.len()).unwrap_or(u64::MAX);
+            tracing::error!(
+                outbox = table,
+                message_id = %p.id,
+                subject = %p.subject,
+                bytes,
+                reason = %p.reason,
+                "outbox message can never be published; parked"
+            );
+            metrics::counter!(crate::metrics::OUTBOX_PARKED, "outbox" => table).increment(1);
+            let id = p.id.to_string();
+            let data = DomainEvent::OutboxMessageParked(OutboxMessageParked {
+                message_id: id.clone(),
+                subject: p.subject.clone(),
+                outbox: table.to_owned(),
+                bytes,
+                reason: p.reason,
+            });
+            let tenant = subjects::tenant_token(&p.subject);
+            let tp = p.traceparent;
+            let event = event_message(self.clock.now(), tenant, &data, &id, &id, tp)
+                .map_err(|e| PlatformError::Task(format!("outbox.message_parked: {e}")))?;
+            events.push(event);
+        }
+        self.outbox.enqueue(&mut tx, &events).await?;
+        tx.commit().await?;
+        self.wake.notify_one();
         Ok(())
     }
 
@@ -573,9 +671,11 @@ impl Relay {
             return Ok(0);
         }
         let mut acks = Vec::with_capacity(round.messages);
+        let mut parked = Vec::new();
         for row in &round.rows {
-            self.publish(row, &mut acks).await?;
+            self.publish(row, &mut acks, &mut parked).await?;
         }
+        self.park(parked).await?;
         try_join_all(acks.into_iter().map(IntoFuture::into_future))
             .await
             .map_err(PlatformError::nats)?;
@@ -583,6 +683,15 @@ impl Relay {
         tx.commit().await?;
         Ok(round.messages)
     }
+}
+
+/// A message the server can never take, on its way aside.
+struct Parked {
+    id: Uuid,
+    subject: String,
+    payload: Bytes,
+    traceparent: Option<String>,
+    reason: String,
 }
 
 /// How long the relay lock is held.

@@ -94,6 +94,7 @@ impl Core {
             self.pool.clone(),
             self.js.clone(),
             Arc::clone(&self.outbox_wake),
+            Arc::clone(&self.clock),
         )
         .spawn(shutdown);
         Ok(())

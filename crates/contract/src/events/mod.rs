@@ -1,5 +1,6 @@
 //! Domain events: the `data` of an [`Envelope`], grouped by the service that emits
-//! them ([`intake`], [`scheduler`], [`dispatch`], [`reconcile`]), and the one registry
+//! them ([`intake`], [`scheduler`], [`dispatch`], [`reconcile`], and [`platform`] for
+//! any service's plumbing), and the one registry
 //! that ties each event type to its payload and version ([`EventType`],
 //! [`DomainEvent`]). Events carry the full state after the change, so consumers never
 //! call back into the service that emitted them.
@@ -10,6 +11,7 @@
 
 pub mod dispatch;
 pub mod intake;
+pub mod platform;
 pub mod reconcile;
 pub mod scheduler;
 
@@ -24,6 +26,7 @@ pub use intake::{
     CustomerUpserted, IntakeRejected, InvoiceCanceled, InvoiceChanged, REJECTED_PAYLOAD_ECHO_BYTES,
     TenantCreated,
 };
+pub use platform::OutboxMessageParked;
 pub use reconcile::{InvoicePaid, InvoicePartiallyPaid, PaymentMatched, PaymentUnmatched};
 pub use scheduler::{InvoiceEscalated, TenantClockAdvanced};
 
@@ -116,6 +119,7 @@ registry! {
     PaymentMatched: "payment.matched" version 1, PaymentMatched, "A payment was tied to an invoice and applied";
     PaymentUnmatched: "payment.unmatched" version 1, PaymentUnmatched, "A payment matched no single open invoice; it waits for review";
     TenantClockAdvanced: "tenant.clock_advanced" version 1, TenantClockAdvanced, "A test-clock tenant's simulated time moved";
+    OutboxMessageParked: "outbox.message_parked" version 1, OutboxMessageParked, "A message too large to publish was moved aside; later messages flow";
 }
 
 /// Whether the debtor is a person (CPF: consumer law applies), a company (CNPJ), or not
