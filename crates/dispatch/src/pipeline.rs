@@ -189,6 +189,16 @@ fn now_for(d: &Dispatcher, cmd: &DispatchCommand) -> DateTime<Utc> {
     }
 }
 
+/// How far ahead of this replica's clock a command may be decided before it waits:
+/// schedulers and dispatchers on different hosts never agree to the millisecond.
+const CLOCK_SKEW: Duration = Duration::from_secs(1);
+
+/// How long until `cmd`'s instant, when it is further ahead than [`CLOCK_SKEW`].
+fn early(d: &Dispatcher, cmd: &DispatchCommand) -> Option<Duration> {
+    let ahead = (cmd.scheduled_for - now_for(d, cmd)).to_std().ok()?;
+    (ahead > CLOCK_SKEW).then_some(ahead)
+}
+
 async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), DispatchError> {
     let channel = w.channel();
     let mut items = Vec::with_capacity(msgs.len());
@@ -198,6 +208,15 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
         let decoded: Result<DispatchCommand, String> =
             serde_json::from_slice(&msg.payload).map_err(|e| e.to_string());
         match decoded {
+            Ok(cmd) if cmd.channel == channel && early(&w.d, &cmd).is_some() => {
+                // Decided for an instant this replica's clock has not reached (a
+                // clock-skewed replica): back to the stream until then, unrecorded.
+                let wait = early(&w.d, &cmd).unwrap_or_default();
+                span.record("regua.outcome", "early");
+                let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                tracing::info!(parent: &span, wait_ms, "command before its instant; redelivered then");
+                nats::settle(&msg, AckKind::Nak(Some(wait))).await;
+            }
             Ok(cmd) if cmd.channel == channel => {
                 span.record("regua.tenant", cmd.tenant.as_str());
                 span.record(
