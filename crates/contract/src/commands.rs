@@ -1,8 +1,9 @@
 //! Commands: work one service asks of another. The scheduler publishes a
 //! [`DispatchCommand`] on `regua.v1.cmd.<tenant>.dispatch.<channel>` (stream
 //! `REGUA_CMD`, work-queue retention). Its `command_id` is derived from (invoice, step,
-//! policy version) and its `Nats-Msg-Id` is the UUIDv5 of the `command_id` in
-//! [`COMMAND_ID_NAMESPACE`], so a step fires once.
+//! policy version, and how many times the step was planned again after a dispatcher
+//! found its window closed) and its `Nats-Msg-Id` is the UUIDv5 of the `command_id` in
+//! [`COMMAND_ID_NAMESPACE`], so a step fires once per plan.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use schemars::JsonSchema;
@@ -74,8 +75,9 @@ pub enum CommandKind {
 /// the dispatcher needs and no secrets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DispatchCommand {
-    /// `<tenant>:<invoice_id>:<step>:v<policy_version>` of the
-    /// first invoice.
+    /// `<tenant>:<invoice_id>:<step>:v<policy_version>` of the first invoice, then
+    /// `:r<k>` when the step was planned again for the k-th time because its message
+    /// reached a dispatcher after its window closed.
     pub command_id: String,
     pub kind: CommandKind,
     pub tenant: String,
@@ -171,13 +173,34 @@ pub struct WhatsappTemplate {
 }
 
 impl DispatchCommand {
-    /// The command id of `step` for `invoice_id`.
     /// The `Nats-Msg-Id` of a command: UUIDv5 of its id.
     pub fn message_id(command_id: &str) -> uuid::Uuid {
         uuid::Uuid::new_v5(&COMMAND_ID_NAMESPACE, command_id.as_bytes())
     }
 
-    pub fn id_for(tenant: &str, invoice_id: &str, step: &str, policy_version: u32) -> String {
-        format!("{tenant}:{invoice_id}:{step}:v{policy_version}")
+    /// The command id of `step` for `invoice_id`: `<tenant>:<invoice_id>:<step>:v<n>`,
+    /// then `:r<k>` when the step is planned again for the k-th time because its
+    /// message reached a dispatcher after its window closed (a new message, which the
+    /// dispatchers must not take for a redelivery of the late one).
+    pub fn id_for(
+        tenant: &str,
+        invoice_id: &str,
+        step: &str,
+        policy_version: u32,
+        refires: u32,
+    ) -> String {
+        if refires == 0 {
+            format!("{tenant}:{invoice_id}:{step}:v{policy_version}")
+        } else {
+            format!("{tenant}:{invoice_id}:{step}:v{policy_version}:r{refires}")
+        }
+    }
+
+    /// The `refires` a command id of [`DispatchCommand::id_for`] was made with.
+    pub fn refires_of(command_id: &str) -> u32 {
+        command_id
+            .rsplit_once(":r")
+            .and_then(|(_, k)| k.parse().ok())
+            .unwrap_or(0)
     }
 }

@@ -542,7 +542,7 @@ impl Examples {
         let c = self.customer_state();
         let i = self.invoice_changed().invoice;
         DispatchCommand {
-            command_id: DispatchCommand::id_for("acme", &i.invoice_id, "vence_hoje", 1),
+            command_id: DispatchCommand::id_for("acme", &i.invoice_id, "vence_hoje", 1, 0),
             kind: CommandKind::Step,
             tenant: t.id.clone(),
             creditor: Creditor {
@@ -688,7 +688,7 @@ impl Examples {
         let status = kind.as_str().trim_start_matches("message.").to_owned();
         let sent = !matches!(kind, EventType::MessageSkipped);
         MessageEvent {
-            command_id: DispatchCommand::id_for("acme", "NF-2026-000123", "vence_hoje", 1),
+            command_id: DispatchCommand::id_for("acme", "NF-2026-000123", "vence_hoje", 1, 0),
             reason: match kind {
                 EventType::MessageFailed => {
                     Some("permanent: 21211 invalid 'To' phone number".into())

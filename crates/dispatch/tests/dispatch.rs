@@ -442,7 +442,7 @@ async fn a_429_is_retried_after_retry_after_and_exhausted_retries_are_dead_lette
     .await;
     assert_eq!(
         dlq[0].2["command_id"],
-        json!(DispatchCommand::id_for(TENANT, "NF-2", "lembrete", 1))
+        json!(DispatchCommand::id_for(TENANT, "NF-2", "lembrete", 1, 0))
     );
     assert!(w.fakes.smtp.mails().is_empty());
 }
@@ -529,7 +529,8 @@ async fn opt_out_by_each_route_stops_later_sends_until_opt_in(pool: PgPool) {
     // The next step on each channel is skipped (and the e-mail one moves to SMS).
     let mut later: Vec<DispatchCommand> = first.to_vec();
     for c in &mut later {
-        c.command_id = DispatchCommand::id_for(TENANT, &c.invoices[0].invoice_id, "vence_hoje", 1);
+        c.command_id =
+            DispatchCommand::id_for(TENANT, &c.invoices[0].invoice_id, "vence_hoje", 1, 0);
         c.step = "vence_hoje".into();
     }
     later[2].fallback = vec![Channel::Sms];
@@ -561,7 +562,7 @@ async fn opt_out_by_each_route_stops_later_sends_until_opt_in(pool: PgPool) {
         .unwrap();
     w.wait_events(EventType::CustomerChannelOptedIn, 1).await;
     let mut again = first[0].clone();
-    again.command_id = DispatchCommand::id_for(TENANT, "NF-1", "primeiro_aviso", 1);
+    again.command_id = DispatchCommand::id_for(TENANT, "NF-1", "primeiro_aviso", 1, 0);
     w.publish(&again).await;
     eventually("the sms after opt-in", Duration::from_secs(20), || async {
         (w.fakes.twilio.sent().len() == 3).then_some(())
@@ -979,4 +980,33 @@ async fn a_template_over_its_limits_fails_its_message_alone(pool: PgPool) {
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].0, "+5511900000004");
     assert!(sent[0].1.contains("JOÃO"), "{sent:?}");
+}
+
+/// A command decided for an instant this replica's clock has not reached (a scheduler
+/// whose clock runs ahead) waits for it: nothing is sent or recorded before, and it
+/// goes out then.
+#[sqlx::test(migrations = false)]
+async fn a_command_before_its_instant_waits_for_it(pool: PgPool) {
+    let w = World::new(&pool, |_| {}).await;
+    let _running = w.start().await;
+    let ahead = Duration::from_secs(4);
+    let mut cmd = command(1, Channel::Sms, &[]);
+    cmd.scheduled_for = Utc::now() + TimeDelta::from_std(ahead).unwrap();
+    cmd.not_after = cmd.scheduled_for + TimeDelta::hours(1);
+    let published = Instant::now();
+    w.publish(&cmd).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(w.fakes.twilio.sent().is_empty(), "not before its instant");
+    assert!(
+        w.attempt_states().await.is_empty(),
+        "nothing recorded before"
+    );
+    w.wait_events(EventType::MessageSent, 1).await;
+    let sent = w.fakes.twilio.sent();
+    assert_eq!(sent.len(), 1);
+    assert!(
+        sent[0].at.duration_since(published) >= ahead - Duration::from_millis(1500),
+        "sent {:?} after publishing",
+        sent[0].at.duration_since(published)
+    );
 }

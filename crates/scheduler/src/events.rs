@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use chrono::{DateTime, Utc};
-use regua_contract::events::TenantCreated;
+use regua_contract::commands::DispatchCommand;
+use regua_contract::events::{MessageEvent, TenantCreated};
 use regua_contract::{DomainEvent, Envelope, EventType, subjects};
 use regua_platform::{nats, telemetry};
 use serde_json::value::RawValue;
@@ -101,10 +102,17 @@ fn decode(msg: &jetstream::Message) -> Result<Option<Item>, EventError> {
         | EventType::InvoicePaid
         | EventType::InvoicePartiallyPaid
         | EventType::CustomerChannelOptedOut
-        | EventType::CustomerChannelOptedIn => DomainEvent::decode(kind, raw.data)
+        | EventType::CustomerChannelOptedIn
+        | EventType::MessageSkipped => DomainEvent::decode(kind, raw.data)
             .map_err(|e| EventError::Malformed(format!("{}: {e}", kind.as_str())))?,
         _ => return Ok(None),
     };
+    // Of the skipped messages, only the ones that came too late are planned again.
+    if let DomainEvent::MessageSkipped(m) = &data
+        && !is_late(m)
+    {
+        return Ok(None);
+    }
     let envelope = Envelope {
         id: raw.id,
         event_type: kind,
@@ -126,6 +134,19 @@ fn decode(msg: &jetstream::Message) -> Result<Option<Item>, EventError> {
     Ok(Some(Item { envelope, span }))
 }
 
+/// A message a dispatcher skipped because its send window had closed when it got there
+/// (a backlog, a dispatcher outage): the scheduler plans the step again, for the next
+/// allowed instant, rather than lose it (caps and windows defer, never drop).
+fn is_late(m: &MessageEvent) -> bool {
+    m.reason.as_deref() == Some(WINDOW_CLOSED)
+}
+
+/// The step name of a thank-you's command.
+pub const THANKS_STEP: &str = "on_paid";
+
+/// The `message.skipped` reason of a message that came after its window.
+pub const WINDOW_CLOSED: &str = "window_closed";
+
 /// The state a batch reads and writes.
 struct Work {
     tenants: HashMap<String, Tenant>,
@@ -135,6 +156,9 @@ struct Work {
     dirty_invoices: Vec<(String, String)>,
     log: Vec<LogRow>,
     current: HashMap<String, Vec<policies::Version>>,
+    /// (tenant, command id) of messages that were never sent: their contacts no longer
+    /// count against the caps.
+    unsent: Vec<(String, String)>,
 }
 
 async fn apply_batch(
@@ -222,6 +246,13 @@ async fn apply_batch(
                 customer_keys.push((t.clone(), p.customer_id.clone()));
                 Some((t, p.invoice_id.clone()))
             }
+            DomainEvent::MessageSkipped(m) => {
+                for id in &m.invoice_ids {
+                    existing.push((t.clone(), id.clone()));
+                    invoice_keys.push((t.clone(), id.clone()));
+                }
+                None
+            }
             _ => None,
         };
         if let Some(key) = invoice {
@@ -241,6 +272,7 @@ async fn apply_batch(
         dirty_invoices: Vec::new(),
         log: Vec::new(),
         current: HashMap::new(),
+        unsent: Vec::new(),
     };
     // Warm the policy cache for every invoice in hand, so stopping one can log its
     // pending steps without a query per event.
@@ -276,6 +308,7 @@ async fn apply_batch(
         .collect();
     model::save_invoices(&mut tx, &dirty).await?;
     model::write_log(&mut tx, &w.log).await?;
+    forget_contacts(&mut tx, &w.unsent).await?;
     // A payment the halt has not recorded yet (it would only repeat this stop) is
     // recorded as stopped here.
     let paid: Vec<halt::Paid> = items
@@ -291,6 +324,29 @@ async fn apply_batch(
         .collect();
     halt::record(&mut tx, &paid, halt::By::InOrder).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes the contacts of `commands` ((tenant, command id)): messages never sent.
+async fn forget_contacts(
+    conn: &mut PgConnection,
+    commands: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let (tenants, ids): (Vec<&str>, Vec<&str>) = commands
+        .iter()
+        .map(|(t, c)| (t.as_str(), c.as_str()))
+        .unzip();
+    sqlx::query(
+        "DELETE FROM scheduler.contacts c USING UNNEST($1::text[], $2::text[]) AS u(tenant, command_id) \
+         WHERE c.tenant = u.tenant AND c.command_id = u.command_id",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -489,9 +545,79 @@ fn apply(
                 stop(w, &key, Status::Paid, "invoice paid", now, s)?;
             }
         }
+        DomainEvent::MessageSkipped(m) => refire(w, &tenant, m, now, s),
         _ => {}
     }
     Ok(())
+}
+
+/// Plans `m`'s step again for its invoices that are still open and have not moved past
+/// it: due now, so firing decides it afresh (the window defers it to the next opening,
+/// caps to the next allowed instant, a later step supersedes it, with the reason in
+/// the log); its command gets a new id (`:r<k>`). The late message's contact is
+/// forgotten, since it was never sent.
+fn refire(w: &mut Work, tenant: &str, m: &MessageEvent, now: DateTime<Utc>, s: &Scheduler) {
+    let mut refired = false;
+    let plan = DispatchCommand::refires_of(&m.command_id);
+    for invoice_id in &m.invoice_ids {
+        let key = (tenant.to_owned(), invoice_id.clone());
+        let Some(inv) = w.invoices.get_mut(&key) else {
+            continue;
+        };
+        // The command is named after its first invoice: a late message of an earlier
+        // plan of that invoice (its step was planned again since) changes nothing.
+        let named = m.command_id.starts_with(&format!("{tenant}:{invoice_id}:"));
+        if named && u32::try_from(inv.refires).unwrap_or(0) != plan {
+            continue;
+        }
+        if inv.status == Status::Paid && m.step == THANKS_STEP && !inv.thanks_pending {
+            // A late thank-you goes out at the next opening instead.
+            inv.thanks_pending = true;
+            inv.next_at = Some(now);
+            inv.refires = inv.refires.saturating_add(1);
+            w.dirty_invoices.push(key);
+            refired = true;
+            continue;
+        }
+        if inv.status != Status::Open {
+            continue;
+        }
+        let Some(policy) = s
+            .policies
+            .cached(&inv.tenant, &inv.policy, inv.policy_version)
+        else {
+            continue;
+        };
+        let Some(i) = policy.steps.iter().position(|st| st.name == m.step) else {
+            continue;
+        };
+        if inv.progress.next != i + 1 {
+            // Planned again already, or a later step was decided since.
+            continue;
+        }
+        inv.progress.next = i;
+        inv.progress.deferred_to = None;
+        inv.next_at = Some(now);
+        inv.refires = inv.refires.saturating_add(1);
+        w.log.push(LogRow {
+            tenant: inv.tenant.clone(),
+            invoice_id: inv.invoice_id.clone(),
+            step: m.step.clone(),
+            policy_version: inv.policy_version,
+            state: "deferred",
+            reason: Some(WINDOW_CLOSED.to_owned()),
+            planned_at: None,
+            at: now,
+            channel: Some(m.channel.as_str()),
+            command_id: Some(m.command_id.clone()),
+            trace_id: regua_platform::telemetry::trace_id(&tracing::Span::current()),
+        });
+        w.dirty_invoices.push(key);
+        refired = true;
+    }
+    if refired {
+        w.unsent.push((tenant.to_owned(), m.command_id.clone()));
+    }
 }
 
 /// Ends an invoice's régua: every pending step is logged as cancelled with `reason`.

@@ -540,6 +540,7 @@ fn decide(
                     &inv.invoice_id,
                     step,
                     u32::try_from(inv.policy_version).unwrap_or(0),
+                    u32::try_from(inv.refires).unwrap_or(0),
                 );
                 let cmd = command(
                     inv,
@@ -661,7 +662,14 @@ fn thank(
     let version = u32::try_from(inv.policy_version).unwrap_or(0);
     let (state, reason, channel, id) = match usable.split_first() {
         Some((&first, rest)) => {
-            let id = DispatchCommand::id_for(&inv.tenant, &inv.invoice_id, "on_paid", version);
+            let refires = u32::try_from(inv.refires).unwrap_or(0);
+            let id = DispatchCommand::id_for(
+                &inv.tenant,
+                &inv.invoice_id,
+                crate::events::THANKS_STEP,
+                version,
+                refires,
+            );
             let cmd = command(
                 inv,
                 tenant,
@@ -670,7 +678,7 @@ fn thank(
                 Message {
                     id: id.clone(),
                     kind: CommandKind::Thanks,
-                    step: "on_paid",
+                    step: crate::events::THANKS_STEP,
                     template: &n.template,
                     first,
                     rest,
@@ -683,7 +691,7 @@ fn thank(
                     now.with_timezone(&planned.tz).date_naive(),
                 ),
             );
-            span.record("regua.step", "on_paid");
+            span.record("regua.step", crate::events::THANKS_STEP);
             span.record("regua.channel", first.as_str());
             out.commands.push((cmd, telemetry::traceparent(span)));
             ("sent", None, Some(first.as_str()), Some(id))
@@ -699,7 +707,7 @@ fn thank(
     out.log.push(LogRow {
         tenant: inv.tenant.clone(),
         invoice_id: inv.invoice_id.clone(),
-        step: "on_paid".into(),
+        step: crate::events::THANKS_STEP.into(),
         policy_version: inv.policy_version,
         state,
         reason,

@@ -198,6 +198,9 @@ pub struct Invoice {
     /// the payment's (for the thank-you).
     pub traceparent: Option<String>,
     pub opened_at: DateTime<Utc>,
+    /// Times a step was planned again after its message reached a dispatcher past its
+    /// window (migration 0010).
+    pub refires: i32,
     /// Payments reconciliation reported, loaded when firing.
     pub paid: Vec<Paid>,
 }
@@ -218,7 +221,7 @@ pub const NOT_HALTED: &str = "(i.status = 'paid' OR NOT EXISTS (SELECT 1 FROM sc
      WHERE h.tenant = i.tenant AND h.invoice_id = i.invoice_id))";
 
 pub const INVOICE_COLUMNS: &str = "tenant, invoice_id, customer_id, state, status, test_clock, policy, policy_version, \
-     next_step, deferred_to, notice_sent_at, thanks_pending, next_at, traceparent, opened_at";
+     next_step, deferred_to, notice_sent_at, thanks_pending, next_at, traceparent, opened_at, refires";
 
 impl Invoice {
     pub fn from_row(r: &sqlx::postgres::PgRow) -> Result<Invoice, sqlx::Error> {
@@ -242,6 +245,7 @@ impl Invoice {
             next_at: r.try_get("next_at")?,
             traceparent: r.try_get("traceparent")?,
             opened_at: r.try_get("opened_at")?,
+            refires: r.try_get("refires")?,
             paid: Vec::new(),
         })
     }
@@ -267,6 +271,7 @@ impl Invoice {
             next_at: None,
             traceparent,
             opened_at,
+            refires: 0,
             paid: Vec::new(),
         }
     }
@@ -325,15 +330,15 @@ pub async fn save_invoices(
     }
     c.bind_progress(sqlx::query(
         "INSERT INTO scheduler.invoices (tenant, invoice_id, status, policy_version, next_step, deferred_to, \
-         notice_sent_at, thanks_pending, next_at, customer_id, state, test_clock, policy, traceparent, opened_at) \
+         notice_sent_at, thanks_pending, next_at, customer_id, state, test_clock, policy, traceparent, opened_at, refires) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[], \
          $7::timestamptz[], $8::bool[], $9::timestamptz[], $10::text[], $11::text[]::json[], $12::bool[], $13::text[], \
-         $14::text[], $15::timestamptz[]) \
+         $14::text[], $15::timestamptz[], $16::int[]) \
          ON CONFLICT (tenant, invoice_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, state = EXCLUDED.state, \
          status = EXCLUDED.status, policy = EXCLUDED.policy, policy_version = EXCLUDED.policy_version, \
          next_step = EXCLUDED.next_step, deferred_to = EXCLUDED.deferred_to, notice_sent_at = EXCLUDED.notice_sent_at, \
          thanks_pending = EXCLUDED.thanks_pending, traceparent = EXCLUDED.traceparent, \
-         next_at = EXCLUDED.next_at",
+         next_at = EXCLUDED.next_at, refires = EXCLUDED.refires",
     ))
     .bind(&c.customer_id)
     .bind(&c.state)
@@ -341,6 +346,7 @@ pub async fn save_invoices(
     .bind(&c.policy)
     .bind(&c.traceparent)
     .bind(&c.opened_at)
+    .bind(&c.refires)
     .execute(conn)
     .await?;
     Ok(())
@@ -425,6 +431,7 @@ struct InvoiceColumns {
     next_at: Vec<Option<DateTime<Utc>>>,
     traceparent: Vec<Option<String>>,
     opened_at: Vec<DateTime<Utc>>,
+    refires: Vec<i32>,
 }
 
 impl InvoiceColumns {
@@ -451,6 +458,7 @@ impl InvoiceColumns {
         self.policy.push(i.policy.clone());
         self.traceparent.push(i.traceparent.clone());
         self.opened_at.push(i.opened_at);
+        self.refires.push(i.refires);
         Ok(())
     }
 

@@ -289,3 +289,84 @@ async fn a_merged_message_is_split_by_count_and_by_size(pool: PgPool) {
         assert_eq!(c.step, commands[0].step);
     }
 }
+
+/// A message that reached a dispatcher after its window closed (a backlog, a dispatcher
+/// outage) is skipped there as `window_closed`; the scheduler plans its step again,
+/// under a new command id, instead of losing the reminder. A redelivery of that event
+/// changes nothing more, and a message skipped for another reason is not planned again.
+#[sqlx::test(migrations = false)]
+async fn a_message_that_came_after_its_window_is_planned_again(pool: PgPool) {
+    use regua_contract::events::MessageEvent;
+    let w = World::new(&pool).await;
+    w.open_invoice(service::customer_state()).await;
+    eventually("the plan", Duration::from_secs(30), || async {
+        (w.get("invoices/NF-1/plan").await.0 == 200).then_some(())
+    })
+    .await;
+    w.advance("2026-12-07T14:00:00Z").await;
+    let first = eventually("the reminder", Duration::from_secs(30), || async {
+        let c = w.commands().await;
+        (c.len() == 1).then(|| c[0].clone())
+    })
+    .await;
+    let skipped = |reason: &str, at: &str| {
+        DomainEvent::MessageSkipped(MessageEvent {
+            command_id: first.command_id.clone(),
+            status: "skipped".into(),
+            channel: first.channel,
+            provider: "twilio".into(),
+            provider_message_id: None,
+            customer_id: "C-1".into(),
+            invoice_ids: vec!["NF-1".into()],
+            step: first.step.clone(),
+            sent_at: None,
+            at: at.parse().unwrap(),
+            reason: Some(reason.into()),
+            fallback_to: None,
+            attempts: 0,
+            segments: None,
+        })
+    };
+    // Another reason: nothing happens.
+    w.publish(
+        skipped("opted_out", "2026-12-07T14:00:00Z"),
+        "2026-12-07T14:00:00Z",
+    )
+    .await;
+    let late = skipped("window_closed", "2026-12-07T14:00:00Z");
+    w.publish(late.clone(), "2026-12-07T14:00:00Z").await;
+    // Delivered twice, as JetStream may: planned again once.
+    w.publish(late, "2026-12-07T14:00:00Z").await;
+    w.advance("2026-12-07T15:00:00Z").await;
+    let again = eventually("the reminder again", Duration::from_secs(30), || async {
+        let c = w.commands().await;
+        (c.len() >= 2).then_some(c)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = w.commands().await;
+    assert_eq!(
+        all.len(),
+        2,
+        "{:?}",
+        all.iter().map(|c| &c.command_id).collect::<Vec<_>>()
+    );
+    let second = &again[1];
+    assert_eq!(second.step, first.step);
+    assert_eq!(second.command_id, format!("{}:r1", first.command_id));
+    assert!(second.scheduled_for > first.scheduled_for);
+    // The late message of the first plan, reported again after the second went out
+    // (as a new event, not a redelivery): still nothing more.
+    w.publish(
+        skipped("window_closed", "2026-12-07T15:00:00Z"),
+        "2026-12-07T15:00:00Z",
+    )
+    .await;
+    w.advance("2026-12-07T16:00:00Z").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(w.commands().await.len(), 2);
+    // The timeline says why.
+    let (_, timeline) = w.get("invoices/NF-1/timeline").await;
+    let text = timeline.to_string();
+    assert!(text.contains("window_closed"), "{text}");
+}

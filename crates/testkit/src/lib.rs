@@ -364,7 +364,7 @@ pub fn dispatch_command(
     use regua_contract::inbound::PaymentData;
     let due = now.date_naive() + chrono::TimeDelta::days(3);
     DispatchCommand {
-        command_id: DispatchCommand::id_for(tenant, &format!("NF-{n}"), "lembrete", 1),
+        command_id: DispatchCommand::id_for(tenant, &format!("NF-{n}"), "lembrete", 1, 0),
         kind: CommandKind::Step,
         tenant: tenant.into(),
         creditor: Creditor {
