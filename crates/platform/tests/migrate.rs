@@ -67,9 +67,16 @@ async fn the_platform_makes_a_services_outbox_once(pool: PgPool) {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(OUTBOX.depth(&pool).await.unwrap(), 2);
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM newservice._outbox_migrations")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(applied, 1);
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM newservice._outbox_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(applied, vec![1, 2], "the table, then its parked messages, once each");
+    let parked: bool =
+        sqlx::query_scalar("SELECT to_regclass('newservice.outbox_parked') IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(parked);
 }
