@@ -25,9 +25,9 @@ use regua_contract::events::MessageStatus;
 use regua_contract::inbound::Channel;
 use regua_contract::subjects;
 use regua_domain::template::{self, Links, Rendered};
+use regua_platform::nats::Held;
 use regua_platform::outbox::OutboxMessage;
-use regua_platform::shutdown::Backoff;
-use regua_platform::{Config, fence, nats, telemetry};
+use regua_platform::{Config, PlatformError, db, fence, nats, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -142,9 +142,19 @@ pub async fn run(w: Arc<Worker>, consumer: consumer::PullConsumer, cancel: Cance
         w.fetch_size,
         expires,
         &cancel,
-        |msgs| process(&w, msgs),
+        |msgs| process(&w, msgs, &cancel),
     )
     .await;
+}
+
+/// Whether `e` is Postgres being unreachable (an outage or a restart), not the batch.
+fn is_outage(e: &DispatchError) -> bool {
+    match e {
+        DispatchError::Db(e) | DispatchError::Platform(PlatformError::Db(e)) => {
+            db::is_connection_error(e)
+        }
+        _ => false,
+    }
 }
 
 /// One command in a batch.
@@ -199,7 +209,11 @@ fn early(d: &Dispatcher, cmd: &DispatchCommand) -> Option<Duration> {
     (ahead > CLOCK_SKEW).then_some(ahead)
 }
 
-async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), DispatchError> {
+async fn process(
+    w: &Worker,
+    msgs: Vec<jetstream::Message>,
+    cancel: &CancellationToken,
+) -> Result<(), DispatchError> {
     let channel = w.channel();
     let mut items = Vec::with_capacity(msgs.len());
     for msg in msgs {
@@ -250,8 +264,16 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
         return Ok(());
     }
 
-    // Claim and guard.
-    let plans = claim_and_guard(w, &items).await?;
+    // Claim and guard. A Postgres outage holds the batch, with progress acks, however
+    // long it lasts: no delivery is spent, no command stranded.
+    let held: Vec<&jetstream::Message> = items.iter().map(|i| &i.msg).collect();
+    let claimed =
+        nats::hold_through_outage(&held, cancel, || claim_and_guard(w, &items), is_outage).await;
+    let plans = match claimed {
+        Held::Done(plans) => plans,
+        Held::Failed(e) => return Err(e),
+        Held::HandedBack => return Ok(()),
+    };
 
     // Rate limit, then send concurrently.
     let sends: Vec<(usize, &Rendered, Option<&str>)> = plans
@@ -266,7 +288,20 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
             _ => None,
         })
         .collect();
-    let slots = w.limiter.reserve(sends.len()).await?;
+    let n = sends.len();
+    let reserved = nats::hold_through_outage(
+        &held,
+        cancel,
+        || w.limiter.reserve(n),
+        db::is_connection_error,
+    )
+    .await;
+    let slots = match reserved {
+        Held::Done(slots) => slots,
+        Held::Failed(e) => return Err(e.into()),
+        // Claimed `sending` and never called: reported unknown when redelivered.
+        Held::HandedBack => return Ok(()),
+    };
     let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
     // The settlement fence: shared locks on the dunning messages' invoices, held until
     // their calls return; a message naming a settled invoice is not sent.
@@ -364,23 +399,21 @@ async fn process(w: &Worker, msgs: Vec<jetstream::Message>) -> Result<(), Dispat
         tracing::warn!(error = %e, "closing the settlement fence gate failed");
     }
 
-    // Record, with a few tries: an attempt left `sending` would be reported unknown.
-    let mut settles = Vec::new();
-    let mut backoff = Backoff::new(Duration::from_millis(100));
-    let never = CancellationToken::new();
-    for tries in 0.. {
-        match record(w, &items, &plans, &outcomes).await {
-            Ok(s) => {
-                settles = s;
-                break;
-            }
-            Err(e) if tries < 5 => {
-                tracing::warn!(error = %e, "recording dispatch results failed; retrying");
-                backoff.wait(&never).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    // Record the provider calls' results, holding them (and the provider's ids) through
+    // a Postgres outage or restart: an attempt left `sending` would be reported
+    // unknown. Only a stop during an outage gives up on them.
+    let recorded = nats::hold_through_outage(
+        &held,
+        cancel,
+        || record(w, &items, &plans, &outcomes),
+        is_outage,
+    )
+    .await;
+    let settles = match recorded {
+        Held::Done(settles) => settles,
+        Held::Failed(e) => return Err(e),
+        Held::HandedBack => return Ok(()),
+    };
     w.d.wake_relay();
     for (item, settle) in items.iter().zip(settles) {
         match settle {

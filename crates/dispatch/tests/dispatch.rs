@@ -1010,3 +1010,76 @@ async fn a_command_before_its_instant_waits_for_it(pool: PgPool) {
         sent[0].at.duration_since(published)
     );
 }
+
+/// Postgres unreachable: before the claim, the batch is held (progress acks) however
+/// long it lasts, and spends no delivery; right after a provider call, the result is
+/// held until it can be recorded, with the provider's id, instead of turning a real
+/// send into `unknown`. Each message goes to the provider once.
+#[sqlx::test(migrations = false)]
+async fn a_postgres_outage_strands_no_command_and_loses_no_provider_call(pool: PgPool) {
+    use regua_testkit::proxy::TcpProxy;
+    use regua_testkit::service;
+    let proxy = TcpProxy::start(service::database_addr(&pool)).await;
+    let w = World::new(&pool, |c| service::database_through(c, proxy.addr())).await;
+    let _running = w.start().await;
+    w.publish(&command(1, Channel::Sms, &[])).await;
+    w.wait_events(EventType::MessageSent, 1).await;
+
+    // Down before the claim, for several ack waits (3 s here).
+    proxy.cut();
+    w.publish(&command(2, Channel::Sms, &[])).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let consumer = subjects::dispatch_consumer(Channel::Sms);
+    let info =
+        w.js.get_stream(subjects::STREAM_COMMANDS)
+            .await
+            .unwrap()
+            .consumer_info(&consumer)
+            .await
+            .unwrap();
+    assert_eq!(
+        info.num_redelivered, 0,
+        "the outage spent a delivery: {info:?}"
+    );
+    assert_eq!(
+        w.fakes.twilio.count(),
+        1,
+        "nothing sent while Postgres is down"
+    );
+    proxy.restore();
+    w.wait_events(EventType::MessageSent, 2).await;
+
+    // Down while the provider answers: the call is made, its result waits.
+    w.fakes.twilio.latency(Duration::from_secs(2));
+    w.publish(&command(3, Channel::Sms, &[])).await;
+    eventually("the provider call", Duration::from_secs(20), || async {
+        (w.fakes.twilio.requests() == 3).then_some(())
+    })
+    .await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    proxy.restore();
+    let sent = w.wait_events(EventType::MessageSent, 3).await;
+    let third = sent.iter().find(|e| e["customer_id"] == "C-3").unwrap();
+    let sms = w.fakes.twilio.sent();
+    let sid = sms
+        .iter()
+        .find(|s| s.to == "+5511900000003")
+        .unwrap()
+        .sid
+        .clone();
+    assert_eq!(
+        third["provider_message_id"],
+        json!(sid),
+        "the provider's id kept"
+    );
+    assert_eq!(sms.len(), 3, "each message sent once");
+    assert!(w.events(EventType::MessageUnknown).await.is_empty());
+    let dead = read_stream(
+        &w.js,
+        subjects::STREAM_DEAD_LETTER,
+        &subjects::dead_letter_all(),
+    )
+    .await;
+    assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
+}

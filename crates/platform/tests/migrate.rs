@@ -72,7 +72,11 @@ async fn the_platform_makes_a_services_outbox_once(pool: PgPool) {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(applied, vec![1, 2], "the table, then its parked messages, once each");
+    assert_eq!(
+        applied,
+        vec![1, 2],
+        "the table, then its parked messages, once each"
+    );
     let parked: bool =
         sqlx::query_scalar("SELECT to_regclass('newservice.outbox_parked') IS NOT NULL")
             .fetch_one(&pool)
