@@ -7,6 +7,13 @@
 //! restarted, the network dropped it) cannot commit anything more under the lease: the
 //! session that held the lock is the session that writes. Another replica takes the
 //! lease once the old session is gone; it waits, polling, until then.
+//!
+//! A holder that stops answering without its session ending (its process frozen, its
+//! host partitioned from Postgres) loses the lease within [`TIMEOUT`]: the session is
+//! opened with `idle_session_timeout` and `idle_in_transaction_session_timeout` at
+//! [`TIMEOUT`], so Postgres ends a session that does nothing for that long, and a live
+//! holder touches it at least every [`KEEPALIVE`] ([`Lease::keep_alive`]). TCP
+//! keepalives on the session find a vanished peer too.
 
 use std::time::Duration;
 
@@ -18,10 +25,29 @@ use crate::shutdown::Backoff;
 /// How often a replica that does not hold a lease asks for it again.
 pub const RETRY: Duration = Duration::from_secs(1);
 
+/// How long a holder may go silent before Postgres ends its session, and so its lease:
+/// a frozen or partitioned holder is replaced within this plus [`RETRY`].
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a live holder touches its session when it has nothing else to write.
+pub const KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// The session settings of a lease's connection (see the module's documentation).
+/// `idle_session_timeout` is Postgres 14's; an older server keeps the rest.
+const SESSION: [&str; 5] = [
+    "SET idle_session_timeout = '10s'",
+    "SET idle_in_transaction_session_timeout = '10s'",
+    "SET tcp_keepalives_idle = 5",
+    "SET tcp_keepalives_interval = 2",
+    "SET tcp_keepalives_count = 2",
+];
+
 /// A held lease: dropping it ends its session, and so releases it.
 pub struct Lease {
     name: String,
     conn: PgConnection,
+    /// When the session last ran a statement this process knows of.
+    touched: tokio::time::Instant,
 }
 
 impl Lease {
@@ -48,6 +74,7 @@ impl Lease {
                     let mut lease = Lease {
                         name: name.to_owned(),
                         conn,
+                        touched: tokio::time::Instant::now(),
                     };
                     match lease.wait_for_lock(cancel).await {
                         Ok(true) => return Some(lease),
@@ -69,6 +96,16 @@ impl Lease {
 
     /// Asks for the lock every [`RETRY`] until it is granted (true) or `cancel` fires.
     async fn wait_for_lock(&mut self, cancel: &CancellationToken) -> Result<bool, sqlx::Error> {
+        for set in SESSION {
+            match sqlx::raw_sql(set).execute(&mut self.conn).await {
+                Ok(_) => {}
+                // 42704: a setting this server does not have.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42704") => {
+                    tracing::warn!(lease = %self.name, setting = set, "not supported by this Postgres; a frozen holder keeps the lease longer");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let mut waited = false;
         loop {
             let granted: bool =
@@ -95,7 +132,19 @@ impl Lease {
 
     /// The session that holds the lease, for the holder's writes.
     pub fn conn(&mut self) -> &mut PgConnection {
+        self.touched = tokio::time::Instant::now();
         &mut self.conn
+    }
+
+    /// Touches the session when nothing has for [`KEEPALIVE`], so Postgres does not end
+    /// a live holder's session; false when the session (and so the lease) is gone.
+    pub async fn keep_alive(&mut self) -> bool {
+        if self.touched.elapsed() < KEEPALIVE {
+            return true;
+        }
+        let alive = self.held().await;
+        self.touched = tokio::time::Instant::now();
+        alive
     }
 
     /// Whether the session, and so the lease, is still there.

@@ -329,9 +329,16 @@ pub async fn consume_batches<E: std::fmt::Display>(
 ) {
     let name = in_order_lease(c.name);
     while let Some(mut lease) = Lease::acquire(c.pool, &name, cancel).await {
-        if !await_earlier_batches(&c, cancel).await {
-            lease.release().await;
-            return;
+        match await_earlier_batches(&c, &mut lease, cancel).await {
+            Waited::Done => {}
+            Waited::Cancelled => {
+                lease.release().await;
+                return;
+            }
+            Waited::LeaseLost => {
+                tracing::warn!(consumer = c.name, "the lease's session ended while waiting");
+                continue;
+            }
         }
         match consume_leased(&c, &mut lease, cancel, &apply, &poison, &after).await {
             Ended::Cancelled => {
@@ -346,13 +353,22 @@ pub async fn consume_batches<E: std::fmt::Display>(
     }
 }
 
+/// How [`await_earlier_batches`] ended.
+enum Waited {
+    Done,
+    Cancelled,
+    /// The lease's session ended meanwhile: take the lease again.
+    LeaseLost,
+}
+
 /// Waits, after taking the lease, until messages another holder left unacked are due
-/// again (the consumer's ack wait), so they are redelivered before newer ones; false
-/// when `cancel` fired first.
+/// again (the consumer's ack wait), so they are redelivered before newer ones, keeping
+/// the lease's session alive meanwhile.
 async fn await_earlier_batches(
     c: &BatchConsumer<'_>,
+    lease: &mut Lease,
     cancel: &tokio_util::sync::CancellationToken,
-) -> bool {
+) -> Waited {
     let mut backoff = crate::shutdown::Backoff::new(Duration::from_millis(200));
     let info = loop {
         match c.consumer.get_info().await {
@@ -360,13 +376,16 @@ async fn await_earlier_batches(
             Err(e) => {
                 tracing::warn!(consumer = c.name, error = %e, "consumer info not read; retrying");
                 if !backoff.wait(cancel).await {
-                    return false;
+                    return Waited::Cancelled;
+                }
+                if !lease.keep_alive().await {
+                    return Waited::LeaseLost;
                 }
             }
         }
     };
     if info.num_ack_pending == 0 {
-        return true;
+        return Waited::Done;
     }
     let wait = info.config.ack_wait + Duration::from_secs(1);
     tracing::info!(
@@ -375,10 +394,17 @@ async fn await_earlier_batches(
         wait_secs = wait.as_secs(),
         "waiting for an earlier holder's unacked messages to come back, in order"
     );
-    tokio::select! {
-        () = cancel.cancelled() => false,
-        () = tokio::time::sleep(wait) => true,
+    let until = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < until {
+        tokio::select! {
+            () = cancel.cancelled() => return Waited::Cancelled,
+            () = tokio::time::sleep(crate::lease::KEEPALIVE.min(until - tokio::time::Instant::now())) => {}
+        }
+        if !lease.keep_alive().await {
+            return Waited::LeaseLost;
+        }
     }
+    Waited::Done
 }
 
 /// Fetches the next batch in a task of its own, so it arrives while the batch in hand
@@ -423,6 +449,10 @@ async fn consume_leased<E: std::fmt::Display>(
             },
         };
         if msgs.is_empty() {
+            if !lease.keep_alive().await {
+                tracing::warn!(consumer = c.name, "the lease's session is gone");
+                return Ended::Interrupted;
+            }
             continue;
         }
         let following = prefetch(c, cancel);
