@@ -52,6 +52,9 @@ pub const HEADER_DLQ_REASON: &str = "Regua-Dlq-Reason";
 pub const HEADER_DLQ_SUBJECT: &str = "Regua-Dlq-Subject";
 /// Header carrying the original stream sequence on a dead-lettered message.
 pub const HEADER_DLQ_STREAM_SEQ: &str = "Regua-Dlq-Stream-Seq";
+/// Header carrying the original `Nats-Msg-Id` on a dead-lettered message (the copy
+/// itself must not be deduplicated against the original, so it cannot keep it).
+pub const HEADER_DLQ_MSG_ID: &str = "Regua-Dlq-Msg-Id";
 
 /// Header on an inbound message asking intake to publish the message's outcome (JSON:
 /// `message_id`, `outcome`, `errors`, `warnings`, `reason`) to this core NATS subject
@@ -156,6 +159,12 @@ pub fn dead_letter_all() -> String {
 /// `regua.v1.dlq.<consumer>.<tenant>`
 pub fn dead_letter(consumer: &str, tenant_token: &str) -> String {
     format!("{ROOT}.v1.dlq.{consumer}.{tenant_token}")
+}
+
+/// The (consumer, tenant) of a [`dead_letter`] subject.
+pub fn dead_letter_parts(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix(&format!("{ROOT}.v1.dlq."))?;
+    rest.split_once('.')
 }
 
 /// What an inbound subject names, once parsed.

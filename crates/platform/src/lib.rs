@@ -12,6 +12,7 @@
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod dlq;
 pub mod fence;
 pub mod http;
 pub mod lane;

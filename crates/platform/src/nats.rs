@@ -810,7 +810,12 @@ pub async fn dead_letter(
     let mut headers = HeaderMap::new();
     if let Some(original) = &msg.headers {
         for (name, values) in original.iter() {
-            if !AsRef::<str>::as_ref(name).eq_ignore_ascii_case("Nats-Msg-Id") {
+            if AsRef::<str>::as_ref(name).eq_ignore_ascii_case("Nats-Msg-Id") {
+                // Kept aside, so a replay can restore the id consumers know it by.
+                if let Some(id) = values.first() {
+                    headers.insert(subjects::HEADER_DLQ_MSG_ID, id.clone());
+                }
+            } else {
                 for v in values {
                     headers.append(name.clone(), v.clone());
                 }

@@ -51,6 +51,38 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The dead-letter stream: what the consumers gave up on, and replaying it (run it
+    /// as the provisioning NATS user: it reads REGUA_DLQ and publishes anywhere).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first: sequence, time, consumer, tenant, original
+    /// subject, message id, size and reason (never the payload).
+    List {
+        #[arg(long)]
+        consumer: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one dead letter: its headers and payload (which may hold personal data).
+    Show { seq: u64 },
+    /// Publish dead letters again on their original subjects, under their original
+    /// message ids, and remove them from the dead-letter stream. Idempotent.
+    Replay {
+        /// Sequences from `regua dlq list`.
+        #[arg(required = true)]
+        seq: Vec<u64>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -146,7 +178,71 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = telemetry::init("regua-admin", &config)?;
             tenant(config, command).await
         }
+        Command::Dlq { command } => {
+            let _telemetry = telemetry::init("regua-admin", &config)?;
+            dead_letters(&config, command).await
+        }
     }
+}
+
+async fn dead_letters(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+    use regua_platform::dlq;
+    use std::io::Write;
+    let js = nats::jetstream(nats::connect_as(config, "regua-dlq").await?);
+    let mut out = std::io::stdout().lock();
+    match command {
+        DlqCommand::List {
+            consumer,
+            tenant,
+            limit,
+            json,
+        } => {
+            let letters = dlq::list(&js, &dlq::Filter { consumer, tenant }, limit).await?;
+            if !json {
+                writeln!(
+                    out,
+                    "SEQ\tAT\tCONSUMER\tTENANT\tSUBJECT\tMESSAGE_ID\tBYTES\tREASON"
+                )?;
+            }
+            for l in &letters {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(l)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        l.seq,
+                        l.at.to_rfc3339(),
+                        l.consumer,
+                        l.tenant,
+                        l.subject,
+                        l.message_id.as_deref().unwrap_or("-"),
+                        l.bytes,
+                        l.reason
+                    )?;
+                }
+            }
+        }
+        DlqCommand::Show { seq } => {
+            let (letter, headers, payload) = dlq::show(&js, seq).await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&letter)?)?;
+            for (name, values) in headers.iter() {
+                for v in values {
+                    writeln!(out, "{}: {}", AsRef::<str>::as_ref(name), v.as_str())?;
+                }
+            }
+            writeln!(out)?;
+            out.write_all(&payload)?;
+            writeln!(out)?;
+        }
+        DlqCommand::Replay { seq } => {
+            for s in seq {
+                let r = dlq::replay(&js, s).await?;
+                writeln!(out, "{}", serde_json::to_string(&r)?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every service; a channel whose provider is not configured is left out with a
