@@ -117,7 +117,20 @@ async fn process(intake: &Intake, msgs: Vec<jetstream::Message>, cancel: &Cancel
                         ),
                     ),
                 ),
-                Some(kind) => (p.tenant.to_owned(), decode(kind, &msg.payload)),
+                Some(kind) => match nats::message_id_too_long(&msg) {
+                    Some(n) => (
+                        p.tenant.to_owned(),
+                        Decoded::rejected(
+                            "",
+                            RejectCode::InvalidValue,
+                            format!(
+                                "the message id (Regua-Message-Id or Nats-Msg-Id) is {n} bytes; at most {}",
+                                subjects::MAX_MESSAGE_ID_BYTES
+                            ),
+                        ),
+                    ),
+                    None => (p.tenant.to_owned(), decode(kind, &msg.payload)),
+                },
             },
         };
         span.record("regua.tenant", tenant.as_str());

@@ -854,3 +854,25 @@ async fn idempotency_keys_are_scoped_by_tenant(pool: PgPool) {
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["errors"][0]["field"], "Idempotency-Key", "{p}");
 }
+
+/// A message id is at most 200 bytes however it comes (an HTTP `Idempotency-Key`, a
+/// `Regua-Message-Id` or a `Nats-Msg-Id`): a longer one is rejected, with the reason,
+/// under the stream sequence instead (never stored or logged whole), and the message
+/// after it is accepted.
+#[sqlx::test(migrations = false)]
+async fn an_over_long_message_id_is_rejected_and_blocks_nothing(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    h.tenant("acme").await;
+    let long = "x".repeat(subjects::MAX_MESSAGE_ID_BYTES + 1);
+    h.publish_json(SUBJ, &long, &invoice("NF-1", 1)).await;
+    h.publish_json(SUBJ, "m-2", &invoice("NF-2", 2)).await;
+    assert_eq!(h.outcome("acme", "m-2").await.0, "accepted");
+    let (outcome, detail) = h.outcome("acme", "seq-1").await;
+    assert_eq!(outcome, "rejected");
+    assert!(detail.to_string().contains("the message id"), "{detail}");
+    let longest: i32 = sqlx::query_scalar("SELECT max(length(message_id)) FROM intake.messages")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert!(longest <= subjects::MAX_MESSAGE_ID_BYTES as i32);
+}

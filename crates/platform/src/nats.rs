@@ -778,22 +778,40 @@ pub async fn consume<F, Fut, E>(
 /// drain waits for the fetch under way).
 pub const FETCH_EXPIRES: Duration = Duration::from_millis(500);
 
-/// A consumed message's id: its `Regua-Message-Id` ([`subjects::HEADER_MESSAGE_ID`]), else
-/// its `Nats-Msg-Id`, or `seq-<stream sequence>` when the publisher set neither.
-pub fn message_id(msg: &jetstream::Message) -> String {
+/// The message id the publisher gave `msg`: its `Regua-Message-Id`
+/// ([`subjects::HEADER_MESSAGE_ID`]), else its `Nats-Msg-Id`, whatever its length.
+fn given_id(msg: &jetstream::Message) -> Option<&str> {
     let header = |name: &str| {
         msg.headers
             .as_ref()
             .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
+            .map(|v| v.as_str())
             .filter(|v| !v.is_empty())
     };
-    header(subjects::HEADER_MESSAGE_ID)
-        .or_else(|| header("Nats-Msg-Id"))
-        .unwrap_or_else(|| {
-            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-            format!("seq-{seq}")
-        })
+    header(subjects::HEADER_MESSAGE_ID).or_else(|| header("Nats-Msg-Id"))
+}
+
+/// A consumed message's id: the one its publisher gave ([`given_id`]) when it is at most
+/// [`subjects::MAX_MESSAGE_ID_BYTES`], else `seq-<stream sequence>` (so no consumer
+/// stores or logs an unbounded key; see [`message_id_too_long`]).
+pub fn message_id(msg: &jetstream::Message) -> String {
+    given_id(msg)
+        .filter(|id| id.len() <= subjects::MAX_MESSAGE_ID_BYTES)
+        .map_or_else(
+            || {
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                format!("seq-{seq}")
+            },
+            str::to_owned,
+        )
+}
+
+/// The length of the id `msg`'s publisher gave, when it is over
+/// [`subjects::MAX_MESSAGE_ID_BYTES`].
+pub fn message_id_too_long(msg: &jetstream::Message) -> Option<usize> {
+    given_id(msg)
+        .map(str::len)
+        .filter(|&n| n > subjects::MAX_MESSAGE_ID_BYTES)
 }
 
 /// Copies `msg` to the dead-letter subject with its reason, waits for the PubAck, then
