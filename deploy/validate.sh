@@ -73,4 +73,5 @@ echo "validate: Kubernetes manifests match the Kubernetes $("$tools/bin/kubernet
 env -i PATH="$PATH" NATS_SERVER_NAME=nats-0 NATS_SYS_PASSWORD=x \
   REGUA_NATS_PROVISIONER_PASSWORD=x REGUA_NATS_INTAKE_PASSWORD=x REGUA_NATS_SCHEDULER_PASSWORD=x \
   REGUA_NATS_DISPATCH_PASSWORD=x REGUA_NATS_RECONCILE_PASSWORD=x REGUA_NATS_INTEGRATOR_PASSWORD=x \
+  REGUA_NATS_OPERATOR_PASSWORD=x \
   nats-server -c deploy/nats/nats-server.conf -t

@@ -31,8 +31,9 @@ use sqlx::PgPool;
 use common::{ADMIN, Running};
 
 const TENANT: &str = "perm";
-const USERS: [&str; 6] = [
+const USERS: [&str; 7] = [
     "provisioner",
+    "operator",
     "intake",
     "scheduler",
     "dispatch",
@@ -346,6 +347,41 @@ async fn each_service_does_its_job_under_its_own_user_and_nothing_more(pool: PgP
         .unwrap();
     integrator.flush().await.unwrap();
     refused(&integrator_errors, "integrator", &forged).await;
+
+    // An operator lists and replays dead letters, and may do nothing else.
+    let letter = subjects::dead_letter("intake", TENANT);
+    let mut headers = async_nats::HeaderMap::new();
+    let target = subjects::inbound(
+        &TenantId::parse(TENANT).unwrap(),
+        InboundKind::CustomerUpsert,
+    );
+    headers.insert(subjects::HEADER_DLQ_SUBJECT, target.as_str());
+    headers.insert(subjects::HEADER_DLQ_REASON, "a test");
+    headers.insert(subjects::HEADER_DLQ_MSG_ID, "dlq-perm-1");
+    // (An empty object: intake rejects it when it comes back, and nothing else moves.)
+    nats::jetstream(intake.clone())
+        .publish_with_headers(letter, headers, "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let operator = as_user(&base, "operator");
+    let ojs = nats::jetstream(nats::connect_as(&operator, "dlq").await.unwrap());
+    let letters = regua_platform::dlq::list(&ojs, &Default::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let replayed = regua_platform::dlq::replay(&ojs, letters[0].seq)
+        .await
+        .unwrap();
+    assert_eq!(replayed.message_id.as_deref(), Some("dlq-perm-1"));
+    let (op, op_errors) = connect(&server.url(), "operator", "_INBOX_operator").await;
+    let create = "$JS.API.STREAM.CREATE.ROGUE";
+    op.publish_with_reply(create, "_INBOX_operator.x", "{}".into())
+        .await
+        .unwrap();
+    op.flush().await.unwrap();
+    refused(&op_errors, "operator", create).await;
 
     // Nothing refused reached a stream: still one reminder and one thank-you.
     tokio::time::sleep(Duration::from_millis(500)).await;

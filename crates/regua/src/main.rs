@@ -52,7 +52,7 @@ enum Command {
         command: PolicyCommand,
     },
     /// The dead-letter stream: what the consumers gave up on, and replaying it (run it
-    /// as the provisioning NATS user: it reads REGUA_DLQ and publishes anywhere).
+    /// as the `operator` NATS user of deploy/nats/accounts.conf).
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
