@@ -20,6 +20,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// What one replica's HTTP server accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub max_body_bytes: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_concurrency: usize,
+    /// Requests per second per tenant key, per replica; 0: no limit.
+    pub tenant_rate: u32,
+    pub tenant_burst: u32,
+}
+
 /// Validated settings for every service.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -49,6 +61,8 @@ pub struct Config {
     pub reconcile_workers: usize,
     pub reconcile_ack_wait: Duration,
     pub http_outcome_wait: Duration,
+    /// What one replica's HTTP server accepts ([`crate::http::Limits`]).
+    pub http: HttpSettings,
     pub drain_timeout: Duration,
     pub public_url: String,
     pub link_secret: Secret,
@@ -249,6 +263,36 @@ pub const KEYS: &[Key] = &[
         name: "http_outcome_wait_ms",
         default: "5000",
         doc: "How long an HTTP submission waits for its committed outcome before answering 202 `pending`.",
+    },
+    Key {
+        name: "http_max_body_bytes",
+        default: "2097152",
+        doc: "Largest request body any route reads (413 beyond).",
+    },
+    Key {
+        name: "http_header_timeout_ms",
+        default: "10000",
+        doc: "A client has this long to send a request's headers; the connection is closed after it.",
+    },
+    Key {
+        name: "http_request_timeout_secs",
+        default: "60",
+        doc: "A request (reading its body included) that takes longer gets 408.",
+    },
+    Key {
+        name: "http_max_concurrency",
+        default: "512",
+        doc: "Requests one replica serves at once; beyond, 503 with `Retry-After` (health routes excepted).",
+    },
+    Key {
+        name: "http_tenant_rate",
+        default: "50",
+        doc: "Requests per second one tenant's key may make on one replica's tenant routes (0: no limit); beyond, 429 with `Retry-After`.",
+    },
+    Key {
+        name: "http_tenant_burst",
+        default: "100",
+        doc: "Requests a tenant may make at once above `http_tenant_rate` before it is limited.",
     },
     Key {
         name: "drain_timeout_secs",
@@ -659,6 +703,21 @@ impl Config {
             reconcile_workers: usize::try_from(number("reconcile_workers", 1, 64)?).unwrap_or(8),
             reconcile_ack_wait: Duration::from_secs(number("reconcile_ack_wait_secs", 1, 3600)?),
             http_outcome_wait: Duration::from_millis(number("http_outcome_wait_ms", 0, 60_000)?),
+            http: HttpSettings {
+                max_body_bytes: usize::try_from(number("http_max_body_bytes", 1024, 1 << 30)?)
+                    .unwrap_or(2 << 20),
+                header_timeout: Duration::from_millis(number(
+                    "http_header_timeout_ms",
+                    100,
+                    600_000,
+                )?),
+                request_timeout: Duration::from_secs(number("http_request_timeout_secs", 1, 3600)?),
+                max_concurrency: usize::try_from(number("http_max_concurrency", 1, 100_000)?)
+                    .unwrap_or(512),
+                tenant_rate: u32::try_from(number("http_tenant_rate", 0, 1_000_000)?).unwrap_or(50),
+                tenant_burst: u32::try_from(number("http_tenant_burst", 1, 1_000_000)?)
+                    .unwrap_or(100),
+            },
             drain_timeout: Duration::from_secs(number("drain_timeout_secs", 1, 3600)?),
             otlp_export: false,
         })

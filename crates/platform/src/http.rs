@@ -241,35 +241,133 @@ pub async fn trace_request(request: Request, next: Next) -> Response {
     response
 }
 
+/// What one replica's HTTP server accepts: every route's body limit, a client's time to
+/// send its headers and to finish a request, and how many requests run at once.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_concurrency: usize,
+}
+
+impl Limits {
+    pub fn of(config: &crate::Config) -> Limits {
+        Limits {
+            max_body_bytes: config.http.max_body_bytes,
+            header_timeout: config.http.header_timeout,
+            request_timeout: config.http.request_timeout,
+            max_concurrency: config.http.max_concurrency,
+        }
+    }
+}
+
 /// Serves `router` (plus health routes and request tracing) until `cancel`, then lets
 /// requests in flight finish.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
     health: Health,
+    limits: Limits,
     cancel: CancellationToken,
 ) -> Result<(), PlatformError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| PlatformError::Http(format!("bind {addr}: {e}")))?;
-    serve_on(listener, router, health, cancel).await
+    serve_on(listener, router, health, limits, cancel).await
 }
 
 /// Like [`serve`], on a listener the caller bound (tests bind port 0).
+///
+/// Every route's body is limited to `limits.max_body_bytes` (413 beyond); a request
+/// that takes longer than `limits.request_timeout` (a slow body included) gets 408; past
+/// `limits.max_concurrency` requests at once the next get 503 with `Retry-After` (the
+/// health routes are not counted, so probes still answer under load); and a connection
+/// that has not sent a request's headers within `limits.header_timeout` is closed.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     router: Router,
     health: Health,
+    limits: Limits,
     cancel: CancellationToken,
 ) -> Result<(), PlatformError> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency));
+    let timeout = limits.request_timeout;
     let app = router
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let slots = std::sync::Arc::clone(&slots);
+            async move {
+                let Ok(_slot) = slots.try_acquire_owned() else {
+                    return busy();
+                };
+                match tokio::time::timeout(timeout, next.run(req)).await {
+                    Ok(response) => response,
+                    Err(_) => Problem::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request-timeout",
+                        &format!("the request took longer than {} s", timeout.as_secs()),
+                        None,
+                    )
+                    .into_response(),
+                }
+            }
+        }))
         .merge(health_router(health))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(trace_request));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "http listening");
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-        .map_err(|e| PlatformError::Http(e.to_string()))
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// 503 with `Retry-After`: this replica serves as many requests as it may.
+fn busy() -> Response {
+    let mut r = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "too many requests in flight on this replica; retry shortly",
+        None,
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
 }

@@ -62,6 +62,8 @@ pub struct Core {
     pub outbox: Outbox,
     /// Wakes the relay once a transaction that wrote to the outbox has committed.
     pub outbox_wake: Arc<Notify>,
+    /// Checks the tenant routes' API keys and rates, on a pool of its own.
+    pub gate: Arc<tenancy::Gate>,
 }
 
 impl Core {
@@ -75,6 +77,11 @@ impl Core {
     ) -> Core {
         Core {
             js: nats::jetstream(client.clone()),
+            gate: Arc::new(tenancy::Gate::new(
+                &pool,
+                config.http.tenant_rate,
+                config.http.tenant_burst,
+            )),
             config,
             pool,
             client,
@@ -116,6 +123,6 @@ impl Core {
 
     /// `router` with its `/v1/tenants/{tenant}/…` routes behind that tenant's API key.
     pub fn tenant_routes(&self, router: Router) -> Router {
-        tenancy::tenant_routes(router, self.pool.clone())
+        tenancy::tenant_routes(router, Arc::clone(&self.gate))
     }
 }

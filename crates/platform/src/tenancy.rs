@@ -7,7 +7,8 @@
 //! here, so each can run, and be tested, alone.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -94,40 +95,132 @@ pub async fn tenant_for_key(pool: &PgPool, key: &str) -> Result<Option<String>, 
         .await
 }
 
-/// Checks that `headers` carry an API key of `tenant`: 401 when there is none or it is
-/// unknown, 404 when it is another tenant's (as if the resource did not exist).
-pub async fn authorize(pool: &PgPool, headers: &HeaderMap, tenant: &str) -> Result<(), Problem> {
-    let Some(key) = secrets::bearer(headers) else {
-        return Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing bearer API key",
-            None,
-        ));
-    };
-    match tenant_for_key(pool, key).await {
-        Ok(Some(owner)) if owner == tenant => {
-            tracing::Span::current().record("regua.tenant", tenant);
-            Ok(())
+/// What the tenant routes check a request with: the API key, on a small pool of its own
+/// (so key checks never wait behind the consumers' connections, nor starve them), a
+/// short memory of unknown keys (so a stream of wrong keys costs one query per key per
+/// [`UNKNOWN_KEY_TTL`], not one per request), and each tenant's request rate on this
+/// replica (429 with `Retry-After` beyond it).
+pub struct Gate {
+    pool: PgPool,
+    unknown: Mutex<HashMap<Vec<u8>, Instant>>,
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// How long an unknown key is answered 401 from memory.
+pub const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(60);
+
+/// Unknown keys remembered at most; past it the memory starts over.
+const UNKNOWN_KEYS_MAX: usize = 10_000;
+
+/// Connections of a [`Gate`]'s own pool.
+const GATE_CONNECTIONS: u32 = 4;
+
+impl Gate {
+    /// A gate over `pool`'s database (a pool of its own, connected lazily), limiting
+    /// each tenant to `rate` requests per second with bursts of `burst` (`rate` 0: no
+    /// limit).
+    pub fn new(pool: &PgPool, rate: u32, burst: u32) -> Gate {
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(GATE_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with((*pool.connect_options()).clone());
+        Gate {
+            pool: own,
+            unknown: Mutex::default(),
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::default(),
         }
-        Ok(Some(_)) => Err(Problem::not_found("tenant")),
-        Ok(None) => Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown API key",
-            None,
-        )),
-        Err(e) => Err(Problem::internal(e)),
+    }
+
+    /// Checks that `headers` carry an API key of `tenant`: 401 when there is none or it
+    /// is unknown, 404 when it is another tenant's (as if the resource did not exist).
+    pub async fn authorize(&self, headers: &HeaderMap, tenant: &str) -> Result<(), Problem> {
+        let unauthorized =
+            |why: &str| Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", why, None);
+        let Some(key) = secrets::bearer(headers) else {
+            return Err(unauthorized("missing bearer API key"));
+        };
+        let hash = secrets::key_hash(key);
+        if self.known_unknown(&hash) {
+            return Err(unauthorized("unknown API key"));
+        }
+        match tenant_for_key(&self.pool, key).await {
+            Ok(Some(owner)) if owner == tenant => {
+                tracing::Span::current().record("regua.tenant", tenant);
+                Ok(())
+            }
+            Ok(Some(_)) => Err(Problem::not_found("tenant")),
+            Ok(None) => {
+                self.remember_unknown(hash);
+                Err(unauthorized("unknown API key"))
+            }
+            Err(e) => Err(Problem::internal(e)),
+        }
+    }
+
+    fn known_unknown(&self, hash: &[u8]) -> bool {
+        let unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+        unknown
+            .get(hash)
+            .is_some_and(|at| at.elapsed() < UNKNOWN_KEY_TTL)
+    }
+
+    fn remember_unknown(&self, hash: Vec<u8>) {
+        let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+        if unknown.len() >= UNKNOWN_KEYS_MAX {
+            unknown.clear();
+        }
+        unknown.insert(hash, Instant::now());
+    }
+
+    /// Takes one request from `tenant`'s bucket; how long to wait when it is empty.
+    fn take(&self, tenant: &str) -> Option<Duration> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tokens, at) = buckets
+            .entry(tenant.to_owned())
+            .or_insert((self.burst, now));
+        // Tokens are a request budget, not money: a float is exact enough here.
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            None
+        } else {
+            Some(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
+        }
     }
 }
 
-/// `router`'s routes under `/v1/tenants/{tenant}/` answer only to that tenant's API key
-/// ([`authorize`]); other paths pass through.
-pub fn tenant_routes(router: Router, pool: PgPool) -> Router {
-    router.layer(axum::middleware::from_fn_with_state(pool, require_key))
+/// 429 with `Retry-After` (whole seconds, at least 1).
+fn too_many(wait: Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "this tenant's request rate is over its limit; retry after the time given",
+        None,
+    )
+    .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&secs.max(1).to_string()) {
+        r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+    }
+    r
 }
 
-async fn require_key(State(pool): State<PgPool>, req: Request, next: Next) -> Response {
+/// `router`'s routes under `/v1/tenants/{tenant}/` answer only to that tenant's API key
+/// ([`Gate::authorize`]), within its request rate; other paths pass through.
+pub fn tenant_routes(router: Router, gate: Arc<Gate>) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(gate, require_key))
+}
+
+async fn require_key(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {
     let tenant = req
         .uri()
         .path()
@@ -137,9 +230,12 @@ async fn require_key(State(pool): State<PgPool>, req: Request, next: Next) -> Re
     let Some(tenant) = tenant else {
         return next.run(req).await;
     };
-    match authorize(&pool, req.headers(), &tenant).await {
-        Ok(()) => next.run(req).await,
-        Err(p) => p.into_response(),
+    if let Err(p) = gate.authorize(req.headers(), &tenant).await {
+        return p.into_response();
+    }
+    match gate.take(&tenant) {
+        Some(wait) => too_many(wait),
+        None => next.run(req).await,
     }
 }
 

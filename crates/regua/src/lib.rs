@@ -180,7 +180,14 @@ impl Platform {
         );
         shutdown.spawn(sampling);
         let health = http::Health { pool, client, js };
-        let http = shutdown.spawn(http::serve_on(listener, router, health, shutdown.token()));
+        let limits = http::Limits::of(config);
+        let http = shutdown.spawn(http::serve_on(
+            listener,
+            router,
+            health,
+            limits,
+            shutdown.token(),
+        ));
         Ok(Platform {
             shutdown,
             addr,

@@ -94,7 +94,14 @@ impl Running {
                 .unwrap_or_else(|e| fail(&format!("local address: {e}")));
             let js = nats::jetstream(client.clone());
             let health = http::Health { pool, client, js };
-            shutdown.spawn(http::serve_on(listener, router, health, shutdown.token()));
+            let limits = http::Limits::of(&config);
+            shutdown.spawn(http::serve_on(
+                listener,
+                router,
+                health,
+                limits,
+                shutdown.token(),
+            ));
             ready_tx.send(addr).ok();
             drain_rx.await.ok();
             // What a service process does on SIGTERM.

@@ -62,6 +62,7 @@ impl Harness {
     /// Starts intake and its HTTP server in this runtime.
     pub async fn start_intake(&mut self, config: Config) {
         self.shutdown = Shutdown::new();
+        let limits = regua_platform::http::Limits::of(&config);
         let intake = Intake::from_parts(
             config,
             self.pool.clone(),
@@ -80,6 +81,7 @@ impl Harness {
             listener,
             intake.router(),
             health,
+            limits,
             self.shutdown.token(),
         ));
         self.intake = Some(intake);
