@@ -52,7 +52,8 @@ async fn serve(
     rate: u32,
     cancel: &CancellationToken,
 ) -> String {
-    let gate = Arc::new(tenancy::Gate::new(pool, rate, 2));
+    let clock: regua_platform::SharedClock = Arc::new(regua_platform::SystemClock);
+    let gate = Arc::new(tenancy::Gate::new(pool, clock, rate, 2));
     let router = tenancy::tenant_routes(routes(), gate);
     let client = nats::connect(nats_url, "http-test").await.unwrap();
     let health = Health {

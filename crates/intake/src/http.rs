@@ -22,7 +22,7 @@ use futures::future::join_all;
 use regua_contract::inbound::limits;
 use regua_contract::{FieldIssue, InboundKind, RejectCode, TenantId, WarnCode, subjects};
 use regua_platform::http::Problem;
-use regua_platform::{nats, secrets, telemetry};
+use regua_platform::{nats, secrets, telemetry, tenancy};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::{Instrument, Span};
@@ -62,6 +62,12 @@ pub fn router(intake: Arc<Intake>, invoice_reads: bool) -> Router {
         .route(
             "/v1/tenants/{tenant}/messages/{message_id}",
             get(get_message),
+        )
+        .route("/v1/tenants/{tenant}/keys", get(list_keys))
+        .route("/v1/tenants/{tenant}/keys:rotate", post(rotate_key))
+        .route(
+            "/v1/tenants/{tenant}/keys/{key_id}",
+            axum::routing::delete(revoke_key),
         );
     let tenant_routes = if invoice_reads {
         tenant_routes.route(
@@ -567,6 +573,95 @@ async fn get_message(
         "message",
         store::get_message(&intake.pool, &tenant, &message_id).await,
     )
+}
+
+/// `GET /v1/tenants/{tenant}/keys`: the tenant's API keys (ids and dates, never keys).
+async fn list_keys(
+    State(intake): State<Arc<Intake>>,
+    Path(tenant): Path<String>,
+) -> Result<Response, Problem> {
+    let mut conn = intake.pool.acquire().await.map_err(Problem::unavailable)?;
+    let keys = tenancy::keys(&mut conn, &tenant, intake.clock.now())
+        .await
+        .map_err(Problem::internal)?;
+    Ok(axum::Json(json!({ "keys": keys })).into_response())
+}
+
+/// `POST /v1/tenants/{tenant}/keys:rotate` (`{"grace_seconds": n}`, default a day, at
+/// most 30): a new key, shown once; the keys it replaces keep working for the grace.
+async fn rotate_key(
+    State(intake): State<Arc<Intake>>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    const DAY: u64 = 24 * 3600;
+    let max = tenancy::MAX_ROTATION_GRACE.as_secs();
+    let grace = if body.iter().all(u8::is_ascii_whitespace) {
+        DAY
+    } else {
+        let v: Value = serde_json::from_slice(&body).map_err(|e| {
+            let mut issues = Issues::default();
+            issues.error(
+                "",
+                RejectCode::MalformedJson,
+                format!("malformed JSON: {e}"),
+            );
+            invalid(issues, None)
+        })?;
+        match v.get("grace_seconds") {
+            None => DAY,
+            Some(g) => g.as_u64().filter(|g| *g <= max).ok_or_else(|| {
+                let mut issues = Issues::default();
+                issues.error(
+                    "grace_seconds",
+                    RejectCode::InvalidValue,
+                    format!("a whole number of seconds from 0 to {max}"),
+                );
+                invalid(issues, None)
+            })?,
+        }
+    };
+    let mut tx = intake.pool.begin().await.map_err(Problem::unavailable)?;
+    let rotated = tenancy::rotate_key(
+        &mut tx,
+        &tenant,
+        intake.clock.now(),
+        std::time::Duration::from_secs(grace),
+    )
+    .await
+    .map_err(Problem::internal)?;
+    tx.commit().await.map_err(Problem::unavailable)?;
+    tracing::info!(tenant = %tenant, key_id = %rotated.key_id, "API key rotated");
+    Ok((StatusCode::CREATED, axum::Json(rotated)).into_response())
+}
+
+/// `DELETE /v1/tenants/{tenant}/keys/{key_id}`: the key stops working at once (409 for
+/// the tenant's last working key: rotate first).
+async fn revoke_key(
+    State(intake): State<Arc<Intake>>,
+    Path((tenant, key_id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let Ok(key_id) = uuid::Uuid::parse_str(&key_id) else {
+        return Err(Problem::not_found("key"));
+    };
+    let mut tx = intake.pool.begin().await.map_err(Problem::unavailable)?;
+    let revoked = tenancy::revoke_key(&mut tx, &tenant, key_id, intake.clock.now())
+        .await
+        .map_err(Problem::internal)?;
+    tx.commit().await.map_err(Problem::unavailable)?;
+    match revoked {
+        tenancy::Revoked::Done => {
+            tracing::info!(tenant = %tenant, key_id = %key_id, "API key revoked");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        tenancy::Revoked::NotFound => Err(Problem::not_found("key")),
+        tenancy::Revoked::LastKey => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "last-key",
+            "this is the tenant's last working key: rotate it instead",
+            None,
+        )),
+    }
 }
 
 async fn openapi() -> axum::Json<Value> {

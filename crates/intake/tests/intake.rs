@@ -876,3 +876,79 @@ async fn an_over_long_message_id_is_rejected_and_blocks_nothing(pool: PgPool) {
         .unwrap();
     assert!(longest <= subjects::MAX_MESSAGE_ID_BYTES as i32);
 }
+
+/// A tenant rotates its API key: the new one works at once, the old one until the
+/// grace it chose ends (here at once: grace 0); a revoked key stops at once; the last
+/// working key cannot be revoked; no listing shows a key; another tenant's key never
+/// opens these routes.
+#[sqlx::test(migrations = false)]
+async fn api_keys_rotate_with_a_grace_and_revoke_at_once(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let first = h.tenant("acme").await;
+    let other = h.tenant("beta").await;
+    let keys = "/v1/tenants/acme/keys";
+    let post = |key: &str, body: Value| {
+        h.http
+            .post(format!("{}/v1/tenants/acme/keys:rotate", h.base))
+            .bearer_auth(key.to_owned())
+            .json(&body)
+            .send()
+    };
+    assert_eq!(post(&other, json!({})).await.unwrap().status(), 404);
+    let r = post(&first, json!({"grace_seconds": 3600})).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let rotated: Value = r.json().await.unwrap();
+    let second = rotated["api_key"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    // Both work during the grace.
+    assert_eq!(h.get(&first, keys).await.0, 200);
+    let (status, listed) = h.get(&second, keys).await;
+    assert_eq!(status, 200);
+    let listed = listed["keys"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|k| k["active"] == true));
+    assert!(
+        listed[0]["expires_at"].is_string(),
+        "the old key has an end"
+    );
+    assert!(
+        !listed.iter().any(|k| k.to_string().contains(&first)),
+        "no key is ever shown"
+    );
+    // A rotation with no grace ends the others at once.
+    let r = post(&second, json!({"grace_seconds": 0})).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let third = r.json::<Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(h.get(&first, keys).await.0, 401);
+    assert_eq!(h.get(&second, keys).await.0, 401);
+    let (_, listed) = h.get(&third, keys).await;
+    let active: Vec<&Value> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["active"] == true)
+        .collect();
+    assert_eq!(active.len(), 1);
+    let id = active[0]["key_id"].as_str().unwrap();
+    // The last working key cannot be revoked; a revoked key stops at once.
+    let delete = |key: &str, id: &str| {
+        h.http
+            .delete(format!("{}/v1/tenants/acme/keys/{id}", h.base))
+            .bearer_auth(key.to_owned())
+            .send()
+    };
+    assert_eq!(delete(&third, id).await.unwrap().status(), 409);
+    let r = post(&third, json!({"grace_seconds": 3600})).await.unwrap();
+    let fourth = r.json::<Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(delete(&fourth, id).await.unwrap().status(), 204);
+    assert_eq!(h.get(&third, keys).await.0, 401, "revoked within its grace");
+    assert_eq!(h.get(&fourth, keys).await.0, 200);
+    let bad = post(&fourth, json!({"grace_seconds": -1})).await.unwrap();
+    assert_eq!(bad.status(), 422);
+}

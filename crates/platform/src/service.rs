@@ -79,6 +79,7 @@ impl Core {
             js: nats::jetstream(client.clone()),
             gate: Arc::new(tenancy::Gate::new(
                 &pool,
+                Arc::clone(&clock),
                 config.http.tenant_rate,
                 config.http.tenant_burst,
             )),

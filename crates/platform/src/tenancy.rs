@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use regua_contract::TenantId;
 use regua_contract::events::TenantCreated;
 use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
 
 use crate::http::Problem;
 use crate::{PlatformError, db, secrets};
@@ -69,8 +70,8 @@ pub async fn register(
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO tenancy.tenants (id, legal_name, cnpj, address, contact, timezone, test_clock, clock_start, api_key_hash, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO tenancy.tenants (id, legal_name, cnpj, address, contact, timezone, test_clock, clock_start, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
     )
     .bind(tenant.id.as_str())
     .bind(&tenant.legal_name)
@@ -80,19 +81,172 @@ pub async fn register(
     .bind(&tenant.timezone)
     .bind(tenant.test_clock)
     .bind(tenant.clock_start)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() != 1 {
+        return Ok(false);
+    }
+    add_key(conn, tenant.id.as_str(), api_key, now).await?;
+    Ok(true)
+}
+
+async fn add_key(
+    conn: &mut PgConnection,
+    tenant: &str,
+    api_key: &str,
+    now: DateTime<Utc>,
+) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO tenancy.api_keys (key_hash, id, tenant, created_at) VALUES ($1, $2, $3, $4)",
+    )
     .bind(secrets::key_hash(api_key))
+    .bind(id)
+    .bind(tenant)
     .bind(now)
     .execute(conn)
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    Ok(id)
 }
 
-/// The tenant an API key opens.
-pub async fn tenant_for_key(pool: &PgPool, key: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM tenancy.tenants WHERE api_key_hash = $1")
-        .bind(secrets::key_hash(key))
-        .fetch_optional(pool)
+/// The tenant an API key opens at `now`: not revoked, not expired.
+pub async fn tenant_for_key(
+    pool: &PgPool,
+    key: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT tenant FROM tenancy.api_keys WHERE key_hash = $1 AND revoked_at IS NULL \
+         AND (expires_at IS NULL OR expires_at > $2)",
+    )
+    .bind(secrets::key_hash(key))
+    .bind(now)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Whether tenant `id` exists.
+pub async fn exists(pool: &PgPool, id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenancy.tenants WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
         .await
+}
+
+/// One of a tenant's API keys, as listed: never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApiKey {
+    pub key_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    /// When it stops working (set by a rotation); absent: until rotated or revoked.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Whether it opens the tenant's routes now.
+    pub active: bool,
+}
+
+/// The longest grace a rotation may give the keys it replaces.
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What a rotation made.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rotated {
+    pub key_id: Uuid,
+    /// The new key, shown this once.
+    pub api_key: String,
+    /// When the keys it replaces stop working.
+    pub previous_keys_expire_at: DateTime<Utc>,
+}
+
+/// Gives `tenant` a new API key; its other working keys stop working `grace` after
+/// `now` (or sooner, when they were to expire sooner).
+pub async fn rotate_key(
+    conn: &mut PgConnection,
+    tenant: &str,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Result<Rotated, sqlx::Error> {
+    let grace = grace.min(MAX_ROTATION_GRACE);
+    let until = now + chrono::TimeDelta::from_std(grace).unwrap_or_default();
+    sqlx::query(
+        "UPDATE tenancy.api_keys SET expires_at = LEAST(COALESCE(expires_at, 'infinity'), $3) \
+         WHERE tenant = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
+    )
+    .bind(tenant)
+    .bind(now)
+    .bind(until)
+    .execute(&mut *conn)
+    .await?;
+    let api_key = secrets::new_api_key(tenant);
+    let key_id = add_key(conn, tenant, &api_key, now).await?;
+    Ok(Rotated {
+        key_id,
+        api_key,
+        previous_keys_expire_at: until,
+    })
+}
+
+/// How a revocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    Done,
+    NotFound,
+    /// It is the tenant's last working key: rotate first.
+    LastKey,
+}
+
+/// Revokes `tenant`'s key `key_id` at once.
+pub async fn revoke_key(
+    conn: &mut PgConnection,
+    tenant: &str,
+    key_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Revoked, sqlx::Error> {
+    let keys = keys(&mut *conn, tenant, now).await?;
+    let Some(key) = keys.iter().find(|k| k.key_id == key_id) else {
+        return Ok(Revoked::NotFound);
+    };
+    if key.active && keys.iter().filter(|k| k.active).count() == 1 {
+        return Ok(Revoked::LastKey);
+    }
+    sqlx::query(
+        "UPDATE tenancy.api_keys SET revoked_at = COALESCE(revoked_at, $3) WHERE tenant = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(key_id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(Revoked::Done)
+}
+
+/// `tenant`'s API keys, oldest first.
+pub async fn keys(
+    conn: &mut PgConnection,
+    tenant: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<ApiKey>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, created_at, expires_at, revoked_at FROM tenancy.api_keys WHERE tenant = $1 \
+         ORDER BY created_at, id",
+    )
+    .bind(tenant)
+    .fetch_all(conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let expires_at: Option<DateTime<Utc>> = r.try_get("expires_at")?;
+        let revoked_at: Option<DateTime<Utc>> = r.try_get("revoked_at")?;
+        out.push(ApiKey {
+            key_id: r.try_get("id")?,
+            created_at: r.try_get("created_at")?,
+            active: revoked_at.is_none() && expires_at.is_none_or(|e| e > now),
+            expires_at,
+            revoked_at,
+        });
+    }
+    Ok(out)
 }
 
 /// What the tenant routes check a request with: the API key, on a small pool of its own
@@ -102,6 +256,7 @@ pub async fn tenant_for_key(pool: &PgPool, key: &str) -> Result<Option<String>, 
 /// replica (429 with `Retry-After` beyond it).
 pub struct Gate {
     pool: PgPool,
+    clock: crate::SharedClock,
     unknown: Mutex<HashMap<Vec<u8>, Instant>>,
     rate: f64,
     burst: f64,
@@ -121,13 +276,14 @@ impl Gate {
     /// A gate over `pool`'s database (a pool of its own, connected lazily), limiting
     /// each tenant to `rate` requests per second with bursts of `burst` (`rate` 0: no
     /// limit).
-    pub fn new(pool: &PgPool, rate: u32, burst: u32) -> Gate {
+    pub fn new(pool: &PgPool, clock: crate::SharedClock, rate: u32, burst: u32) -> Gate {
         let own = sqlx::postgres::PgPoolOptions::new()
             .max_connections(GATE_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with((*pool.connect_options()).clone());
         Gate {
             pool: own,
+            clock,
             unknown: Mutex::default(),
             rate: f64::from(rate),
             burst: f64::from(burst.max(1)),
@@ -147,7 +303,7 @@ impl Gate {
         if self.known_unknown(&hash) {
             return Err(unauthorized("unknown API key"));
         }
-        match tenant_for_key(&self.pool, key).await {
+        match tenant_for_key(&self.pool, key, self.clock.now()).await {
             Ok(Some(owner)) if owner == tenant => {
                 tracing::Span::current().record("regua.tenant", tenant);
                 Ok(())

@@ -124,6 +124,14 @@ enum PolicyCommand {
 enum TenantCommand {
     /// Create a tenant and print it with its API key (shown once).
     Create(NewTenantArgs),
+    /// Give a tenant a new API key (printed once), as `POST …/keys:rotate` does, for a
+    /// tenant that lost its key: the keys it replaces work for `--grace-secs` more.
+    RotateKey {
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value_t = 86_400)]
+        grace_secs: u64,
+    },
 }
 
 /// The same fields as `POST /v1/tenants`, validated by the same code.
@@ -364,7 +372,30 @@ fn refuse_development_secrets(config: &Config, services: regua::Services) -> any
 }
 
 async fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<()> {
-    let TenantCommand::Create(args) = command;
+    let args = match command {
+        TenantCommand::Create(args) => args,
+        TenantCommand::RotateKey { id, grace_secs } => {
+            let pool = db::connect(config.database_url.expose(), 2).await?;
+            regua_platform::tenancy::migrate(&pool).await?;
+            anyhow::ensure!(
+                regua_platform::tenancy::exists(&pool, &id).await?,
+                "no tenant {id}"
+            );
+            let now = regua_platform::Clock::now(&SystemClock);
+            let mut tx = pool.begin().await?;
+            let rotated = regua_platform::tenancy::rotate_key(
+                &mut tx,
+                &id,
+                now,
+                std::time::Duration::from_secs(grace_secs),
+            )
+            .await?;
+            tx.commit().await?;
+            let out = serde_json::to_string_pretty(&rotated)?;
+            std::io::Write::write_all(&mut std::io::stdout(), format!("{out}\n").as_bytes())?;
+            return Ok(());
+        }
+    };
     let body = serde_json::to_value(&args)?;
     let new = regua_intake::tenants::validate_new_tenant(&body).map_err(|issues| {
         let lines: Vec<String> = issues

@@ -189,6 +189,9 @@ pub fn config(nats_url: &str, pool: &PgPool) -> Config {
         ..Config::default()
     };
     config.dispatch.test_clock_sends = true;
+    // Tests poll tenant routes faster than an integrator should; tests/http.rs checks
+    // the limit itself.
+    config.http.tenant_rate = 0;
     config
 }
 
