@@ -200,11 +200,11 @@ async fn each_tenant_has_its_rate_and_unknown_keys_stay_out_of_postgres(pool: Pg
         "and it refills"
     );
 
-    // An unknown key is looked up once; while the tenants table is locked, asking again
+    // An unknown key is looked up once; while the keys table is locked, asking again
     // with it is still answered at once, and only a new unknown key waits for Postgres.
     assert_eq!(get("alfa", "rk_nobody_1").await.unwrap().status(), 401);
     let mut lock = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE tenancy.tenants IN ACCESS EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE tenancy.api_keys IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *lock)
         .await
         .unwrap();

@@ -20,6 +20,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// TLS to NATS (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsTls {
+    pub ca: std::path::PathBuf,
+    /// Certificate and key, for a server that verifies its clients (mutual TLS).
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
 /// What one replica's HTTP server accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
@@ -39,6 +47,9 @@ pub struct Config {
     /// The service's NATS user; also names its private reply inbox (`_INBOX_<user>`).
     pub nats_user: Option<String>,
     pub nats_password: Option<Secret>,
+    /// TLS to NATS: the CA that signed the servers' certificates (TLS is then required)
+    /// and, for servers that verify clients, this client's certificate and key.
+    pub nats_tls: Option<NatsTls>,
     /// Whether this process creates or updates the streams (the provisioning identity)
     /// or only checks they exist (a least-privilege service user).
     pub nats_provision: bool,
@@ -168,6 +179,21 @@ pub const KEYS: &[Key] = &[
         name: "nats_password",
         default: "",
         doc: "Its password; only with `nats_user`.",
+    },
+    Key {
+        name: "nats_tls_ca",
+        default: "",
+        doc: "PEM file of the CA that signed the NATS servers' certificates: set, TLS is required and the server verified. Unset: plain TCP (a trusted network only).",
+    },
+    Key {
+        name: "nats_tls_cert",
+        default: "",
+        doc: "This client's PEM certificate, for a NATS server that verifies clients (with `nats_tls_key`; only with `nats_tls_ca`).",
+    },
+    Key {
+        name: "nats_tls_key",
+        default: "",
+        doc: "Its PEM private key.",
     },
     Key {
         name: "nats_provision",
@@ -567,6 +593,33 @@ impl Config {
                 ));
             }
         };
+        let nats_tls = match (
+            get("nats_tls_ca"),
+            get("nats_tls_cert"),
+            get("nats_tls_key"),
+        ) {
+            ("", "", "") => None,
+            ("", _, _) => {
+                return Err(invalid(
+                    "nats_tls_cert",
+                    "a client certificate needs REGUA_NATS_TLS_CA".into(),
+                ));
+            }
+            (ca, "", "") => Some(NatsTls {
+                ca: ca.into(),
+                client: None,
+            }),
+            (ca, cert, key) if !cert.is_empty() && !key.is_empty() => Some(NatsTls {
+                ca: ca.into(),
+                client: Some((cert.into(), key.into())),
+            }),
+            _ => {
+                return Err(invalid(
+                    "nats_tls_key",
+                    "REGUA_NATS_TLS_CERT and REGUA_NATS_TLS_KEY go together".into(),
+                ));
+            }
+        };
         let boolean = |key: &'static str| -> Result<bool, ConfigError> {
             match get(key) {
                 "true" => Ok(true),
@@ -680,6 +733,7 @@ impl Config {
             nats_url,
             nats_user,
             nats_password,
+            nats_tls,
             nats_provision,
             nats_stream_replicas: usize::try_from(number("nats_stream_replicas", 1, 5)?)
                 .unwrap_or(1),

@@ -46,6 +46,15 @@ pub async fn connect_as(config: &Config, name: &str) -> Result<async_nats::Clien
             .user_and_password(user.clone(), password)
             .custom_inbox_prefix(inbox_prefix(user));
     }
+    if let Some(tls) = &config.nats_tls {
+        crate::tls::init();
+        options = options
+            .require_tls(true)
+            .add_root_certificates(tls.ca.clone());
+        if let Some((cert, key)) = &tls.client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
     options
         .connect(config.nats_url.as_str())
         .await
