@@ -39,6 +39,23 @@ fn clock() -> SharedClock {
     Arc::new(SystemClock)
 }
 
+/// One relay over the table, running until the token is cancelled.
+fn relay(
+    pool: &PgPool,
+    js: &jetstream::Context,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let relay = Relay::new(
+        OUTBOX,
+        pool.clone(),
+        js.clone(),
+        Arc::new(Notify::new()),
+        clock(),
+    );
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+    (stop, running)
+}
+
 async fn left(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM relaytest.outbox")
         .fetch_one(pool)
@@ -176,15 +193,7 @@ async fn a_large_enqueue_is_packed_and_leaves_in_order_under_its_ids(pool: PgPoo
     );
     tx.commit().await.unwrap();
 
-    let relay = Relay::new(
-        OUTBOX,
-        pool.clone(),
-        js.clone(),
-        Arc::new(Notify::new()),
-        clock(),
-    );
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(relay.run(stop.clone()));
+    let (stop, running) = relay(&pool, &js);
     relayed("the packed rows relayed", &pool, &js, N).await;
     stop.cancel();
     running.await.unwrap();
@@ -228,15 +237,7 @@ async fn a_message_too_large_to_publish_is_parked_and_the_rest_flow(pool: PgPool
         OUTBOX.enqueue(&mut tx, row).await.unwrap();
         tx.commit().await.unwrap();
     }
-    let relay = Relay::new(
-        OUTBOX,
-        pool.clone(),
-        js.clone(),
-        Arc::new(Notify::new()),
-        clock(),
-    );
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(relay.run(stop.clone()));
+    let (stop, running) = relay(&pool, &js);
     relayed("the rest relayed", &pool, &js, 4).await;
     assert_eq!(stored(&js).await, vec![1, 2, 3, 4], "in order, none lost");
     let parked: Vec<(uuid::Uuid, String, i32)> =

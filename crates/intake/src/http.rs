@@ -123,15 +123,7 @@ async fn create_tenant(
             None,
         ));
     }
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
-        let mut issues = Issues::default();
-        issues.error(
-            "",
-            RejectCode::MalformedJson,
-            format!("malformed JSON: {e}"),
-        );
-        invalid(issues, None)
-    })?;
+    let value = json(&body)?;
     let new = tenants::validate_new_tenant(&value).map_err(|i| invalid(i, None))?;
     let now = intake.clock.now();
     match tenants::create_tenant(
@@ -575,6 +567,19 @@ async fn get_message(
     )
 }
 
+/// `body` as JSON, or 422 `malformed_json`.
+fn json(body: &[u8]) -> Result<Value, Problem> {
+    serde_json::from_slice(body).map_err(|e| {
+        let mut issues = Issues::default();
+        issues.error(
+            "",
+            RejectCode::MalformedJson,
+            format!("malformed JSON: {e}"),
+        );
+        invalid(issues, None)
+    })
+}
+
 /// `GET /v1/tenants/{tenant}/keys`: the tenant's API keys (ids and dates, never keys).
 async fn list_keys(
     State(intake): State<Arc<Intake>>,
@@ -599,16 +604,7 @@ async fn rotate_key(
     let grace = if body.iter().all(u8::is_ascii_whitespace) {
         DAY
     } else {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| {
-            let mut issues = Issues::default();
-            issues.error(
-                "",
-                RejectCode::MalformedJson,
-                format!("malformed JSON: {e}"),
-            );
-            invalid(issues, None)
-        })?;
-        match v.get("grace_seconds") {
+        match json(&body)?.get("grace_seconds") {
             None => DAY,
             Some(g) => g.as_u64().filter(|g| *g <= max).ok_or_else(|| {
                 let mut issues = Issues::default();
