@@ -196,6 +196,16 @@ impl DispatchCommand {
         }
     }
 
+    /// Whether `command_id` was made by [`DispatchCommand::id_for`] for `invoice_id` of
+    /// `tenant` (a merged command is named after its first invoice).
+    pub fn is_named_after(command_id: &str, tenant: &str, invoice_id: &str) -> bool {
+        command_id
+            .strip_prefix(tenant)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .and_then(|rest| rest.strip_prefix(invoice_id))
+            .is_some_and(|rest| rest.starts_with(':'))
+    }
+
     /// The `refires` a command id of [`DispatchCommand::id_for`] was made with.
     pub fn refires_of(command_id: &str) -> u32 {
         command_id

@@ -221,11 +221,12 @@ async fn process(
         let span = nats::process_span(&msg.subject, &id, &w.consumer_name, msg.headers.as_ref());
         let decoded: Result<DispatchCommand, String> =
             serde_json::from_slice(&msg.payload).map_err(|e| e.to_string());
+        let wait = decoded.as_ref().ok().and_then(|cmd| early(&w.d, cmd));
         match decoded {
-            Ok(cmd) if cmd.channel == channel && early(&w.d, &cmd).is_some() => {
+            Ok(cmd) if cmd.channel == channel && wait.is_some() => {
                 // Decided for an instant this replica's clock has not reached (a
                 // clock-skewed replica): back to the stream until then, unrecorded.
-                let wait = early(&w.d, &cmd).unwrap_or_default();
+                let wait = wait.unwrap_or_default();
                 span.record("regua.outcome", "early");
                 let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
                 tracing::info!(parent: &span, wait_ms, "command before its instant; redelivered then");

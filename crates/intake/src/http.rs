@@ -347,15 +347,7 @@ fn parse_body(body: &Bytes) -> Result<Value, Problem> {
             None,
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        let mut issues = Issues::default();
-        issues.error(
-            "",
-            RejectCode::MalformedJson,
-            format!("malformed JSON: {e}"),
-        );
-        invalid(issues, None)
-    })
+    json(body)
 }
 
 fn tenant_id(tenant: &str) -> Result<TenantId, Problem> {

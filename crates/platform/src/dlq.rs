@@ -94,11 +94,8 @@ pub async fn list(
     filter: &Filter,
     limit: usize,
 ) -> Result<Vec<DeadLetter>, PlatformError> {
-    let stream = js
-        .get_stream(subjects::STREAM_DEAD_LETTER)
-        .await
-        .map_err(PlatformError::nats)?;
-    let reader = stream
+    let reader = stream(js)
+        .await?
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter.subject(),
             ..Default::default()
@@ -132,15 +129,25 @@ pub async fn list(
     Ok(out)
 }
 
+/// The dead-letter stream.
+async fn stream(js: &jetstream::Context) -> Result<jetstream::stream::Stream, PlatformError> {
+    js.get_stream(subjects::STREAM_DEAD_LETTER)
+        .await
+        .map_err(PlatformError::nats)
+}
+
 /// One dead letter with its headers and payload.
 pub async fn show(
     js: &jetstream::Context,
     seq: u64,
 ) -> Result<(DeadLetter, HeaderMap, bytes::Bytes), PlatformError> {
-    let stream = js
-        .get_stream(subjects::STREAM_DEAD_LETTER)
-        .await
-        .map_err(PlatformError::nats)?;
+    show_in(&stream(js).await?, seq).await
+}
+
+async fn show_in(
+    stream: &jetstream::stream::Stream,
+    seq: u64,
+) -> Result<(DeadLetter, HeaderMap, bytes::Bytes), PlatformError> {
     let m = stream
         .get_raw_message(seq)
         .await
@@ -163,7 +170,8 @@ pub struct Replayed {
 /// Publishes dead letter `seq` again on its original subject and deletes it from the
 /// dead-letter stream.
 pub async fn replay(js: &jetstream::Context, seq: u64) -> Result<Replayed, PlatformError> {
-    let (letter, original, payload) = show(js, seq).await?;
+    let dlq = stream(js).await?;
+    let (letter, original, payload) = show_in(&dlq, seq).await?;
     if letter.subject == "?" {
         return Err(PlatformError::Nats(format!(
             "dead letter {seq} has no {} header: nowhere to replay it",
@@ -193,12 +201,7 @@ pub async fn replay(js: &jetstream::Context, seq: u64) -> Result<Replayed, Platf
         .map_err(PlatformError::nats)?
         .await
         .map_err(PlatformError::nats)?;
-    let stream = js
-        .get_stream(subjects::STREAM_DEAD_LETTER)
-        .await
-        .map_err(PlatformError::nats)?;
-    stream
-        .delete_message(seq)
+    dlq.delete_message(seq)
         .await
         .map_err(|e| PlatformError::Nats(format!("replayed, but not deleted: {e}")))?;
     Ok(Replayed {

@@ -566,7 +566,7 @@ fn refire(w: &mut Work, tenant: &str, m: &MessageEvent, now: DateTime<Utc>, s: &
         };
         // The command is named after its first invoice: a late message of an earlier
         // plan of that invoice (its step was planned again since) changes nothing.
-        let named = m.command_id.starts_with(&format!("{tenant}:{invoice_id}:"));
+        let named = DispatchCommand::is_named_after(&m.command_id, tenant, invoice_id);
         if named && u32::try_from(inv.refires).unwrap_or(0) != plan {
             continue;
         }

@@ -233,8 +233,8 @@ pub async fn plan(
         && let (Some(n), Some(at)) = (&policy.on_paid, inv.next_at)
     {
         steps.push(PlanStep {
-            step: "on_paid".into(),
-            offset: "on_paid".into(),
+            step: crate::events::THANKS_STEP.into(),
+            offset: crate::events::THANKS_STEP.into(),
             action: "notify",
             template: Some(n.template.clone()),
             channel: first_channel(n),
@@ -300,11 +300,11 @@ async fn past(
         let (action, template, level, offset) =
             match policy.steps.iter().position(|s| s.name == name) {
                 Some(i) => describe(policy, i),
-                None if name == "on_paid" => (
+                None if name == crate::events::THANKS_STEP => (
                     "notify",
                     policy.on_paid.as_ref().map(|n| n.template.clone()),
                     None,
-                    "on_paid".to_owned(),
+                    crate::events::THANKS_STEP.to_owned(),
                 ),
                 None => ("notify", None, None, String::new()),
             };
